@@ -1,0 +1,28 @@
+# make demo | make test | make bench — each sets up .venv itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch, pinned: a plain `torch` would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q --benchmark-disable
+
+bench: $(STAMP)
+	$(PY) -m pytest bench -q --benchmark-only --benchmark-json=bench/results/latest.json
+	$(PY) bench/report.py bench/results/latest.json
+
+clean:
+	rm -rf $(VENV) .numba_cache .pytest_cache .benchmarks

@@ -1,0 +1,1 @@
+"""Converters from other frameworks into fastrnn.Model; one module per source."""

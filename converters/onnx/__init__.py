@@ -1,0 +1,1 @@
+"""ONNX in (work in progress)."""

@@ -1,0 +1,210 @@
+"""PyTorch in: nn.LSTM/GRU/RNN, their Cell versions, state dicts, and .pt/.pth/.safetensors files.
+
+PyTorch's layout is fastrnn's (see fastrnn.weights), so this converter permutes nothing:
+
+    weight_ih_l{k}[_reverse]  -> w_ih     (G*H, I_l), gates i,f,g,o (LSTM) / r,z,n (GRU)
+    weight_hh_l{k}[_reverse]  -> w_hh     (G*H, H_out)
+    bias_ih_l{k}[_reverse]    -> b_ih     (G*H,)   zeros when the module has bias=False
+    bias_hh_l{k}[_reverse]    -> b_hh     (G*H,)
+    weight_hr_l{k}[_reverse]  -> w_proj   (H_out, H)   LSTM with proj_size
+    Cells: weight_ih, weight_hh, bias_ih, bias_hh, as layer 0 of a one-layer model.
+
+The architecture of a state dict is read from its keys and shapes: layers from the l{k} suffixes,
+directions from _reverse, H from weight_hh (or weight_hr with a projection), the cell from the gate
+count 4H/3H/H. A plain RNN's nonlinearity cannot be seen in shapes: kind="rnn_relu" says it
+(default tanh). Every key under the prefix must be used, and every shape must fit.
+"""
+
+import os
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from fastrnn.model import Model
+from fastrnn.weights import Config, LayerWeights
+
+_GATES_TO_KIND = {4: "lstm", 3: "gru", 1: "rnn_tanh"}
+_KIND_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+_LAYER_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+_CELL_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def from_torch(obj, *, prefix="", kind=None, batch_first=None):
+    """A fastrnn.Model from a torch module, a mapping of names to tensors/arrays, or a file path.
+
+    prefix selects one sub-module's keys in a state dict ("encoder.rnn." or "encoder.rnn");
+    kind ("lstm", "gru", "rnn_tanh", "rnn_relu") settles what shapes cannot; batch_first overrides
+    the layout (a module's own setting by default, time-major for state dicts).
+    """
+    if kind is not None and kind not in _KIND_GATES:
+        raise ValueError(f"kind must be one of {tuple(_KIND_GATES)}, got {kind!r}")
+    if isinstance(obj, (str, os.PathLike)):
+        return from_state_dict(load_checkpoint(obj), prefix=prefix, kind=kind,
+                               batch_first=bool(batch_first))
+    if isinstance(obj, Mapping):
+        return from_state_dict(obj, prefix=prefix, kind=kind, batch_first=bool(batch_first))
+    return _from_module(obj, kind, batch_first)
+
+
+def load_checkpoint(path):
+    """The mapping of names to arrays in a .pt/.pth (weights_only) or .safetensors file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+        try:
+            return load_file(path)
+        except Exception as error:
+            raise ValueError(f"{path} is not a readable safetensors file: {error}") from None
+    import torch
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (loaded with "
+                         f"weights_only=True): {error}") from None
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"{path} holds a {type(loaded).__name__}, expected a state dict "
+                         f"(a mapping of names to tensors)")
+    return loaded
+
+
+def _from_module(module, kind, batch_first):
+    import torch.nn as nn
+    if isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
+        module_kind = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh",
+                       "RNN_RELU": "rnn_relu"}[module.mode]
+        layout = module.batch_first if batch_first is None else batch_first
+    elif isinstance(module, (nn.LSTMCell, nn.GRUCell, nn.RNNCell)):
+        module_kind = {nn.LSTMCell: "lstm", nn.GRUCell: "gru"}.get(
+            type(module), f"rnn_{getattr(module, 'nonlinearity', 'tanh')}")
+        layout = bool(batch_first)
+    else:
+        raise TypeError(f"from_torch takes nn.LSTM, nn.GRU, nn.RNN, their Cell versions, a state "
+                        f"dict or a checkpoint path; got {type(module).__name__}. For a module "
+                        f"that contains a recurrent layer, pass that layer, or its state_dict() "
+                        f"with prefix=")
+    if kind is not None and kind != module_kind:
+        raise ValueError(f"kind={kind!r} does not match the module, which is {module_kind!r}")
+    return from_state_dict(module.state_dict(), kind=module_kind, batch_first=layout)
+
+
+def from_state_dict(state_dict, *, prefix="", kind=None, batch_first=False):
+    """A Model from a state dict (names to torch tensors or numpy arrays), architecture inferred."""
+    entries = _select(_flatten(state_dict), prefix)
+    if not entries:
+        raise KeyError(f"no keys under prefix {prefix!r}; keys present start with "
+                       f"{sorted({k.split('.')[0] for k in _flatten(state_dict)})[:10]}")
+    if all(k in _CELL_KEYS for k in entries):
+        entries = {f"{name}_l0": value for name, value in entries.items()}
+    layers = {}
+    for key, value in entries.items():
+        match = _LAYER_KEY.match(key)
+        if match is None:
+            raise ValueError(f"unexpected key {prefix + key!r}: not a weight of nn.LSTM/GRU/RNN "
+                             f"or their cells")
+        name, layer, reverse = match.groups()
+        layers.setdefault((int(layer), bool(reverse)), {})[name] = _as_array(value, prefix + key)
+    num_layers = max(layer for layer, _ in layers) + 1
+    bidirectional = any(reverse for _, reverse in layers)
+    first = layers.get((0, False), {})
+    for name in ("weight_ih", "weight_hh"):
+        if name not in first:
+            raise KeyError(f"missing key {prefix}{name}_l0")
+    w_hh = first["weight_hh"]
+    if w_hh.ndim != 2:
+        raise ValueError(f"{prefix}weight_hh_l0 must be 2-D, got shape {w_hh.shape}")
+    if "weight_hr" in first:
+        hidden_size, proj_size = first["weight_hr"].shape[1], first["weight_hr"].shape[0]
+    else:
+        hidden_size, proj_size = w_hh.shape[1], 0
+    if hidden_size < 1 or w_hh.shape[0] % hidden_size:
+        raise ValueError(f"{prefix}weight_hh_l0 has shape {w_hh.shape}: its rows must be a "
+                         f"multiple (1, 3 or 4) of the hidden size {hidden_size}")
+    gates = w_hh.shape[0] // hidden_size
+    if kind is None:
+        if gates not in _GATES_TO_KIND:
+            raise ValueError(f"{prefix}weight_hh_l0 has {gates} gate blocks of size {hidden_size};"
+                             f" expected 4 (LSTM), 3 (GRU) or 1 (RNN)")
+        kind = _GATES_TO_KIND[gates]
+    elif _KIND_GATES[kind] != gates:
+        raise ValueError(f"kind={kind!r} needs {_KIND_GATES[kind]} gate blocks, but "
+                         f"{prefix}weight_hh_l0 has shape {w_hh.shape} ({gates} blocks)")
+    has_bias = "bias_ih" in first or "bias_hh" in first
+    config = Config(kind=kind, input_size=first["weight_ih"].shape[1], hidden_size=hidden_size,
+                    num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
+                    proj_size=proj_size)
+    weights = []
+    for layer in range(num_layers):
+        for reverse in ((False, True) if bidirectional else (False,)):
+            suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+            arrays = layers.get((layer, reverse), {})
+            expected = _expected_shapes(config, layer, has_bias)
+            for name in arrays:
+                if name not in expected:
+                    raise ValueError(f"unexpected key {prefix}{name}{suffix} for this "
+                                     f"architecture ({kind}, proj_size={proj_size}, "
+                                     f"bias={has_bias})")
+            for name, shape in expected.items():
+                key = f"{prefix}{name}{suffix}"
+                if name not in arrays:
+                    raise KeyError(f"missing key {key}")
+                if arrays[name].shape != shape:
+                    raise ValueError(f"{key} has shape {arrays[name].shape}, expected {shape}")
+            zeros = np.zeros(gates * hidden_size, arrays["weight_ih"].dtype)
+            weights.append(LayerWeights(
+                w_ih=arrays["weight_ih"], w_hh=arrays["weight_hh"],
+                b_ih=arrays.get("bias_ih", zeros), b_hh=arrays.get("bias_hh", zeros),
+                w_proj=arrays.get("weight_hr")))
+    all_float64 = all(w.w_ih.dtype == np.float64 for w in weights)
+    return Model(config, weights, dtype=np.float64 if all_float64 else np.float32)
+
+
+def _expected_shapes(config, layer, has_bias):
+    rows = config.num_gates * config.hidden_size
+    shapes = {"weight_ih": (rows, config.layer_input_size(layer)),
+              "weight_hh": (rows, config.output_size)}
+    if has_bias:
+        shapes.update(bias_ih=(rows,), bias_hh=(rows,))
+    if config.proj_size:
+        shapes["weight_hr"] = (config.proj_size, config.hidden_size)
+    return shapes
+
+
+def _flatten(mapping, prefix=""):
+    """Nested checkpoint dicts ({"model": {...}, "epoch": 3}) as one dict of dotted names."""
+    flat = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _select(entries, prefix):
+    """The entries under `prefix`, with it stripped; "a.b" also means "a.b."."""
+    if prefix and not prefix.endswith(".") and any(k.startswith(prefix + ".") for k in entries):
+        prefix += "."
+    return {key[len(prefix):]: value for key, value in entries.items() if key.startswith(prefix)}
+
+
+def _as_array(value, key):
+    if hasattr(value, "detach"):  # a torch tensor; bfloat16/float16 are widened to float32
+        value = value.detach().cpu()
+        if value.dtype.is_floating_point and value.dtype not in _NUMPY_TORCH_FLOATS():
+            value = value.float()
+        value = value.numpy()
+    array = np.asarray(value)
+    if array.dtype.kind != "f":
+        raise TypeError(f"{key} must hold floating-point weights, got dtype {array.dtype}")
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
+    return array
+
+
+def _NUMPY_TORCH_FLOATS():
+    import torch
+    return (torch.float32, torch.float64)

@@ -1,0 +1,27 @@
+"""Vanilla (Elman) RNN cell.
+
+For one row of the batch, with x the layer input, h the previous state and f the activation
+(tanh or relu in PyTorch; any of the ONNX set):
+
+    h' = f(clip(W x + b_ih + R h + b_hh))
+"""
+
+from fastrnn.activations import activate
+from fastrnn.cells.common import add_recurrent_product, clip_range, flush_tiny
+from fastrnn.jit import kernel
+
+NUM_GATES = 1
+
+
+@kernel
+def rnn_cell(gates, h_prev, w_hh_t, b_hh, codes, alphas, betas, clip, h_new):
+    """One RNN step for one batch row. gates: (H,) holding W x + b_ih on entry. h_new may alias h_prev."""
+    hidden = h_prev.shape[0]
+    for j in range(hidden):
+        gates[j] += b_hh[j]
+    add_recurrent_product(gates, 0, hidden, h_prev, w_hh_t)
+    clip_range(gates, 0, hidden, clip)
+    activate(gates, 0, hidden, codes[0], alphas[0], betas[0])
+    for j in range(hidden):
+        h_new[j] = gates[j]
+    flush_tiny(h_new)

@@ -1,0 +1,1 @@
+"""CUDA target (work in progress)."""

@@ -1,0 +1,111 @@
+"""The one driver: layers, directions, per-row lengths and time order, for every cell.
+
+Whole sequences (`run_sequence`): for each layer and direction, the input projection of all
+timesteps is one matrix product (BLAS), then `sequence_kernel` walks the time steps.
+
+Streams (`step_kernel`): one call advances every layer of a unidirectional model by one timestep
+for chosen rows of a state table, with no allocation; StreamPool and Stream both use it.
+
+Both call `cell_step`, so every cell, option and activation runs through the same code. Kernels
+trust their inputs: fastrnn.model validates before calling.
+"""
+
+import numpy as np
+
+from fastrnn.cells import cell_step
+from fastrnn.jit import kernel
+
+
+@kernel
+def sequence_kernel(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole, w_proj_t,
+                    codes, alphas, betas, clip, flag, out, out_offset, scratch):
+    """Run one layer in one direction over a padded batch, in place.
+
+    xproj (T, B, G*H): W x + b_ih for every step, consumed as gate scratch.
+    lengths (B,): row b is valid for t < lengths[b]; its reverse pass starts at lengths[b] - 1, and
+      its state is left as it was after its last valid step (PyTorch's packed-sequence results).
+    h (B, H_out), c (B, H) or (B, 0): initial state in, final state out.
+    out (T, B, D*H_out): this direction writes columns out_offset : out_offset + H_out; steps past a
+      row's length are not written (the caller zeroes them).
+    """
+    steps, batch = xproj.shape[0], xproj.shape[1]
+    output_size = h.shape[1]
+    for step in range(steps):
+        for row in range(batch):
+            length = lengths[row]
+            if step >= length:
+                continue
+            t = length - 1 - step if reverse else step
+            cell_step(cell, xproj[t, row], h[row], c[row], w_hh_t, b_hh, peephole, w_proj_t,
+                      codes, alphas, betas, clip, flag, h[row], c[row], scratch)
+            for j in range(output_size):
+                out[t, row, out_offset + j] = h[row, j]
+
+
+def run_sequence(config, packed, x, h, c, lengths):
+    """Run the whole model over x (T, B, I), time-major, in the model's dtype.
+
+    h (L*D, B, H_out) and c (L*D, B, H) or (L*D, B, 0) hold the initial state and are overwritten
+    with the final one. Returns y (T, B, D*H_out).
+    """
+    steps, batch = x.shape[0], x.shape[1]
+    directions = config.num_directions
+    output_size = config.output_size
+    scratch = np.empty(packed.scratch_size, x.dtype)
+    layer_input = x
+    for layer in range(config.num_layers):
+        out = np.zeros((steps, batch, directions * output_size), x.dtype)
+        flat_input = layer_input.reshape(steps * batch, -1)
+        for direction in range(directions):
+            ld = layer * directions + direction
+            xproj = flat_input @ packed.w_ih_t[ld]
+            xproj += packed.b_ih[ld]
+            sequence_kernel(config.cell, xproj.reshape(steps, batch, -1), lengths,
+                            direction == 1, h[ld], c[ld], packed.w_hh_t[ld], packed.b_hh[ld],
+                            packed.peephole[ld], packed.w_proj_t[ld], packed.codes[ld],
+                            packed.alphas[ld], packed.betas[ld], config.clip, _cell_flag(config),
+                            out, direction * output_size, scratch)
+        layer_input = out
+    return layer_input
+
+
+def _cell_flag(config):
+    return config.input_forget if config.kind == "lstm" else config.linear_before_reset
+
+
+@kernel
+def step_kernel(cell, x, rows, w_ih_flat, w_ih_offset, w_hh_t, b_ih, b_hh, peephole, w_proj_t,
+                codes, alphas, betas, clip, flag, h, c, y, gates, scratch):
+    """Advance a unidirectional stack by one timestep for the state rows `rows`, in place.
+
+    x (N, I): one input per row; rows (N,): indices into the state table.
+    h (L, capacity, H_out), c (L, capacity, H) or (L, capacity, 0): the state table.
+    y (N, H_out): the top layer's new h for each row. gates (G*H,), scratch: work buffers.
+    """
+    layers = h.shape[0]
+    gate_rows = gates.shape[0]
+    for n in range(rows.shape[0]):
+        row = rows[n]
+        for layer in range(layers):
+            for j in range(gate_rows):
+                gates[j] = b_ih[layer, j]
+            start = w_ih_offset[layer]
+            if layer == 0:
+                for k in range(x.shape[1]):
+                    scale = x[n, k]
+                    base = start + k * gate_rows
+                    for j in range(gate_rows):
+                        gates[j] += scale * w_ih_flat[base + j]
+            else:
+                below = h[layer - 1, row]
+                for k in range(below.shape[0]):
+                    scale = below[k]
+                    base = start + k * gate_rows
+                    for j in range(gate_rows):
+                        gates[j] += scale * w_ih_flat[base + j]
+            cell_step(cell, gates, h[layer, row], c[layer, row], w_hh_t[layer], b_hh[layer],
+                      peephole[layer], w_proj_t[layer], codes[layer], alphas[layer],
+                      betas[layer], clip, flag, h[layer, row], c[layer, row], scratch)
+        top = h[layers - 1, row]
+        for j in range(top.shape[0]):
+            y[n, j] = top[j]

@@ -1,0 +1,173 @@
+"""fastrnn.Model: a recurrent stack with its weights, called like a PyTorch module."""
+
+import numpy as np
+
+from fastrnn.driver import run_sequence
+from fastrnn.state import State
+from fastrnn.validation import as_float_array, as_lengths, check_shape
+from fastrnn.weights import Config, LayerWeights, PackedWeights, check_layers
+
+
+class Model:
+    """A stacked, optionally bidirectional LSTM, GRU or RNN.
+
+        y, state = model(x, state=None, lengths=None)
+
+    x is (T, B, I), or (B, T, I) when batch_first, or (T, I) for a single unbatched sequence.
+    y is (T, B, D*H_out) (batch_first: (B, T, D*H_out)); state is a fastrnn.State laid out as
+    torch's (h_n, c_n). Build one with a converter (fastrnn.from_torch, fastrnn.from_onnx),
+    fastrnn.load, fastrnn.from_numpy, or directly from a Config and LayerWeights in fastrnn's layout
+    (fastrnn.weights).
+    """
+
+    device = "cpu"
+
+    def __init__(self, config, layers, dtype=None):
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a fastrnn.Config, got {type(config).__name__}")
+        layers = [w if isinstance(w, LayerWeights) else LayerWeights(**w) for w in layers]
+        if dtype is None:
+            dtype = np.float64 if np.asarray(layers[0].w_ih).dtype == np.float64 else np.float32
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        self.layers = check_layers(config, layers, self.dtype)
+        self._packed = PackedWeights(config, self.layers, self.dtype)
+
+    # -- description -------------------------------------------------------------------------
+
+    @property
+    def kind(self):
+        return self.config.kind
+
+    @property
+    def input_size(self):
+        return self.config.input_size
+
+    @property
+    def hidden_size(self):
+        return self.config.hidden_size
+
+    @property
+    def output_size(self):
+        """Width of y: num_directions * H_out."""
+        return self.config.num_directions * self.config.output_size
+
+    @property
+    def num_parameters(self):
+        return sum(array.size for w in self.layers for array in w.arrays().values())
+
+    def __repr__(self):
+        c = self.config
+        options = [f"input_size={c.input_size}", f"hidden_size={c.hidden_size}",
+                   f"num_layers={c.num_layers}"]
+        options += [f"{name}={getattr(c, name)!r}" for name, default in
+                    (("bidirectional", False), ("batch_first", False), ("proj_size", 0),
+                     ("clip", 0.0), ("input_forget", False), ("linear_before_reset", True),
+                     ("activations", ())) if getattr(c, name) != default]
+        return f"fastrnn.Model({c.kind}, {', '.join(options)}, dtype={self.dtype.name})"
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state_shapes(self, batch):
+        """Shapes of h and c (None for GRU/RNN) for `batch` rows, as torch lays them out."""
+        c = self.config
+        rows = c.num_layers * c.num_directions
+        h_shape = (rows, batch, c.output_size)
+        return h_shape, ((rows, batch, c.hidden_size) if c.kind == "lstm" else None)
+
+    def initial_state(self, batch):
+        """A zero State for `batch` rows."""
+        h_shape, c_shape = self.state_shapes(batch)
+        return State(np.zeros(h_shape, self.dtype),
+                     None if c_shape is None else np.zeros(c_shape, self.dtype))
+
+    def check_state(self, state, batch, unbatched=False):
+        """`state` (None, State, (h, c) or h) as fresh contiguous (h, c) arrays for the kernels.
+
+        c is (L*D, B, 0) for cells without one. The arrays are copies: the caller's are never
+        written. With unbatched, h is (L*D, H_out) as torch takes it for a (T, I) input.
+        """
+        h_shape, c_shape = self.state_shapes(batch)
+        kernel_c_shape = c_shape or h_shape[:2] + (0,)
+        if state is None:
+            return np.zeros(h_shape, self.dtype), np.zeros(kernel_c_shape, self.dtype)
+        if isinstance(state, (tuple, list)):
+            if len(state) != 2:
+                raise ValueError(f"state must be (h, c) or h; got a sequence of {len(state)}")
+            h, c = state
+        else:
+            h, c = state, None
+        if self.kind == "lstm" and c is None:
+            raise ValueError("an LSTM state needs both h and c: pass (h, c) or a fastrnn.State")
+        if self.kind != "lstm" and c is not None:
+            raise ValueError(f"a {self.kind} state is h alone; got a c as well")
+        shape_of = (lambda s: (s[0], s[2])) if unbatched else (lambda s: s)
+        h = as_float_array(h, self.dtype, "state h").copy()
+        check_shape(h, shape_of(h_shape), "state h")
+        if c is None:
+            return h.reshape(h_shape), np.zeros(kernel_c_shape, self.dtype)
+        c = as_float_array(c, self.dtype, "state c").copy()
+        check_shape(c, shape_of(c_shape), "state c")
+        return h.reshape(h_shape), c.reshape(c_shape)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def __call__(self, x, state=None, lengths=None):
+        x, unbatched = self._check_input(x)
+        steps, batch = x.shape[0], x.shape[1]
+        if unbatched and lengths is not None:
+            raise ValueError("lengths need a batched input (T, B, I)")
+        row_lengths = as_lengths(lengths, batch, steps)
+        h, c = self.check_state(state, batch, unbatched)
+        y = run_sequence(self.config, self._packed, x, h, c, row_lengths)
+        return self._package(y, h, c, unbatched)
+
+    def _check_input(self, x):
+        """x as a contiguous time-major (T, B, I) array of the model's dtype, and whether it was 2-D."""
+        x = as_float_array(x, self.dtype, "input x")
+        c = self.config
+        if x.ndim not in (2, 3):
+            layout = "(B, T, I)" if c.batch_first else "(T, B, I)"
+            raise ValueError(f"input x must be {layout} or (T, I), got shape {x.shape}")
+        if x.shape[-1] != c.input_size:
+            raise ValueError(f"input x must have {c.input_size} features in its last axis, "
+                             f"got shape {x.shape}")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif c.batch_first:
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        if x.shape[0] == 0:
+            raise ValueError("input x has no time steps")
+        return x, unbatched
+
+    def _package(self, y, h, c, unbatched):
+        """Lay results out as torch would for this input."""
+        has_c = self.kind == "lstm"
+        if unbatched:
+            return y[:, 0, :], State(h[:, 0, :], c[:, 0, :] if has_c else None)
+        if self.config.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, State(h, c if has_c else None)
+
+    def stream(self, batch=1):
+        """A stateful stream of `batch` rows: one call per timestep or chunk (fastrnn.stream)."""
+        from fastrnn.stream import Stream
+        return Stream(self, batch)
+
+    # -- devices and files -------------------------------------------------------------------
+
+    def to(self, device):
+        """This model on `device` ("cpu" or "cuda[:N]"); a CUDA model's .to("cpu") gives this one back."""
+        device = str(device)
+        if device == "cpu":
+            return self
+        if device.startswith("cuda"):
+            from fastrnn.cuda import to_cuda
+            return to_cuda(self, device)
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+    def save(self, path):
+        """Write the model to `path` in fastrnn's native format (fastrnn.fileformat)."""
+        from fastrnn.fileformat import save
+        save(self, path)
