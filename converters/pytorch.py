@@ -39,6 +39,9 @@ def from_torch(obj, *, prefix="", kind=None, batch_first=None):
     """
     if kind is not None and kind not in _KIND_GATES:
         raise ValueError(f"kind must be one of {tuple(_KIND_GATES)}, got {kind!r}")
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string such as 'model.rnn.', got "
+                        f"{type(prefix).__name__}")
     if isinstance(obj, (str, os.PathLike)):
         return from_state_dict(load_checkpoint(obj), prefix=prefix, kind=kind,
                                batch_first=bool(batch_first))
@@ -63,7 +66,8 @@ def load_checkpoint(path):
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (loaded with "
-                         f"weights_only=True): {error}") from None
+                         f"weights_only=True, which refuses pickled objects; save "
+                         f"module.state_dict() rather than the module): {error}") from None
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path} holds a {type(loaded).__name__}, expected a state dict "
                          f"(a mapping of names to tensors)")
@@ -91,65 +95,105 @@ def _from_module(module, kind, batch_first):
 
 
 def from_state_dict(state_dict, *, prefix="", kind=None, batch_first=False):
-    """A Model from a state dict (names to torch tensors or numpy arrays), architecture inferred."""
-    entries = _select(_flatten(state_dict), prefix)
+    """A Model from a state dict (names to torch tensors or numpy arrays), architecture inferred.
+
+    The architecture comes from the weight_hh keys, which every layer and direction has: layers
+    from their l{k} suffixes, directions from _reverse, sizes from their shapes. Every other key
+    under the prefix must then belong to one of those layers, with the shape it must have.
+    """
+    flat = _flatten(state_dict)
+    entries = _select(flat, prefix)
     if not entries:
-        raise KeyError(f"no keys under prefix {prefix!r}; keys present start with "
-                       f"{sorted({k.split('.')[0] for k in _flatten(state_dict)})[:10]}")
-    if all(k in _CELL_KEYS for k in entries):
+        raise KeyError(f"no keys under prefix {prefix!r}{_prefix_hint(flat)}")
+    shown_prefix = _shown_prefix(flat, prefix)
+    cell_style = all(k in _CELL_KEYS for k in entries)
+    if cell_style:  # nn.LSTMCell/GRUCell/RNNCell: the keys of layer 0 without their suffix
         entries = {f"{name}_l0": value for name, value in entries.items()}
+
+    def user_key(key):
+        """The key as the caller's state dict spells it."""
+        return shown_prefix + (key[:-3] if cell_style else key)
+
     layers = {}
     for key, value in entries.items():
         match = _LAYER_KEY.match(key)
         if match is None:
-            raise ValueError(f"unexpected key {prefix + key!r}: not a weight of nn.LSTM/GRU/RNN "
-                             f"or their cells")
+            raise ValueError(f"unexpected key {user_key(key)!r}: not a weight of nn.LSTM/GRU/RNN "
+                             f"or their cells{_prefix_hint(flat) if not prefix else ''}")
         name, layer, reverse = match.groups()
-        layers.setdefault((int(layer), bool(reverse)), {})[name] = _as_array(value, prefix + key)
-    num_layers = max(layer for layer, _ in layers) + 1
-    bidirectional = any(reverse for _, reverse in layers)
-    first = layers.get((0, False), {})
-    for name in ("weight_ih", "weight_hh"):
-        if name not in first:
-            raise KeyError(f"missing key {prefix}{name}_l0")
+        layers.setdefault((int(layer), bool(reverse)), {})[name] = _as_array(value, user_key(key))
+    stacks = [position for position, arrays in layers.items() if "weight_hh" in arrays]
+    if (0, False) not in stacks:
+        raise KeyError(f"missing key {user_key('weight_hh_l0')!r}")
+    num_layers = max(layer for layer, _ in stacks) + 1
+    bidirectional = any(reverse for _, reverse in stacks)
+    for (layer, reverse), arrays in sorted(layers.items()):
+        if layer >= num_layers or (reverse and not bidirectional):
+            suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+            name = sorted(arrays)[0]
+            raise ValueError(f"unexpected key {user_key(name + suffix)!r}: the model's weight_hh "
+                             f"keys give {num_layers} layer(s), "
+                             f"{'bidirectional' if bidirectional else 'one direction'}")
+    first = layers[(0, False)]
     w_hh = first["weight_hh"]
     if w_hh.ndim != 2:
-        raise ValueError(f"{prefix}weight_hh_l0 must be 2-D, got shape {w_hh.shape}")
-    if "weight_hr" in first:
-        hidden_size, proj_size = first["weight_hr"].shape[1], first["weight_hr"].shape[0]
+        raise ValueError(f"{user_key('weight_hh_l0')} must be 2-D, got shape {w_hh.shape}")
+    w_hr = first.get("weight_hr")
+    if w_hr is not None and w_hr.ndim != 2:
+        raise ValueError(f"{user_key('weight_hr_l0')} must be 2-D, got shape {w_hr.shape}")
+    if w_hr is not None:
+        hidden_size, proj_size = w_hr.shape[1], w_hr.shape[0]
+        if w_hh.shape[1] != proj_size:
+            raise ValueError(f"unexpected key {user_key('weight_hr_l0')!r} of shape "
+                             f"{w_hr.shape}: a projection to {proj_size} needs "
+                             f"{user_key('weight_hh_l0')} with {proj_size} columns, and it "
+                             f"has shape {w_hh.shape}")
     else:
         hidden_size, proj_size = w_hh.shape[1], 0
     if hidden_size < 1 or w_hh.shape[0] % hidden_size:
-        raise ValueError(f"{prefix}weight_hh_l0 has shape {w_hh.shape}: its rows must be a "
-                         f"multiple (1, 3 or 4) of the hidden size {hidden_size}")
+        raise ValueError(f"{user_key('weight_hh_l0')} has shape {w_hh.shape}: its rows must be "
+                         f"a multiple (1, 3 or 4) of the hidden size {hidden_size}")
     gates = w_hh.shape[0] // hidden_size
     if kind is None:
         if gates not in _GATES_TO_KIND:
-            raise ValueError(f"{prefix}weight_hh_l0 has {gates} gate blocks of size {hidden_size};"
-                             f" expected 4 (LSTM), 3 (GRU) or 1 (RNN)")
+            raise ValueError(f"{user_key('weight_hh_l0')} has {gates} gate blocks of size "
+                             f"{hidden_size}; expected 4 (LSTM), 3 (GRU) or 1 (RNN)")
         kind = _GATES_TO_KIND[gates]
     elif _KIND_GATES[kind] != gates:
         raise ValueError(f"kind={kind!r} needs {_KIND_GATES[kind]} gate blocks, but "
-                         f"{prefix}weight_hh_l0 has shape {w_hh.shape} ({gates} blocks)")
+                         f"{user_key('weight_hh_l0')} has shape {w_hh.shape} ({gates} blocks)")
+    if proj_size and kind != "lstm":
+        raise ValueError(f"unexpected key {user_key('weight_hr_l0')!r}: a projection belongs "
+                         f"to an LSTM, and these weights are a {kind}")
+    if "weight_ih" not in first:
+        raise KeyError(f"missing key {user_key('weight_ih_l0')!r}")
+    if first["weight_ih"].ndim != 2:
+        raise ValueError(f"{user_key('weight_ih_l0')} must be 2-D, got shape "
+                         f"{first['weight_ih'].shape}")
     has_bias = "bias_ih" in first or "bias_hh" in first
-    config = Config(kind=kind, input_size=first["weight_ih"].shape[1], hidden_size=hidden_size,
-                    num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first,
-                    proj_size=proj_size)
+    try:
+        config = Config(kind=kind, input_size=first["weight_ih"].shape[1],
+                        hidden_size=hidden_size, num_layers=num_layers,
+                        bidirectional=bidirectional, batch_first=bool(batch_first),
+                        proj_size=proj_size)
+    except ValueError as error:
+        raise ValueError(f"the weights under prefix {prefix!r} do not describe a valid "
+                         f"model: {error}") from None
     weights = []
     for layer in range(num_layers):
         for reverse in ((False, True) if bidirectional else (False,)):
             suffix = f"_l{layer}" + ("_reverse" if reverse else "")
             arrays = layers.get((layer, reverse), {})
             expected = _expected_shapes(config, layer, has_bias)
-            for name in arrays:
+            for name in sorted(arrays):
                 if name not in expected:
-                    raise ValueError(f"unexpected key {prefix}{name}{suffix} for this "
+                    raise ValueError(f"unexpected key {user_key(name + suffix)!r} for this "
                                      f"architecture ({kind}, proj_size={proj_size}, "
                                      f"bias={has_bias})")
             for name, shape in expected.items():
-                key = f"{prefix}{name}{suffix}"
+                key = user_key(name + suffix)
                 if name not in arrays:
-                    raise KeyError(f"missing key {key}")
+                    raise KeyError(f"missing key {key!r}")
                 if arrays[name].shape != shape:
                     raise ValueError(f"{key} has shape {arrays[name].shape}, expected {shape}")
             zeros = np.zeros(gates * hidden_size, arrays["weight_ih"].dtype)
@@ -157,7 +201,7 @@ def from_state_dict(state_dict, *, prefix="", kind=None, batch_first=False):
                 w_ih=arrays["weight_ih"], w_hh=arrays["weight_hh"],
                 b_ih=arrays.get("bias_ih", zeros), b_hh=arrays.get("bias_hh", zeros),
                 w_proj=arrays.get("weight_hr")))
-    all_float64 = all(w.w_ih.dtype == np.float64 for w in weights)
+    all_float64 = all(array.dtype == np.float64 for w in weights for array in w.arrays().values())
     return Model(config, weights, dtype=np.float64 if all_float64 else np.float32)
 
 
@@ -186,9 +230,27 @@ def _flatten(mapping, prefix=""):
 
 def _select(entries, prefix):
     """The entries under `prefix`, with it stripped; "a.b" also means "a.b."."""
-    if prefix and not prefix.endswith(".") and any(k.startswith(prefix + ".") for k in entries):
-        prefix += "."
+    prefix = _shown_prefix(entries, prefix)
     return {key[len(prefix):]: value for key, value in entries.items() if key.startswith(prefix)}
+
+
+def _shown_prefix(entries, prefix):
+    """`prefix` as it appears in front of the selected keys (with its dot)."""
+    if prefix and not prefix.endswith(".") and any(k.startswith(prefix + ".") for k in entries):
+        return prefix + "."
+    return prefix
+
+
+def _prefix_hint(entries):
+    """Where recurrent weights sit in a state dict, as a hint for `prefix`."""
+    found = sorted({key[:-len(suffix)] for key in entries
+                    for suffix in ("weight_hh_l0", "weight_hh") if key.endswith(suffix)
+                    and (len(key) == len(suffix) or key[-len(suffix) - 1] == ".")})
+    found = [f"{p!r}" for p in found if p]
+    if found:
+        return f"; recurrent weights were found under prefix {', '.join(found[:5])}"
+    shown = sorted(entries)[:8]
+    return f"; the keys present are {shown}{' ...' if len(entries) > 8 else ''}"
 
 
 def _as_array(value, key):
