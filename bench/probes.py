@@ -1,0 +1,93 @@
+"""What this machine allows: read bandwidth at a working-set size, and the BLAS GEMM rate.
+
+These give the "limit" beside each benchmark figure (bench/report.py):
+
+- a timestep at small batch must at least read its weights once, so it cannot take less than
+  weight bytes / read bandwidth at that working-set size (L1, L2, L3 or DRAM, whichever holds it);
+- a large-batch sequence is matrix products, so it cannot take less than its flops / the rate a
+  large float32 GEMM reaches on all cores.
+
+    python bench/probes.py          # prints the figures as JSON
+"""
+
+import json
+import time
+
+import numba
+import numpy as np
+
+# Working sets the bandwidth curve is measured at (bytes); the limit for another size is read off
+# the curve at the next size up, the conservative side.
+BANDWIDTH_SIZES = tuple(2 ** k for k in range(12, 28))       # 4 KiB .. 128 MiB
+
+
+@numba.njit(fastmath=True, cache=False)
+def _read_all(values, passes):
+    """Sum every float32 of `values` `passes` times: the loop vectorises, so reads are the limit."""
+    total = np.float32(0.0)
+    for _ in range(passes):
+        partial = np.float32(0.0)
+        for i in range(values.shape[0]):
+            partial += values[i]
+        total += partial
+    return total
+
+
+def read_bandwidth(nbytes, seconds=0.05, repeats=5):
+    """Bytes per second one core reads from a float32 array of `nbytes`, best of `repeats`."""
+    values = np.ones(max(nbytes // 4, 1024), np.float32)
+    _read_all(values, 1)                                      # compile and touch the pages
+    passes = 1
+    while True:                                               # calibrate to ~`seconds` a run
+        start = time.perf_counter()
+        _read_all(values, passes)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds / 4 or passes > 1 << 24:
+            break
+        passes *= 4
+    passes = max(1, int(passes * seconds / max(elapsed, 1e-9)))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _read_all(values, passes)
+        best = min(best, time.perf_counter() - start)
+    return values.nbytes * passes / best
+
+
+def bandwidth_curve(sizes=BANDWIDTH_SIZES):
+    """{working-set bytes: read bytes per second} for one core."""
+    return {int(size): read_bandwidth(size) for size in sizes}
+
+
+def gemm_rate(size=1024, repeats=5):
+    """Float32 flops per second of a size^3 numpy matmul (BLAS, all its threads), best of `repeats`."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(np.float32)
+    b = rng.standard_normal((size, size)).astype(np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best
+
+
+def measure():
+    """Every probe, as JSON-ready data."""
+    return {"read_bandwidth_bytes_per_s": {str(k): v for k, v in bandwidth_curve().items()},
+            "gemm_flops_per_s": gemm_rate()}
+
+
+def bandwidth_at(curve, nbytes):
+    """Read bandwidth for a working set of `nbytes`, from a curve {bytes: bytes/s}: the next size up."""
+    sizes = sorted(int(size) for size in curve)
+    for size in sizes:
+        if size >= nbytes:
+            return curve[str(size)] if str(size) in curve else curve[size]
+    largest = sizes[-1]
+    return curve[str(largest)] if str(largest) in curve else curve[largest]
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(), indent=1))
