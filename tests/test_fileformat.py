@@ -1,0 +1,188 @@
+"""The native file: bit-exact round trips for every kind and option, clear errors for bad files."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import fileformat
+
+INPUT_SIZE, HIDDEN_SIZE = 3, 4
+
+# Every Config field away from its default in at least one case, peepholes included.
+CASES = {
+    "lstm-peephole-clip-coupled-bidir-2layer": dict(
+        kind="lstm", num_layers=2, bidirectional=True, peephole=True, clip=2.5,
+        input_forget=True),
+    "lstm-proj-batchfirst-activations": dict(
+        kind="lstm", proj_size=2, batch_first=True,
+        activations=(("HardSigmoid", 0.2, 0.5), ("ScaledTanh", 1.5, 0.7), ("Softsign", 0, 0))),
+    "gru-reset-before-bidir": dict(kind="gru", bidirectional=True, linear_before_reset=False),
+    "gru-2layer-activations": dict(kind="gru", num_layers=2,
+                                   activations=(("Sigmoid", 0, 0), ("LeakyRelu", 0.1, 0))),
+    "rnn-tanh-bidir-batchfirst": dict(kind="rnn_tanh", bidirectional=True, batch_first=True),
+    "rnn-relu-2layer": dict(kind="rnn_relu", num_layers=2),
+}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def build(case, dtype, seed=0):
+    """A model with random weights for one case, through the public from_numpy builder."""
+    options = dict(case)
+    kind = options.pop("kind")
+    num_layers = options.pop("num_layers", 1)
+    peephole = options.pop("peephole", False)
+    proj_size = options.pop("proj_size", 0)
+    bidirectional = options.get("bidirectional", False)
+    directions = 2 if bidirectional else 1
+    if options.get("activations") and bidirectional:
+        options["activations"] = options["activations"] * 2
+    rng = np.random.default_rng(seed)
+    rows = GATES[kind] * HIDDEN_SIZE
+    out = proj_size or HIDDEN_SIZE
+    layers = []
+    for layer in range(num_layers):
+        layer_input = INPUT_SIZE if layer == 0 else directions * out
+        for _ in range(directions):
+            weights = {"w_ih": rng.normal(size=(rows, layer_input)) * 0.5,
+                       "w_hh": rng.normal(size=(rows, out)) * 0.5,
+                       "b_ih": rng.normal(size=rows) * 0.1, "b_hh": rng.normal(size=rows) * 0.1}
+            if peephole:
+                weights["peephole"] = rng.normal(size=(3, HIDDEN_SIZE)) * 0.3
+            if proj_size:
+                weights["w_proj"] = rng.normal(size=(proj_size, HIDDEN_SIZE)) * 0.5
+            layers.append({k: v.astype(dtype) for k, v in weights.items()})
+    return fastrnn.from_numpy(kind, layers, dtype=dtype, **options)
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    model = build(CASES["lstm-peephole-clip-coupled-bidir-2layer"], np.float32)
+    path = tmp_path / "model.fastrnn"
+    model.save(path)
+    return model, path
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_round_trip_is_bit_exact(case, dtype, tmp_path):
+    model = build(case, dtype)
+    path = tmp_path / "model.fastrnn"
+    model.save(path)
+    loaded = fastrnn.load(path)
+    assert loaded.config == model.config
+    assert loaded.dtype == model.dtype == np.dtype(dtype)
+    assert len(loaded.layers) == len(model.layers)
+    for original, restored in zip(model.layers, loaded.layers):
+        assert original.arrays().keys() == restored.arrays().keys()
+        for name, array in original.arrays().items():
+            assert restored.arrays()[name].dtype == array.dtype
+            assert restored.arrays()[name].tobytes() == array.tobytes(), name
+    x = np.random.default_rng(1).normal(size=(5, 2, INPUT_SIZE))
+    if model.config.batch_first:
+        x = x.transpose(1, 0, 2)
+    lengths = np.array([5, 3])
+    y, state = model(x, lengths=lengths)
+    y_loaded, state_loaded = loaded(x, lengths=lengths)
+    assert y_loaded.tobytes() == y.tobytes()
+    assert state_loaded.h.tobytes() == state.h.tobytes()
+    if state.c is not None:
+        assert state_loaded.c.tobytes() == state.c.tobytes()
+    # Saving the loaded model writes the same weights and config again.
+    loaded.save(tmp_path / "again.fastrnn")
+    assert (tmp_path / "again.fastrnn").read_bytes() == path.read_bytes()
+
+
+def test_header_records_what_the_file_holds(saved_model):
+    model, path = saved_model
+    version, header, data = fileformat.read_header(path)
+    assert version == fileformat.FORMAT_VERSION
+    assert header["dtype"] == "float32"
+    assert header["config"]["kind"] == "lstm" and header["config"]["clip"] == 2.5
+    assert header["fastrnn_version"] == fastrnn.__version__
+    assert len(data) == 4 * model.num_parameters
+    assert not list(path.parent.glob("*.partial"))
+
+
+def test_missing_path_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        fastrnn.load(tmp_path / "absent.fastrnn")
+    with pytest.raises(ValueError, match="is a directory"):
+        fastrnn.load(tmp_path)
+
+
+@pytest.mark.parametrize("keep", [0, 5, 22, 60, -1])
+def test_truncated_file_is_refused(saved_model, keep):
+    """Cut inside the magic, the preamble, the header, and the last byte of the weights."""
+    _, path = saved_model
+    blob = path.read_bytes()
+    path.write_bytes(blob[:keep] if keep >= 0 else blob[:keep])
+    with pytest.raises(ValueError, match="truncated|not a fastrnn model file"):
+        fastrnn.load(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n" + bytes(64),
+                                     b'{"config": {}}', b"PK\x03\x04 a zip archive"])
+def test_foreign_file_is_refused(tmp_path, content):
+    path = tmp_path / "foreign.fastrnn"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a fastrnn model file"):
+        fastrnn.load(path)
+
+
+def test_flipped_data_byte_is_refused(saved_model):
+    _, path = saved_model
+    blob = bytearray(path.read_bytes())
+    blob[-7] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="damaged: the weights' checksum"):
+        fastrnn.load(path)
+
+
+def test_damaged_header_is_refused(saved_model):
+    _, path = saved_model
+    blob = bytearray(path.read_bytes())
+    start = blob.index(b'"hidden_size": ') + len(b'"hidden_size": ')
+    blob[start] = ord("7")  # still valid JSON: only the checksum can tell
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="damaged header"):
+        fastrnn.load(path)
+
+
+def rewrite_header(path, edit):
+    """Rewrite the header through `edit(dict)`, with a correct checksum, keeping the data."""
+    version, header, data = fileformat.read_header(path)
+    edit(header)
+    text = fileformat.json.dumps(header).encode()
+    preamble = struct.pack("<8sIQI", fileformat.MAGIC, version, len(text), zlib.crc32(text))
+    path.write_bytes(preamble + text + data)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda h: h.pop("config"), "malformed header"),
+    (lambda h: h.update(dtype="int16"), "dtype must be one of"),
+    (lambda h: h["config"].update(hidden_size=-4), "hidden_size must be a positive integer"),
+    (lambda h: h["arrays"][0].update(offset=10 ** 9), "runs past the end of the data"),
+    (lambda h: h["arrays"][0].update(name="0.weight_ih"), "array name '0.weight_ih'"),
+    (lambda h: h["arrays"][0].update(name="9.w_ih"), "array name '9.w_ih'"),
+    (lambda h: h["arrays"].pop(), "missing weight"),
+    (lambda h: h["arrays"][0].update(shape=[4, 3]), "has shape"),
+])
+def test_inconsistent_header_is_refused(saved_model, edit, message):
+    _, path = saved_model
+    rewrite_header(path, edit)
+    with pytest.raises(ValueError, match=message):
+        fastrnn.load(path)
+
+
+@pytest.mark.parametrize("version", [0, 2])
+def test_other_format_version_is_refused(saved_model, version):
+    _, path = saved_model
+    blob = bytearray(path.read_bytes())
+    blob[8:12] = struct.pack("<I", version)
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match=f"format version {version}.*reads version 1"):
+        fastrnn.load(path)
+
