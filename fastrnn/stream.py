@@ -1,0 +1,538 @@
+"""Streams: a model run one timestep (or one chunk) per call, with its state kept between calls.
+
+    stream = model.stream(batch=1)      # a Stream: B rows advanced together
+    y_t = stream.step(x_t)              # (B, I) -> (B, H_out); (I,) -> (H_out,) when B == 1
+    ys = stream.process(xs)             # (T, B, I) -> (T, B, H_out); batch_first: (B, T, ...)
+    blob = stream.snapshot(); other.restore(blob)
+
+    pool = fastrnn.StreamPool(model, capacity=1024)   # many independent streams in one table
+    slot = pool.open(); ys = pool.step([slot, ...], xs); pool.close(slot)
+
+A stream's state lives in a table (L, rows, H_out) for h and (L, rows, H) for c, allocated once;
+`fastrnn.driver.step_kernel` advances every layer of the chosen rows in one jitted call that
+releases the GIL and allocates nothing. `process` runs a chunk through the same driver as a
+whole-sequence call, so step-by-step, chunked and whole-sequence results agree (to 1e-6).
+
+Snapshots are bytes in a versioned format (`encode_snapshot`, `decode_snapshot`) that carries a
+fingerprint of the model (configuration, dtype and every weight), so a snapshot is only ever
+restored into the model it was taken from. A Stream of batch 1 and a StreamPool slot share the
+format: a session can move between them.
+"""
+
+import hashlib
+import json
+import struct
+import weakref
+import zlib
+
+import numpy as np
+
+from fastrnn.driver import run_sequence, step_kernel
+from fastrnn.jit import kernel
+from fastrnn.model import Model
+from fastrnn.state import State
+from fastrnn.validation import as_float_array, check_shape
+
+# -- snapshot format --------------------------------------------------------------------------
+#
+#   offset  size  field
+#   0       8     magic b"FRNNSNAP"
+#   8       4     format version (uint32, little-endian), SNAPSHOT_VERSION
+#   12      32    model fingerprint (sha256, see model_fingerprint)
+#   44      1     dtype: 0 float32, 1 float64; then 3 bytes of padding
+#   48      12    h shape (L, B, H_out) as uint32
+#   60      12    c shape (L, B, H) as uint32, (0, 0, 0) for a cell without c
+#   72      ...   h then c, C order, little-endian
+#   end-4   4     crc32 of every byte before it
+#
+# The version is read before the checksum, so a blob of a later format is refused for its version,
+# not called corrupted.
+
+SNAPSHOT_MAGIC = b"FRNNSNAP"
+SNAPSHOT_VERSION = 1
+_HEADER = struct.Struct("<8sI32sB3x3I3I")
+_CHECKSUM = struct.Struct("<I")
+_DTYPE_CODES = {np.dtype("<f4"): 0, np.dtype("<f8"): 1}
+_CODE_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
+
+_fingerprints = weakref.WeakKeyDictionary()
+
+
+def model_fingerprint(model):
+    """sha256 (32 bytes) of the model's configuration, dtype and every weight; computed once per model.
+
+    Works for any object with `.config`, `.dtype` and `.layers` (fastrnn's LayerWeights), so a model
+    on another device that keeps these gives the same fingerprint as its CPU twin.
+    """
+    try:
+        return _fingerprints[model]
+    except (KeyError, TypeError):
+        pass
+    digest = hashlib.sha256()
+    digest.update(json.dumps(model.config.to_json(), sort_keys=True).encode())
+    digest.update(np.dtype(model.dtype).str.encode())
+    for index, weights in enumerate(model.layers):
+        for name, array in sorted(weights.arrays().items()):
+            array = np.ascontiguousarray(array, dtype=np.dtype(model.dtype).newbyteorder("<"))
+            digest.update(f"{index}.{name}{array.shape}".encode())
+            digest.update(array.tobytes())
+    fingerprint = digest.digest()
+    try:
+        _fingerprints[model] = fingerprint
+    except TypeError:  # not weak-referenceable: recomputed next time
+        pass
+    return fingerprint
+
+
+def encode_snapshot(fingerprint, h, c=None):
+    """Bytes holding the state (h, c) of the model whose fingerprint is given.
+
+    h (L, B, H_out) and c (L, B, H) or None are host arrays of the model's dtype (float32/float64).
+    """
+    h = np.asarray(h)
+    dtype = h.dtype.newbyteorder("<")
+    if dtype not in _DTYPE_CODES or h.ndim != 3:
+        raise ValueError(f"h must be a float32/float64 array (L, B, H_out), got {h.dtype} {h.shape}")
+    if len(fingerprint) != 32:
+        raise ValueError(f"fingerprint must be 32 bytes, got {len(fingerprint)}")
+    if c is None:
+        c_shape, c_bytes = (0, 0, 0), b""
+    else:
+        c = np.asarray(c)
+        if c.ndim != 3:
+            raise ValueError(f"c must be (L, B, H), got shape {c.shape}")
+        c_shape, c_bytes = c.shape, np.ascontiguousarray(c, dtype=dtype).tobytes()
+    body = (_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, bytes(fingerprint), _DTYPE_CODES[dtype],
+                         *h.shape, *c_shape)
+            + np.ascontiguousarray(h, dtype=dtype).tobytes() + c_bytes)
+    return body + _CHECKSUM.pack(zlib.crc32(body))
+
+
+def decode_snapshot(blob, fingerprint, dtype, h_shape, c_shape=None):
+    """(h, c) as fresh arrays from a snapshot, checked against the model and the expected shapes.
+
+    c_shape None means the cell has no c (c comes back None). Anything that is not a snapshot of
+    this model with these shapes in this format version is a ValueError saying which.
+    """
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a snapshot is bytes, got {type(blob).__name__}")
+    blob = bytes(blob)
+    if len(blob) < _HEADER.size + _CHECKSUM.size or blob[:8] != SNAPSHOT_MAGIC:
+        raise ValueError("not a fastrnn stream snapshot (it does not start with the snapshot header)")
+    magic, version, blob_fingerprint, dtype_code, *shapes = _HEADER.unpack_from(blob)
+    if version != SNAPSHOT_VERSION:
+        raise ValueError(f"snapshot format version {version} cannot be read: this fastrnn reads "
+                         f"version {SNAPSHOT_VERSION}")
+    (stored_checksum,) = _CHECKSUM.unpack_from(blob, len(blob) - _CHECKSUM.size)
+    if zlib.crc32(blob[:-_CHECKSUM.size]) != stored_checksum:
+        raise ValueError("snapshot is corrupted: its checksum does not match its contents")
+    if blob_fingerprint != bytes(fingerprint):
+        raise ValueError("snapshot was taken from a different model (its configuration, dtype or "
+                         "weights differ from this one's)")
+    dtype = np.dtype(dtype)
+    stored_dtype = _CODE_DTYPES.get(dtype_code)
+    if stored_dtype is None or stored_dtype != dtype.newbyteorder("<"):
+        raise ValueError(f"snapshot holds {stored_dtype} state; this model is {dtype}")
+    stored_h, stored_c = tuple(shapes[:3]), tuple(shapes[3:])
+    expected_c = (0, 0, 0) if c_shape is None else tuple(c_shape)
+    if stored_h != tuple(h_shape) or stored_c != expected_c:
+        raise ValueError(f"snapshot holds state for {stored_h[1]} row(s) of shape h {stored_h}; "
+                         f"expected h {tuple(h_shape)} (batch {h_shape[1]})")
+    h_size = int(np.prod(stored_h)) * dtype.itemsize
+    c_size = int(np.prod(stored_c)) * dtype.itemsize
+    if len(blob) != _HEADER.size + h_size + c_size + _CHECKSUM.size:
+        raise ValueError("snapshot is corrupted: its length does not match its header")
+    data = blob[_HEADER.size:_HEADER.size + h_size + c_size]
+    h = np.frombuffer(data, stored_dtype, count=h_size // dtype.itemsize).reshape(stored_h)
+    h = h.astype(dtype)  # a fresh, writable, native-order copy
+    if c_shape is None:
+        return h, None
+    c = np.frombuffer(data, stored_dtype, offset=h_size).reshape(stored_c).astype(dtype)
+    return h, c
+
+
+# -- shared by Stream and StreamPool ----------------------------------------------------------
+
+def _check_streamable(model):
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a fastrnn.Model, got {type(model).__name__}")
+    if model.config.bidirectional:
+        raise ValueError("a bidirectional model cannot stream: its reverse direction needs the whole "
+                         "sequence before its first output; call model(x) on whole sequences")
+
+
+def _check_count(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
+class _StateTable:
+    """The state of `rows` streams of one model, the step kernel's buffers, and its argument list.
+
+    h (L, rows, H_out); c (L, rows, H), or (L, rows, 0) for cells without one.
+    """
+
+    def __init__(self, model, rows):
+        config, packed = model.config, model._packed
+        dtype = model.dtype
+        layers = config.num_layers
+        self.h = np.zeros((layers, rows, config.output_size), dtype)
+        self.c = np.zeros((layers, rows, config.hidden_size if config.kind == "lstm" else 0),
+                          dtype)
+        flag = config.input_forget if config.kind == "lstm" else config.linear_before_reset
+        gates = np.empty(config.num_gates * config.hidden_size, dtype)
+        scratch = np.empty(packed.scratch_size, dtype)
+        # step_kernel(cell, x, rows, <weights...>, clip, flag, h, c, y, gates, scratch)
+        self.weights = (packed.w_ih_flat, packed.w_ih_offset, packed.w_hh_t, packed.b_ih,
+                        packed.b_hh, packed.peephole, packed.w_proj_t, packed.codes, packed.alphas,
+                        packed.betas, float(config.clip), bool(flag))
+        self.cell = config.cell
+        self.gates, self.scratch = gates, scratch
+
+
+def _check_out(out, shape, dtype):
+    """`out` if it is a C-contiguous array of `dtype` and `shape` the kernel can write into."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.dtype != dtype or out.shape != shape or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        raise ValueError(f"out must be a writable C-contiguous {dtype} array of shape {shape}, "
+                         f"got {out.dtype} {out.shape}")
+    return out
+
+
+# -- Stream -----------------------------------------------------------------------------------
+
+class Stream:
+    """One model's state for `batch` rows, advanced one timestep or one chunk per call.
+
+    step(x_t, out=None): x_t (B, I) -> (B, H_out); a batch-1 stream also takes (I,) -> (H_out,).
+        With `out` (a C-contiguous array of the result's shape and the model's dtype) the call
+        allocates nothing: the kernel writes the result there. The fast path is an input that is
+        already a C-contiguous array of the model's dtype and shape; anything else floating
+        (lists, other dtypes, torch tensors) is converted first.
+    process(xs): a chunk of any length, (T, B, I) -> (T, B, H_out); batch_first models take
+        (B, T, I) -> (B, T, H_out); a batch-1 stream also takes (T, I) -> (T, H_out).
+    reset(): back to the zero state.
+    state: a fastrnn.State (h (L, B, H_out), c (L, B, H) or None), as Model's; getting copies it
+        out, setting copies it in (a State, (h, c) or h).
+    snapshot() -> bytes; restore(bytes): the state, checked against this model and batch.
+
+    A Stream is driven by one thread at a time; threads each driving their own Stream run in
+    parallel (the kernel releases the GIL).
+    """
+
+    def __init__(self, model, batch=1):
+        _check_streamable(model)
+        self.model = model
+        self.batch = _check_count(batch, "batch")
+        self._table = _StateTable(model, self.batch)
+        self._rows = np.arange(self.batch, dtype=np.int64)
+        self._dtype = model.dtype
+        self._x_shape = (self.batch, model.config.input_size)
+        self._y_shape = (self.batch, model.config.output_size)
+        self._args = (self._table.cell, self._rows, *self._table.weights, self._table.h,
+                      self._table.c, self._table.gates, self._table.scratch)
+
+    def __repr__(self):
+        return f"fastrnn.Stream({self.model!r}, batch={self.batch})"
+
+    # -- running --
+
+    def step(self, x, out=None):
+        """Advance one timestep: x (B, I) -> y (B, H_out) (see the class docstring)."""
+        if not (type(x) is np.ndarray and x.dtype is self._dtype and x.shape == self._x_shape
+                and x.flags.c_contiguous):
+            x, unbatched = self._check_step_input(x)
+            if unbatched:
+                if out is not None:
+                    out = _check_out(out, self._y_shape[1:], self._dtype).reshape(self._y_shape)
+                return self.step(x, out).reshape(self._y_shape[1:])
+        if out is None:
+            out = np.empty(self._y_shape, self._dtype)
+        elif not (type(out) is np.ndarray and out.dtype is self._dtype
+                  and out.shape == self._y_shape and out.flags.c_contiguous
+                  and out.flags.writeable):
+            out = _check_out(out, self._y_shape, self._dtype)
+        cell, rows, w_ih, w_ih_offset, w_hh, b_ih, b_hh, peephole, w_proj, codes, alphas, betas, \
+            clip, flag, h, c, gates, scratch = self._args
+        step_kernel(cell, x, rows, w_ih, w_ih_offset, w_hh, b_ih, b_hh, peephole, w_proj, codes,
+                    alphas, betas, clip, flag, h, c, out, gates, scratch)
+        return out
+
+    def _check_step_input(self, x):
+        x = as_float_array(x, self._dtype, "x_t")
+        if x.ndim == 1 and self.batch == 1:
+            check_shape(x, self._x_shape[1:], "x_t of a batch-1 stream")
+            return x.reshape(self._x_shape), True
+        check_shape(x, self._x_shape, f"x_t (batch {self.batch}, {self._x_shape[1]} features)")
+        return x, False
+
+    def process(self, xs):
+        """Advance over a chunk: (T, B, I) -> (T, B, H_out), batch_first (B, T, ...) (see the class)."""
+        config = self.model.config
+        xs = as_float_array(xs, self._dtype, "xs")
+        unbatched = xs.ndim == 2 and self.batch == 1
+        if unbatched:
+            xs = xs[:, None, :]
+        layout = "(B, T, I)" if config.batch_first else "(T, B, I)"
+        if xs.ndim != 3:
+            raise ValueError(f"xs must be {layout}" + (" or (T, I)" if self.batch == 1 else "")
+                             + f", got shape {xs.shape}")
+        given_shape = xs.shape
+        if config.batch_first and not unbatched:
+            xs = xs.transpose(1, 0, 2)
+        steps = xs.shape[0]
+        if xs.shape[1:] != self._x_shape:
+            expected = (self.batch, "T") if config.batch_first else ("T", self.batch)
+            raise ValueError(f"xs must be {layout} = ({expected[0]}, {expected[1]}, "
+                             f"{self._x_shape[1]}) for this stream, got shape {given_shape}")
+        if steps == 0:
+            ys = np.zeros((0, self.batch, config.output_size), self._dtype)
+        else:
+            lengths = np.full(self.batch, steps, np.int64)
+            ys = run_sequence(config, self.model._packed, np.ascontiguousarray(xs),
+                              self._table.h, self._table.c, lengths)
+        if unbatched:
+            return ys[:, 0, :]
+        if config.batch_first:
+            return np.ascontiguousarray(ys.transpose(1, 0, 2))
+        return ys
+
+    # -- state --
+
+    def reset(self):
+        """Back to the zero state."""
+        self._table.h.fill(0)
+        self._table.c.fill(0)
+
+    @property
+    def state(self):
+        """A copy of the state: fastrnn.State(h (L, B, H_out), c (L, B, H) or None)."""
+        has_c = self.model.kind == "lstm"
+        return State(self._table.h.copy(), self._table.c.copy() if has_c else None)
+
+    @state.setter
+    def state(self, value):
+        if value is None:
+            raise ValueError("state must be a fastrnn.State, (h, c) or h; use reset() for zeros")
+        h, c = self.model.check_state(value, self.batch)
+        self._table.h[...] = h
+        self._table.c[...] = c
+
+    def snapshot(self):
+        """The state as bytes (see the module docstring), for restore() on a stream of this model."""
+        has_c = self.model.kind == "lstm"
+        return encode_snapshot(model_fingerprint(self.model), self._table.h,
+                               self._table.c if has_c else None)
+
+    def restore(self, blob):
+        """Take the state held by `blob`, a snapshot of this model with this batch; ValueError if not."""
+        h_shape, c_shape = self.model.state_shapes(self.batch)
+        h, c = decode_snapshot(blob, model_fingerprint(self.model), self._dtype, h_shape, c_shape)
+        self._table.h[...] = h
+        if c is not None:
+            self._table.c[...] = c
+
+
+# -- StreamPool -------------------------------------------------------------------------------
+
+@kernel
+def _first_bad_slot(slots, is_open, seen):
+    """The position in `slots` of the first slot that is out of range, closed or repeated; -1 if none.
+
+    seen (capacity,) is all False on entry and is left so.
+    """
+    bad = -1
+    marked = 0
+    for n in range(slots.shape[0]):
+        slot = slots[n]
+        if slot < 0 or slot >= is_open.shape[0] or not is_open[slot] or seen[slot]:
+            bad = n
+            break
+        seen[slot] = True
+        marked = n + 1
+    for n in range(marked):
+        seen[slots[n]] = False
+    return bad
+
+
+class StreamPool:
+    """Many independent batch-1 streams of one model in one state table, stepped together.
+
+        pool = fastrnn.StreamPool(model, capacity=1024)
+        slot = pool.open()                 # a zero state (or open(snapshot) to resume one)
+        ys = pool.step(slots, xs)          # slots (N,) distinct open slots, xs (N, I) -> (N, H_out)
+        pool.close(slot)
+
+    `step` advances any subset of the open slots, in any order, in one kernel call; each row is
+    computed on its own, so NaN in one slot never reaches another. Per slot: reset, get_state /
+    set_state (a State shaped as a batch-1 Stream's), snapshot / restore (the same bytes as a
+    batch-1 Stream's). A pool is driven by one thread at a time.
+    """
+
+    def __new__(cls, model, capacity=1024):
+        if getattr(model, "device", "cpu") != "cpu":
+            return model.stream_pool(capacity)
+        return super().__new__(cls)
+
+    def __init__(self, model, capacity=1024):
+        _check_streamable(model)
+        self.model = model
+        self.capacity = _check_count(capacity, "capacity")
+        self._table = _StateTable(model, self.capacity)
+        self._dtype = model.dtype
+        self._input_size = model.config.input_size
+        self._output_size = model.config.output_size
+        self._is_open = np.zeros(self.capacity, np.bool_)
+        self._seen = np.zeros(self.capacity, np.bool_)
+        self._free = list(range(self.capacity - 1, -1, -1))  # popped from the end: lowest first
+        self._args = (self._table.cell, *self._table.weights, self._table.h, self._table.c,
+                      self._table.gates, self._table.scratch)
+
+    def __repr__(self):
+        return (f"fastrnn.StreamPool({self.model!r}, capacity={self.capacity}, "
+                f"open={self.num_open})")
+
+    # -- slots --
+
+    @property
+    def num_open(self):
+        return self.capacity - len(self._free)
+
+    @property
+    def open_slots(self):
+        """The open slots, in increasing order."""
+        return [int(slot) for slot in np.flatnonzero(self._is_open)]
+
+    def open(self, snapshot=None):
+        """A free slot, its state zero or restored from `snapshot`; ValueError when the pool is full."""
+        if not self._free:
+            raise ValueError(f"the pool is full: all {self.capacity} slots are open; close one "
+                             f"or make a larger pool")
+        if snapshot is not None:
+            h, c = self._decode(snapshot)  # before taking the slot, so a bad blob takes none
+        slot = self._free.pop()
+        self._is_open[slot] = True
+        if snapshot is None:
+            self.reset(slot)
+        else:
+            self._write(slot, h, c)
+        return slot
+
+    def close(self, slot):
+        """Free an open slot; its state is cleared."""
+        slot = self._check_slot(slot)
+        self.reset(slot)
+        self._is_open[slot] = False
+        self._free.append(slot)
+
+    def _check_slot(self, slot):
+        if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)):
+            raise TypeError(f"slot must be an integer, got {slot!r}")
+        if not 0 <= slot < self.capacity:
+            raise ValueError(f"slot {slot} is out of range for a pool of capacity {self.capacity}")
+        if not self._is_open[slot]:
+            raise ValueError(f"slot {slot} is not open")
+        return int(slot)
+
+    # -- running --
+
+    def step(self, slots, xs, out=None):
+        """Advance the streams in `slots` (N,) by one timestep: xs (N, I) -> y (N, H_out).
+
+        Slots must be open and distinct; row n of xs and of y belongs to slots[n]. With `out`
+        (a C-contiguous (N, H_out) array of the model's dtype) nothing is allocated.
+        """
+        if not (type(slots) is np.ndarray and slots.dtype == np.int64 and slots.ndim == 1
+                and slots.flags.c_contiguous):
+            slots = self._as_slots(slots)
+        count = slots.shape[0]
+        x_shape = (count, self._input_size)
+        if not (type(xs) is np.ndarray and xs.dtype is self._dtype and xs.shape == x_shape
+                and xs.flags.c_contiguous):
+            xs = as_float_array(xs, self._dtype, "xs")
+            check_shape(xs, x_shape, f"xs (one row of {self._input_size} features per slot)")
+        y_shape = (count, self._output_size)
+        out = np.empty(y_shape, self._dtype) if out is None else \
+            _check_out(out, y_shape, self._dtype)
+        bad = _first_bad_slot(slots, self._is_open, self._seen)
+        if bad >= 0:
+            self._explain_bad_slot(slots, bad)
+        cell, w_ih, w_ih_offset, w_hh, b_ih, b_hh, peephole, w_proj, codes, alphas, betas, clip, \
+            flag, h, c, gates, scratch = self._args
+        step_kernel(cell, xs, slots, w_ih, w_ih_offset, w_hh, b_ih, b_hh, peephole, w_proj,
+                    codes, alphas, betas, clip, flag, h, c, out, gates, scratch)
+        return out
+
+    def _as_slots(self, slots):
+        if hasattr(slots, "detach") and hasattr(slots, "cpu"):
+            slots = slots.detach().cpu().numpy()
+        array = np.asarray(slots)
+        if array.dtype.kind not in "iu" and not (array.size == 0 and array.dtype.kind == "f"):
+            raise TypeError(f"slots must be integers, got dtype {array.dtype}")
+        if array.ndim != 1:
+            raise ValueError(f"slots must be a 1-D sequence of slot numbers, got shape "
+                             f"{array.shape}")
+        if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"slot {array.max()} is out of range for a pool of capacity "
+                             f"{self.capacity}")
+        return np.ascontiguousarray(array, dtype=np.int64)
+
+    def _explain_bad_slot(self, slots, position):
+        slot = int(slots[position])
+        if not 0 <= slot < self.capacity:
+            raise ValueError(f"slots[{position}] = {slot} is out of range for a pool of capacity "
+                             f"{self.capacity}")
+        if not self._is_open[slot]:
+            raise ValueError(f"slots[{position}] = {slot} is not open")
+        raise ValueError(f"slot {slot} appears more than once in slots (again at position "
+                         f"{position}); each stream advances once per step")
+
+    # -- per-slot state --
+
+    def reset(self, slot):
+        """Back to the zero state for one slot."""
+        slot = self._check_slot(slot)
+        self._table.h[:, slot] = 0
+        self._table.c[:, slot] = 0
+
+    def get_state(self, slot):
+        """A copy of one slot's state, shaped as a batch-1 Stream's: h (L, 1, H_out), c or None."""
+        slot = self._check_slot(slot)
+        has_c = self.model.kind == "lstm"
+        return State(self._table.h[:, slot:slot + 1].copy(),
+                     self._table.c[:, slot:slot + 1].copy() if has_c else None)
+
+    def set_state(self, slot, state):
+        """Set one slot's state from a State, (h, c) or h shaped as a batch-1 Stream's."""
+        slot = self._check_slot(slot)
+        if state is None:
+            raise ValueError("state must be a fastrnn.State, (h, c) or h; use reset(slot) for zeros")
+        h, c = self.model.check_state(state, 1)
+        self._write(slot, h, c)
+
+    def snapshot(self, slot):
+        """One slot's state as bytes, restorable into any slot of a pool of this model or a batch-1 Stream."""
+        slot = self._check_slot(slot)
+        has_c = self.model.kind == "lstm"
+        return encode_snapshot(model_fingerprint(self.model), self._table.h[:, slot:slot + 1],
+                               self._table.c[:, slot:slot + 1] if has_c else None)
+
+    def restore(self, slot, blob):
+        """Set one slot's state from a batch-1 snapshot of this model; ValueError if it is not one."""
+        slot = self._check_slot(slot)
+        h, c = self._decode(blob)
+        self._write(slot, h, c)
+
+    def _decode(self, blob):
+        h_shape, c_shape = self.model.state_shapes(1)
+        return decode_snapshot(blob, model_fingerprint(self.model), self._dtype, h_shape, c_shape)
+
+    def _write(self, slot, h, c):
+        self._table.h[:, slot] = h[:, 0]
+        if c is not None and c.shape[2]:
+            self._table.c[:, slot] = c[:, 0]
