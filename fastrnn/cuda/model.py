@@ -1,0 +1,201 @@
+"""CudaModel: a fastrnn.Model whose weights live on an NVIDIA GPU, with the same API.
+
+    model_gpu = model.to("cuda")          # weights uploaded once, here
+    y, state = model_gpu(x)               # numpy in, numpy out; the work runs on the device
+    stream = model_gpu.stream(batch=1)    # state kept on the device between calls
+    pool = fastrnn.StreamPool(model_gpu, capacity=N)
+    model_gpu.to("cpu") is model          # the CPU model it came from
+
+Validation is the CPU Model's own (Model._check_input, Model.check_state, fastrnn.validation):
+a CUDA model refuses exactly what its CPU twin refuses, with the same messages.
+"""
+
+import contextlib
+
+import numpy as np
+from numba import cuda
+
+from fastrnn.cuda import driver
+from fastrnn.state import State
+from fastrnn.validation import as_lengths
+
+DEFAULT_THREADS_PER_BLOCK = 256
+DEFAULT_TILE = 16
+
+
+class CudaUnavailableError(RuntimeError):
+    """No usable CUDA GPU or driver: raised by model.to("cuda")."""
+
+
+def parse_device(device):
+    """The GPU index named by "cuda" or "cuda:N"."""
+    device = str(device)
+    if device == "cuda":
+        return 0
+    prefix, _, index = device.partition(":")
+    if prefix != "cuda" or not index.isdigit():
+        raise ValueError(f"device must be 'cuda' or 'cuda:N', got {device!r}")
+    return int(index)
+
+
+def check_gpu(index):
+    """Raise CudaUnavailableError unless GPU `index` can run kernels (or the simulator is on)."""
+    if not cuda.is_available():
+        try:
+            cuda.detect()
+            reason = "no CUDA GPU was found"
+        except Exception as error:  # numba says why: no driver library, no device, ...
+            reason = str(error).strip() or type(error).__name__
+        raise CudaUnavailableError(
+            f"model.to('cuda') needs an NVIDIA GPU with a working CUDA driver: {reason}. "
+            f"Keep the model on the CPU (model.to('cpu')), or set NUMBA_ENABLE_CUDASIM=1 before "
+            f"numba is imported to run the CUDA code in Numba's simulator.")
+    count = len(cuda.gpus)
+    if index >= count:
+        raise CudaUnavailableError(f"there is no GPU cuda:{index}: {count} GPU(s) visible")
+
+
+class DeviceWeights:
+    """A model's PackedWeights (fastrnn.weights) copied to the device once, and its kernels.
+
+        w_ih_flat    every layer-direction's W_ih^T (I_l, G*H), back to back
+        w_ih_offset  (L*D,) start of each block, on the device and as host ints
+        w_hh_t       (L*D, H_out, G*H); b_ih, b_hh (L*D, G*H)
+        peephole     (L*D, 3, H) or (L*D, 3, 0); w_proj_t (L*D, H, H_out) or (L*D, 0, 0)
+        codes        (L*D, 3) int64; alphas, betas (L*D, 3) float64
+    """
+
+    def __init__(self, config, packed, dtype, tile):
+        self.config = config
+        self.tile = tile
+        self.kernels = driver.build(np.dtype(dtype), tile)
+        self.w_ih_flat = cuda.to_device(packed.w_ih_flat)
+        self.w_ih_offset = cuda.to_device(packed.w_ih_offset)
+        self._w_ih_blocks = [(int(start), block.shape) for start, block in
+                             zip(packed.w_ih_offset, packed.w_ih_t)]
+        self.w_hh_t = cuda.to_device(packed.w_hh_t)
+        self.b_ih = cuda.to_device(packed.b_ih)
+        self.b_hh = cuda.to_device(packed.b_hh)
+        self.peephole = cuda.to_device(np.ascontiguousarray(packed.peephole))
+        self.w_proj_t = cuda.to_device(np.ascontiguousarray(packed.w_proj_t))
+        self.codes = cuda.to_device(packed.codes)
+        self.alphas = cuda.to_device(packed.alphas)
+        self.betas = cuda.to_device(packed.betas)
+
+    def w_ih_t(self, ld):
+        """Layer-direction ld's W_ih^T (I_l, G*H), a view into w_ih_flat."""
+        start, shape = self._w_ih_blocks[ld]
+        return self.w_ih_flat[start:start + shape[0] * shape[1]].reshape(*shape)
+
+
+class CudaModel:
+    """A fastrnn.Model on a CUDA device: the same calls, the same results (see the module doc).
+
+    threads_per_block bounds the threads of a recurrence block (one per hidden unit up to it);
+    tile is the edge of the input projection's matmul tiles. Both only change speed.
+    """
+
+    device = "cuda"
+
+    def __init__(self, model, index=0, threads_per_block=DEFAULT_THREADS_PER_BLOCK,
+                 tile=DEFAULT_TILE):
+        for name, value in (("threads_per_block", threads_per_block), ("tile", tile)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if tile * tile > 1024:
+            raise ValueError(f"tile must be at most 32 (tile * tile threads per block), got {tile}")
+        if threads_per_block > 1024:
+            raise ValueError(f"threads_per_block must be at most 1024, got {threads_per_block}")
+        check_gpu(index)
+        self._cpu = model
+        self.index = index
+        self.threads_per_block = int(threads_per_block)
+        with self._on_device():
+            self._weights = DeviceWeights(model.config, model._packed, model.dtype, int(tile))
+
+    def _on_device(self):
+        """The GPU as the current device; device 0 is Numba's default and needs no switch."""
+        return contextlib.nullcontext() if self.index == 0 else cuda.gpus[self.index]
+
+    # -- description: the CPU model's --------------------------------------------------------
+
+    config = property(lambda self: self._cpu.config)
+    dtype = property(lambda self: self._cpu.dtype)
+    layers = property(lambda self: self._cpu.layers)
+    kind = property(lambda self: self._cpu.kind)
+    input_size = property(lambda self: self._cpu.input_size)
+    hidden_size = property(lambda self: self._cpu.hidden_size)
+    output_size = property(lambda self: self._cpu.output_size)
+    num_parameters = property(lambda self: self._cpu.num_parameters)
+
+    def __repr__(self):
+        return repr(self._cpu)[:-1] + f", device='cuda:{self.index}')"
+
+    def state_shapes(self, batch):
+        return self._cpu.state_shapes(batch)
+
+    def initial_state(self, batch):
+        return self._cpu.initial_state(batch)
+
+    def check_state(self, state, batch, unbatched=False):
+        return self._cpu.check_state(state, batch, unbatched)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def __call__(self, x, state=None, lengths=None):
+        """y, state = model(x, state, lengths), as fastrnn.Model; numpy results on the host."""
+        cpu = self._cpu
+        x, unbatched = cpu._check_input(x)
+        steps, batch = x.shape[0], x.shape[1]
+        if unbatched and lengths is not None:
+            raise ValueError("lengths need a batched input (T, B, I)")
+        row_lengths = as_lengths(lengths, batch, steps)
+        h, c = cpu.check_state(state, batch, unbatched)
+        if batch == 0:  # nothing to launch: an empty grid is an error on the device
+            y = np.zeros((steps, 0, self.output_size), self.dtype)
+            return cpu._package(y, h, c, unbatched)
+        with self._on_device():
+            device_h, device_c = cuda.to_device(h), cuda.to_device(c)
+            y = driver.run_sequence(self._weights, x, device_h, device_c,
+                                    cuda.to_device(row_lengths), self.threads_per_block)
+            y = y.copy_to_host()
+            device_h.copy_to_host(h)
+            device_c.copy_to_host(c)
+        return cpu._package(y, h, c, unbatched)
+
+    def stream(self, batch=1):
+        """A stream whose state stays on the device (fastrnn.cuda.stream.CudaStream)."""
+        from fastrnn.cuda.stream import CudaStream
+        return CudaStream(self, batch)
+
+    def stream_pool(self, capacity=1024):
+        """A StreamPool whose state table stays on the device (fastrnn.cuda.stream.CudaStreamPool)."""
+        from fastrnn.cuda.stream import CudaStreamPool
+        return CudaStreamPool(self, capacity)
+
+    # -- devices and files -------------------------------------------------------------------
+
+    def to(self, device):
+        """"cpu" gives back the CPU model this one came from; "cuda[:N]" this one or a copy on N."""
+        device = str(device)
+        if device == "cpu":
+            return self._cpu
+        index = parse_device(device)
+        if index == self.index:
+            return self
+        return CudaModel(self._cpu, index, self.threads_per_block, self._weights.tile)
+
+    def save(self, path):
+        """Write the model to `path` in fastrnn's native format, as the CPU model would."""
+        self._cpu.save(path)
+
+
+def to_cuda(model, device="cuda", *, threads_per_block=DEFAULT_THREADS_PER_BLOCK,
+            tile=DEFAULT_TILE):
+    """`model` (a fastrnn.Model) on a CUDA device; CudaUnavailableError when there is none."""
+    from fastrnn.model import Model
+    if isinstance(model, CudaModel):
+        model = model.to("cpu")
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a fastrnn.Model, got {type(model).__name__}")
+    return CudaModel(model, parse_device(device), threads_per_block, tile)
