@@ -1,1 +1,28 @@
-"""ONNX in (work in progress)."""
+"""ONNX in: `InferenceSession` runs whole graphs, `from_onnx` turns a recurrent stack into a Model.
+
+Ops are handled by a registry (registry.py), one handler per op family keyed by op type and
+opset range: LSTM, GRU and RNN (recurrent.py, opsets 7-22) on fastrnn's kernels, and the glue and
+head ops exporters emit around them (glue.py) in numpy. An op without a handler is refused when the
+graph is loaded, naming the op type and the node.
+
+What the converter permutes (everything else is copied as is; W and R keep their (gates*H, inputs)
+shape, B is split into its W and R halves, b_ih and b_hh):
+
+| tensor | ONNX order | fastrnn order (PyTorch's) | ONNX blocks taken, in fastrnn order |
+|---|---|---|---|
+| LSTM W, R, Wb, Rb | i, o, f, c | i, f, g(=c), o | 0, 2, 3, 1 |
+| LSTM P (peepholes) | i, o, f | i, f, o | 0, 2, 1 |
+| GRU W, R, Wb, Rb | z, r, h | r, z, n(=h) | 1, 0, 2 |
+| RNN W, R, Wb, Rb | i | i | 0 |
+
+ONNX's GRU default (linear_before_reset=0, reset applied to h before the product) maps to
+Config(linear_before_reset=False); activations, clip and input_forget map to the Config fields of
+the same names. Recurrent weights must be known when the graph is loaded (initializers, Constant
+nodes, or computed from those alone); graphs that feed W, R, B or P as inputs are refused.
+"""
+
+from fastrnn.converters.onnx.registry import register, supported_ops
+from fastrnn.converters.onnx.session import InferenceSession
+from fastrnn.converters.onnx.stack import from_onnx
+
+__all__ = ["InferenceSession", "from_onnx", "register", "supported_ops"]

@@ -1,0 +1,286 @@
+"""LSTM, GRU and RNN nodes (opsets 7-22), run by the engine's kernels.
+
+Each node is translated once, when the graph is loaded, into a one-layer fastrnn Config and
+PackedWeights (the gate permutation is in this package's docstring). Every run then calls the
+engine's `sequence_kernel` once per direction, or `step_kernel` for a one-step forward call.
+
+ONNX conventions handled here (X and Y axes for layout 0; layout 1 swaps the first two of X, Y,
+initial_h, initial_c, Y_h and Y_c):
+    X (T, B, I)  W (D, G*H, I)  R (D, G*H, H)  B (D, 2*G*H)  P (D, 3H)  sequence_lens (B,)
+    initial_h, initial_c (D, B, H)  ->  Y (T, D, B, H)  Y_h, Y_c (D, B, H)
+- Rows past their sequence_lens are zero in Y. A row whose length is 0 gets zero Y_h and Y_c, as
+  onnxruntime gives (not its initial state).
+- activation_alpha/activation_beta are consumed in order by the activations that take them
+  (alpha: Affine, LeakyRelu, ThresholdedRelu, ScaledTanh, HardSigmoid, Elu; beta: Affine,
+  ScaledTanh, HardSigmoid); one left out takes onnxruntime's default: LeakyRelu 0.01,
+  HardSigmoid 0.2/0.5, Elu 1.0, 0 for the others.
+- W, R, B and P must be known when loading (initializers, Constant nodes, or folded from them);
+  weights fed at run time are refused with an error naming the node.
+"""
+
+import numpy as np
+
+from fastrnn.activations import ACTIVATION_CODES, activation_code
+from fastrnn.cells import DEFAULT_ACTIVATIONS
+from fastrnn.driver import sequence_kernel, step_kernel
+from fastrnn.converters.onnx.registry import register
+from fastrnn.weights import Config, LayerWeights, PackedWeights, check_layers
+
+ACTIVATION_NAMES = {code: name for name, code in ACTIVATION_CODES.items()}
+USES_ALPHA = {"Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh", "HardSigmoid", "Elu"}
+USES_BETA = {"Affine", "ScaledTanh", "HardSigmoid"}
+# onnxruntime's values for an alpha/beta the node leaves out (checked by the tests).
+DEFAULT_ALPHA = {"LeakyRelu": 0.01, "HardSigmoid": 0.2, "Elu": 1.0}
+DEFAULT_BETA = {"HardSigmoid": 0.5}
+
+# ONNX gate block -> fastrnn gate block, as indices of ONNX blocks in fastrnn's order.
+GATE_ORDER = {
+    "lstm": (0, 2, 3, 1),    # ONNX i, o, f, c -> fastrnn i, f, g(=c), o
+    "gru": (1, 0, 2),        # ONNX z, r, h    -> fastrnn r, z, n(=h)
+    "rnn": (0,),
+}
+PEEPHOLE_ORDER = (0, 2, 1)   # ONNX P i, o, f -> fastrnn i, f, o
+NUM_ACTIVATIONS = {"lstm": 3, "gru": 2, "rnn": 1}
+DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+# Optional inputs by position: X, W, R, B, sequence_lens, initial_h, initial_c, P.
+X, W, R, B, SEQUENCE_LENS, INITIAL_H, INITIAL_C, P = range(8)
+
+
+def _permute_blocks(array, order, hidden):
+    """Reorder the gate blocks (of `hidden` rows each) along axis 0."""
+    return np.concatenate([array[block * hidden:(block + 1) * hidden] for block in order])
+
+
+def _activations(node, family, directions):
+    """The node's activations as fastrnn's ((name, alpha, beta), ...), forward then reverse."""
+    count = NUM_ACTIVATIONS[family]
+    names = node.attribute("activations")
+    if names is None:
+        default = DEFAULT_ACTIVATIONS["rnn_tanh" if family == "rnn" else family]
+        names = list(default) * directions
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    if len(names) != count * directions:
+        raise node.error(f"activations must list {count * directions} functions ({count} per "
+                         f"direction), got {names}")
+    alphas = list(node.attribute("activation_alpha") or [])
+    betas = list(node.attribute("activation_beta") or [])
+    table = []
+    for name in names:
+        try:
+            canonical = ACTIVATION_NAMES[activation_code(name)]
+        except ValueError as error:
+            raise node.error(str(error)) from None
+        alpha = alphas.pop(0) if canonical in USES_ALPHA and alphas else \
+            DEFAULT_ALPHA.get(canonical, 0.0)
+        beta = betas.pop(0) if canonical in USES_BETA and betas else \
+            DEFAULT_BETA.get(canonical, 0.0)
+        table.append((canonical, float(alpha), float(beta)))
+    return tuple(table)
+
+
+class RecurrentNode:
+    """One ONNX LSTM/GRU/RNN node, translated: config, weights in fastrnn's layout, packed."""
+
+    def __init__(self, node, family):
+        self.node = node
+        self.family = family
+        self.name = node.name
+        for index, label in ((W, "W"), (R, "R"), (B, "B"), (P, "P")):
+            if node.has_input(index) and node.constant_input(index) is None:
+                raise node.error(f"weight input {label} ({node.inputs[index]!r}) is not known "
+                                 f"when loading; fastrnn needs recurrent weights as initializers "
+                                 f"or Constant nodes, not graph inputs")
+        if not (node.has_input(W) and node.has_input(R)):
+            raise node.error("needs inputs X, W and R")
+        w, r = node.constant_input(W), node.constant_input(R)
+        if w.dtype not in (np.float32, np.float64):
+            raise node.error(f"weights must be float32 or float64, got {w.dtype}")
+        direction = node.attribute("direction", "forward")
+        direction = direction.decode() if isinstance(direction, bytes) else direction
+        if direction not in DIRECTIONS:
+            raise node.error(f"direction must be forward, reverse or bidirectional, got "
+                             f"{direction!r}")
+        self.direction = direction
+        directions = DIRECTIONS[direction]
+        gates = len(GATE_ORDER[family])
+        hidden = node.attribute("hidden_size") or r.shape[-1]
+        if w.ndim != 3 or w.shape[0] != directions or w.shape[1] != gates * hidden:
+            raise node.error(f"W must be ({directions}, {gates * hidden}, input_size), got "
+                             f"{w.shape}")
+        if r.shape != (directions, gates * hidden, hidden):
+            raise node.error(f"R must be {(directions, gates * hidden, hidden)}, got {r.shape}")
+        self.layout = node.attribute("layout", 0)
+        if self.layout not in (0, 1):
+            raise node.error(f"layout must be 0 or 1, got {self.layout}")
+        self.dtype = w.dtype
+        self.hidden_size = hidden
+        self.input_size = w.shape[2]
+        self.num_directions = directions
+        bias = node.constant_input(B)
+        if bias is None:
+            bias = np.zeros((directions, 2 * gates * hidden), w.dtype)
+        elif bias.shape != (directions, 2 * gates * hidden):
+            raise node.error(f"B must be {(directions, 2 * gates * hidden)}, got {bias.shape}")
+        peephole = node.constant_input(P) if family == "lstm" else None
+        if peephole is not None and peephole.shape != (directions, 3 * hidden):
+            raise node.error(f"P must be {(directions, 3 * hidden)}, got {peephole.shape}")
+        activations = _activations(node, family, directions)
+        kind = {"lstm": "lstm", "gru": "gru", "rnn": "rnn_tanh"}[family]
+        if family == "rnn" and all(entry == ("Relu", 0.0, 0.0) for entry in activations):
+            kind = "rnn_relu"
+        if activations == tuple((name, 0.0, 0.0) for name in DEFAULT_ACTIVATIONS[kind]) * directions:
+            activations = ()  # the cell's defaults: the Model reads as PyTorch's
+        clip = node.attribute("clip")
+        self.config = Config(
+            kind=kind, input_size=self.input_size, hidden_size=hidden,
+            bidirectional=directions == 2, clip=float(clip) if clip else 0.0,
+            input_forget=bool(node.attribute("input_forget", 0)) if family == "lstm" else False,
+            linear_before_reset=bool(node.attribute("linear_before_reset", 0))
+            if family == "gru" else True,
+            activations=activations)
+        order = GATE_ORDER[family]
+        layers = []
+        for d in range(directions):
+            b_ih, b_hh = bias[d, :gates * hidden], bias[d, gates * hidden:]
+            layers.append(LayerWeights(
+                w_ih=_permute_blocks(w[d], order, hidden),
+                w_hh=_permute_blocks(r[d], order, hidden),
+                b_ih=_permute_blocks(b_ih, order, hidden),
+                b_hh=_permute_blocks(b_hh, order, hidden),
+                peephole=None if peephole is None else
+                _permute_blocks(peephole[d], PEEPHOLE_ORDER, hidden).reshape(3, hidden)))
+        self.layers = check_layers(self.config, layers, self.dtype)
+        self.packed = PackedWeights(self.config, self.layers, self.dtype)
+        self.cell = self.config.cell
+        self.flag = self.config.input_forget if kind == "lstm" else self.config.linear_before_reset
+        self.has_c = family == "lstm"
+        self.state_width_c = hidden if self.has_c else 0
+        self.reverse_flags = (direction == "reverse",) if directions == 1 else (False, True)
+        self.scratch = np.empty(self.packed.scratch_size, self.dtype)
+        self.gates = np.empty(gates * hidden, self.dtype)
+        self._rows = {}
+        outputs = node.outputs + [""] * (3 - len(node.outputs))
+        self.wants_y, self.wants_h, self.wants_c = (name != "" for name in outputs[:3])
+        self.num_outputs = len(node.outputs)
+
+    # -- run time ------------------------------------------------------------------------------
+
+    def _check(self, value, label, shape):
+        if not isinstance(value, np.ndarray) or value.dtype != self.dtype:
+            dtype = getattr(value, "dtype", type(value).__name__)
+            raise TypeError(f"{self.node.op_type} node {self.name!r}: {label} must be a "
+                            f"{self.dtype} array, got {dtype}")
+        if value.shape != shape:
+            raise ValueError(f"{self.node.op_type} node {self.name!r}: {label} must have shape "
+                             f"{shape}, got {value.shape}")
+
+    def _state(self, value, label, width, batch):
+        directions = self.num_directions
+        if value is None:
+            return np.zeros((directions, batch, width), self.dtype)
+        if self.layout:
+            self._check(value, label, (batch, directions, width))
+            return np.ascontiguousarray(value.transpose(1, 0, 2))
+        self._check(value, label, (directions, batch, width))
+        return np.array(value, order="C")  # a copy: the kernels write the final state into it
+
+    def __call__(self, x, w=None, r=None, b=None, sequence_lens=None, initial_h=None,
+                 initial_c=None, p=None):
+        if not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim != 3:
+            raise TypeError(f"{self.node.op_type} node {self.name!r}: X must be a 3-D "
+                            f"{self.dtype} array, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)} {np.shape(x)}")
+        if self.layout:
+            x = x.transpose(1, 0, 2)
+        steps, batch, features = x.shape
+        if features != self.input_size:
+            raise ValueError(f"{self.node.op_type} node {self.name!r}: X must have "
+                             f"{self.input_size} features, got shape {x.shape}")
+        hidden = self.hidden_size
+        h = self._state(initial_h, "initial_h", hidden, batch)
+        c = self._state(initial_c, "initial_c", self.state_width_c, batch)
+        lengths = None
+        if sequence_lens is not None:
+            lengths = np.asarray(sequence_lens)
+            if lengths.dtype.kind not in "iu" or lengths.shape != (batch,):
+                raise ValueError(f"{self.node.op_type} node {self.name!r}: sequence_lens must "
+                                 f"be ({batch},) integers, got {lengths.dtype} {lengths.shape}")
+            if batch and (lengths.min() < 0 or lengths.max() > steps):
+                raise ValueError(f"{self.node.op_type} node {self.name!r}: sequence_lens must "
+                                 f"lie in 0..{steps}, got {lengths.tolist()}")
+            if lengths.min() == steps:
+                lengths = None
+            else:
+                lengths = lengths.astype(np.int64)
+        if steps == 1 and self.num_directions == 1 and lengths is None:
+            y = self._one_step(x, h, c, batch)
+        else:
+            y = self._sequence(x, h, c, batch, lengths)
+        return self._outputs(y, h, c, steps, batch)
+
+    def _one_step(self, x, h, c, batch):
+        """One timestep, one direction: the engine's streaming step, with no BLAS call."""
+        rows = self._rows.get(batch)
+        if rows is None:
+            rows = self._rows[batch] = np.arange(batch, dtype=np.int64)
+        packed = self.packed
+        y = np.empty((batch, self.hidden_size), self.dtype)
+        step_kernel(self.cell, np.ascontiguousarray(x[0]), rows, packed.w_ih_flat,
+                    packed.w_ih_offset, packed.w_hh_t, packed.b_ih, packed.b_hh, packed.peephole,
+                    packed.w_proj_t, packed.codes, packed.alphas, packed.betas,
+                    self.config.clip, self.flag, h, c, y, self.gates, self.scratch)
+        return y.reshape(1, batch, self.hidden_size)
+
+    def _sequence(self, x, h, c, batch, lengths):
+        steps = x.shape[0]
+        hidden = self.hidden_size
+        directions = self.num_directions
+        packed = self.packed
+        if lengths is None:
+            kernel_lengths = np.full(batch, steps, np.int64)
+        else:
+            kernel_lengths = lengths
+        out = np.zeros((steps, batch, directions * hidden), self.dtype)
+        flat = x.reshape(steps * batch, self.input_size)
+        for d in range(directions):
+            xproj = flat @ packed.w_ih_t[d]
+            xproj += packed.b_ih[d]
+            sequence_kernel(self.cell, xproj.reshape(steps, batch, -1), kernel_lengths,
+                            self.reverse_flags[d], h[d], c[d], packed.w_hh_t[d], packed.b_hh[d],
+                            packed.peephole[d], packed.w_proj_t[d], packed.codes[d],
+                            packed.alphas[d], packed.betas[d], self.config.clip, self.flag, out,
+                            d * hidden, self.scratch)
+        if lengths is not None:
+            empty = lengths == 0
+            if empty.any():
+                h[:, empty] = 0
+                c[:, empty] = 0
+        return out
+
+    def _outputs(self, y, h, c, steps, batch):
+        """Y, Y_h, Y_c as the node declares them, from y (T, B, D*H), h, c (D, B, .)."""
+        results = []
+        if self.wants_y:
+            y = y.reshape(steps, batch, self.num_directions, self.hidden_size)
+            order = (1, 0, 2, 3) if self.layout else (0, 2, 1, 3)
+            results.append(y.transpose(order) if self.num_directions > 1 or self.layout
+                           else y.reshape(steps, 1, batch, self.hidden_size))
+        else:
+            results.append(None)
+        if self.layout:
+            h, c = h.transpose(1, 0, 2), c.transpose(1, 0, 2)
+        results.append(h if self.wants_h else None)
+        results.append(c if self.wants_c and self.has_c else None)
+        return tuple(results[:self.num_outputs])
+
+
+def _handler(family):
+    def handler(node):
+        return RecurrentNode(node, family)
+    handler.__name__ = f"{family}_node"
+    return handler
+
+
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+for _op, _family in zip(RECURRENT_OPS, ("lstm", "gru", "rnn")):
+    register(_op, opsets=(7, 22))(_handler(_family))
