@@ -1,0 +1,217 @@
+"""fastrnn.StreamPool: slots advanced together equal independent streams; slots are isolated;
+refusals; per-slot state, reset and snapshots."""
+
+import numpy as np
+import pytest
+import torch
+
+import fastrnn
+
+STREAM_TOLERANCE = 1e-6
+
+
+def make_model(kind="lstm", num_layers=1, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind]
+    return fastrnn.from_torch(cls(3, 5, num_layers).to(dtype))
+
+
+def sequences(count, steps, seed=0):
+    return np.random.default_rng(seed).standard_normal((count, steps, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_pool_steps_equal_independent_whole_sequences(kind):
+    """Four users, each stepped at its own times, in shuffled order, in shared calls."""
+    model = make_model(kind, num_layers=2)
+    pool = fastrnn.StreamPool(model, capacity=6)
+    users = 4
+    steps = 8
+    data = sequences(users, steps)
+    slots = [pool.open() for _ in range(users)]
+    assert sorted(slots) == [0, 1, 2, 3] and pool.num_open == 4
+    taken = [0] * users
+    outputs = [[] for _ in range(users)]
+    rng = np.random.default_rng(1)
+    while min(taken) < steps:
+        active = [u for u in range(users) if taken[u] < steps and rng.random() < 0.7]
+        rng.shuffle(active)
+        xs = np.stack([data[u, taken[u]] for u in active]) if active else np.zeros((0, 3),
+                                                                                    np.float32)
+        ys = pool.step(np.array([slots[u] for u in active], np.int64), xs)
+        assert ys.shape == (len(active), 5)
+        for row, u in enumerate(active):
+            outputs[u].append(ys[row])
+            taken[u] += 1
+    for u in range(users):
+        expected_y, expected_state = model(data[u][:, None, :])
+        np.testing.assert_allclose(np.stack(outputs[u]), expected_y[:, 0], atol=STREAM_TOLERANCE)
+        np.testing.assert_allclose(pool.get_state(slots[u]).h, expected_state.h,
+                                   atol=STREAM_TOLERANCE)
+
+
+def test_slots_take_lists_and_out():
+    model = make_model("gru")
+    pool = fastrnn.StreamPool(model, capacity=3)
+    a, b = pool.open(), pool.open()
+    x = sequences(2, 1)[:, 0]
+    out = np.empty((2, 5), np.float32)
+    assert pool.step([b, a], x, out=out) is out
+    expected_y, _ = model(x[None])
+    np.testing.assert_allclose(out, expected_y[0], atol=STREAM_TOLERANCE)
+
+
+def test_open_close_and_a_full_pool():
+    model = make_model()
+    pool = fastrnn.StreamPool(model, capacity=2)
+    first, second = pool.open(), pool.open()
+    with pytest.raises(ValueError, match="pool is full"):
+        pool.open()
+    pool.step([first, second], np.ones((2, 3), np.float32))
+    pool.close(first)
+    assert pool.open_slots == [second] and pool.num_open == 1
+    again = pool.open()
+    assert again == first
+    state = pool.get_state(again)
+    assert not state.h.any() and not state.c.any()  # a reopened slot starts from zero
+    pool.close(again)
+    with pytest.raises(ValueError, match="not open"):
+        pool.close(again)  # closing twice
+
+
+@pytest.mark.parametrize("slots, xs_rows, error, words", [
+    ([0, 0], 2, ValueError, "more than once"),
+    ([2], 1, ValueError, r"slots\[0\] = 2 is not open"),
+    ([0, 9], 2, ValueError, "out of range"),
+    ([-1], 1, ValueError, "out of range"),
+    ([0.0], 1, TypeError, "integers"),
+    ([[0, 1]], 2, ValueError, "1-D"),
+    ([0, 1], 3, ValueError, "xs"),
+])
+def test_step_refuses_bad_slots(slots, xs_rows, error, words):
+    model = make_model()
+    pool = fastrnn.StreamPool(model, capacity=4)
+    pool.open(), pool.open()
+    before = pool.get_state(0).h
+    with pytest.raises(error, match=words):
+        pool.step(slots, np.ones((xs_rows, 3), np.float32))
+    np.testing.assert_array_equal(pool.get_state(0).h, before)  # a refused call runs nothing
+    pool.step([0, 1], np.ones((2, 3), np.float32))  # and leaves the pool usable
+
+
+def test_step_refuses_wrong_input_width():
+    pool = fastrnn.StreamPool(make_model(), capacity=2)
+    slot = pool.open()
+    with pytest.raises(ValueError, match="3 features"):
+        pool.step([slot], np.ones((1, 4), np.float32))
+    with pytest.raises(TypeError, match="floating"):
+        pool.step([slot], np.ones((1, 3), np.int64))
+
+
+@pytest.mark.parametrize("slot, error", [(5, ValueError), (1, ValueError), ("0", TypeError),
+                                         (True, TypeError)])
+def test_per_slot_calls_refuse_bad_slots(slot, error):
+    pool = fastrnn.StreamPool(make_model(), capacity=3)
+    pool.open()
+    for call in (pool.reset, pool.get_state, pool.snapshot, pool.close):
+        with pytest.raises(error, match="slot"):
+            call(slot)
+
+
+@pytest.mark.parametrize("capacity, error", [(0, ValueError), (2.0, TypeError)])
+def test_bad_capacity_is_refused(capacity, error):
+    with pytest.raises(error, match="capacity"):
+        fastrnn.StreamPool(make_model(), capacity=capacity)
+
+
+def test_nan_in_one_slot_never_reaches_another():
+    model = make_model("lstm", num_layers=2)
+    pool = fastrnn.StreamPool(model, capacity=4)
+    slots = [pool.open() for _ in range(3)]
+    data = sequences(3, 6)
+    data[1, 2, 1] = np.nan
+    outputs = np.stack([pool.step(slots, data[:, t]) for t in range(6)], axis=1)
+    assert np.all(np.isnan(outputs[1, 2:]))
+    for u in (0, 2):
+        expected_y, _ = model(data[u][:, None, :])
+        np.testing.assert_allclose(outputs[u], expected_y[:, 0], atol=STREAM_TOLERANCE)
+    # A reset slot is healthy again.
+    pool.reset(slots[1])
+    clean = sequences(1, 3, seed=4)[0]
+    got = np.stack([pool.step([slots[1]], clean[t:t + 1])[0] for t in range(3)])
+    np.testing.assert_allclose(got, model(clean[:, None, :])[0][:, 0], atol=STREAM_TOLERANCE)
+
+
+def test_per_slot_state_and_reset():
+    model = make_model("gru")
+    pool = fastrnn.StreamPool(model, capacity=3)
+    a, b = pool.open(), pool.open()
+    h = np.full((1, 1, 5), 0.25, np.float32)
+    pool.set_state(a, h)
+    np.testing.assert_array_equal(pool.get_state(a).h, h)
+    assert not pool.get_state(b).h.any()
+    x = np.ones((1, 3), np.float32)
+    expected_y, _ = model(x[None], state=h)
+    np.testing.assert_allclose(pool.step([a], x), expected_y[0], atol=STREAM_TOLERANCE)
+    with pytest.raises(ValueError, match="state h"):
+        pool.set_state(a, np.zeros((1, 2, 5), np.float32))
+    pool.reset(a)
+    assert not pool.get_state(a).h.any()
+
+
+def test_slot_snapshots_move_between_slots_pools_and_streams():
+    model = make_model("lstm", num_layers=2)
+    data = sequences(1, 9)[0]
+    pool = fastrnn.StreamPool(model, capacity=3)
+    slot = pool.open()
+    for t in range(4):
+        pool.step([slot], data[t:t + 1])
+    blob = pool.snapshot(slot)
+
+    stream = model.stream(batch=1)  # a pool slot's snapshot is a batch-1 stream's
+    stream.restore(blob)
+    other_pool = fastrnn.StreamPool(model, capacity=2)
+    resumed = other_pool.open(snapshot=stream.snapshot())
+    same_pool_slot = pool.open()
+    pool.restore(same_pool_slot, blob)
+
+    expected_y, _ = model(data[:, None, :])
+    for t in range(4, 9):
+        want = expected_y[t]
+        np.testing.assert_allclose(stream.step(data[t:t + 1]), want, atol=STREAM_TOLERANCE)
+        np.testing.assert_allclose(other_pool.step([resumed], data[t:t + 1]), want,
+                                   atol=STREAM_TOLERANCE)
+        both = pool.step([slot, same_pool_slot], np.stack([data[t], data[t]]))
+        np.testing.assert_allclose(both, np.concatenate([want, want]), atol=STREAM_TOLERANCE)
+
+
+def test_slot_snapshots_of_other_models_or_garbled_are_refused():
+    model = make_model()
+    pool = fastrnn.StreamPool(model, capacity=2)
+    slot = pool.open()
+    blob = pool.snapshot(slot)
+    other = fastrnn.StreamPool(make_model(seed=3), capacity=2)
+    other_slot = other.open()
+    with pytest.raises(ValueError, match="different model"):
+        other.restore(other_slot, blob)
+    with pytest.raises(ValueError, match="different model"):
+        other.open(snapshot=blob)
+    assert other.num_open == 1  # the refused open took no slot
+    with pytest.raises(ValueError, match="corrupted"):
+        pool.restore(slot, blob[:-1] + bytes([blob[-1] ^ 1]))
+    with pytest.raises(ValueError, match="batch 1"):
+        pool.restore(slot, model.stream(batch=2).snapshot())
+
+
+def test_a_model_on_another_device_makes_its_own_pool():
+    made = []
+
+    class DeviceModel:
+        device = "cuda:0"
+
+        def stream_pool(self, capacity):
+            made.append(capacity)
+            return ("device pool", capacity)
+
+    assert fastrnn.StreamPool(DeviceModel(), capacity=7) == ("device pool", 7)
+    assert made == [7]
