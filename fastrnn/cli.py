@@ -1,0 +1,192 @@
+"""The `fastrnn` command: convert checkpoints to fastrnn's native file, and describe models.
+
+    fastrnn convert CHECKPOINT -o MODEL.fastrnn [--prefix P] [--kind K] [--batch-first]
+    fastrnn info MODEL
+
+CHECKPOINT is a PyTorch state dict file (.pt, .pth, .safetensors) or an ONNX model (.onnx).
+`info` reads a .fastrnn file, or converts a checkpoint in memory and describes the result.
+A user's mistake (a missing file, a wrong prefix, an unsupported graph) is one line on stderr and
+exit status 1; usage errors are argparse's, status 2. Tracebacks are kept for fastrnn's own bugs.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
+ONNX_SUFFIXES = (".onnx",)
+KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+# Errors that describe the user's input; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, KeyError, TypeError, OSError, NotImplementedError)
+
+
+class CommandError(Exception):
+    """A mistake in how the command was called, found after argument parsing."""
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status (0 on success)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ImportError as error:
+        _fail(f"{error}. The converters need their framework: pip install 'fastrnn[torch]' "
+              f"or 'fastrnn[onnx]'")
+    except (CommandError, *USER_ERRORS) as error:
+        # A KeyError's str() is its repr; its one argument is the message.
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        _fail(message or type(error).__name__)
+    return 1
+
+
+def _fail(message):
+    print(f"fastrnn: error: {message}", file=sys.stderr)
+
+
+def _parser():
+    from fastrnn import __version__
+    parser = argparse.ArgumentParser(
+        prog="fastrnn", description="Fast inference for trained LSTM, GRU and RNN models.")
+    parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = commands.add_parser(
+        "convert", help="convert a PyTorch or ONNX checkpoint to a .fastrnn file",
+        description="Convert a PyTorch state dict (.pt, .pth, .safetensors) or an ONNX model "
+                    "(.onnx) to fastrnn's native file.")
+    convert.add_argument("checkpoint", type=Path, help="the file to convert")
+    convert.add_argument("-o", "--output", type=Path,
+                         help="where to write the model (default: CHECKPOINT with the suffix "
+                              ".fastrnn)")
+    convert.add_argument("--prefix", default="",
+                         help="torch: the key prefix of the recurrent module in the state dict, "
+                              "e.g. 'model.encoder.rnn'")
+    convert.add_argument("--kind", choices=KINDS,
+                         help="torch: the cell, where shapes cannot tell (a plain RNN's "
+                              "nonlinearity: rnn_relu)")
+    convert.add_argument("--batch-first", action="store_true",
+                         help="torch: the model takes (B, T, I) inputs, as nn.LSTM(batch_first="
+                              "True) does; time-major (T, B, I) otherwise")
+    convert.set_defaults(run=_convert)
+
+    info = commands.add_parser(
+        "info", help="describe a model: architecture, sizes, dtype, parameters, file version",
+        description="Describe a .fastrnn file, or a checkpoint converted in memory.")
+    info.add_argument("model", type=Path, help="a .fastrnn file, or a checkpoint to convert")
+    info.add_argument("--prefix", default="", help="torch checkpoints: as for convert")
+    info.add_argument("--kind", choices=KINDS, help="torch checkpoints: as for convert")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def convert_checkpoint(path, *, prefix="", kind=None, batch_first=False):
+    """The Model in a torch or ONNX checkpoint, chosen by its suffix."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        given = [name for name, value in (("--prefix", prefix), ("--kind", kind),
+                                          ("--batch-first", batch_first)) if value]
+        if given:
+            raise CommandError(f"{', '.join(given)} apply to torch checkpoints; an ONNX model's "
+                               f"cell and layout come from its graph")
+        import fastrnn
+        return fastrnn.from_onnx(str(path))
+    if suffix in TORCH_SUFFIXES:
+        from fastrnn.converters.pytorch import from_torch
+        return from_torch(path, prefix=prefix, kind=kind, batch_first=batch_first)
+    raise CommandError(f"{path}: unknown checkpoint type {suffix or '(no suffix)'!r}; expected "
+                       f"one of {', '.join(TORCH_SUFFIXES + ONNX_SUFFIXES)}")
+
+
+def _convert(args):
+    output = args.output or args.checkpoint.with_suffix(".fastrnn")
+    model = convert_checkpoint(args.checkpoint, prefix=args.prefix, kind=args.kind,
+                               batch_first=args.batch_first)
+    if output.exists() and output.resolve() == args.checkpoint.resolve():
+        raise CommandError(f"the output {output} would overwrite the checkpoint")
+    if output.is_dir():
+        raise CommandError(f"the output {output} is a directory; give a file name")
+    model.save(output)
+    print(f"wrote {output}: {_summary(model)}")
+    return 0
+
+
+def _info(args):
+    from fastrnn import fileformat
+    path = args.model
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    is_native = path.suffix.lower() == fileformat.SUFFIX or (
+        path.is_file() and path.read_bytes()[:len(fileformat.MAGIC)] == fileformat.MAGIC)
+    if is_native:
+        version, header, _ = fileformat.read_header(path)
+        model = fileformat.load(path)
+        source = (f"fastrnn model file, format version {version} (written by fastrnn "
+                  f"{header.get('fastrnn_version', 'unknown')})")
+    else:
+        model = convert_checkpoint(path, prefix=args.prefix, kind=args.kind)
+        source = "checkpoint, converted in memory (fastrnn convert writes it as a .fastrnn file)"
+    print(describe(model, path, source))
+    return 0
+
+
+def describe(model, path, source):
+    """A multi-line description of `model`, as `fastrnn info` prints it."""
+    config = model.config
+    names = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (relu)"}
+    layout = "batch-first (B, T, I)" if config.batch_first else "time-major (T, B, I)"
+    options = []
+    if config.proj_size:
+        options.append(f"proj_size={config.proj_size}")
+    if config.kind == "lstm" and model.layers[0].peephole is not None:
+        options.append("peepholes")
+    if config.clip:
+        options.append(f"clip={config.clip:g}")
+    if config.input_forget:
+        options.append("input_forget (coupled input-forget gate)")
+    if config.kind == "gru":
+        options.append("reset after the matmul (PyTorch, linear_before_reset=1)"
+                       if config.linear_before_reset else
+                       "reset before the matmul (linear_before_reset=0)")
+    if config.activations:
+        options.append("activations=" + ", ".join(
+            f"{name}({alpha:g}, {beta:g})" if (alpha or beta) else name
+            for name, alpha, beta in config.activations))
+    rows = [
+        ("file", f"{path}"),
+        ("source", source),
+        ("architecture", f"{names[config.kind]}, {config.num_layers} layer(s), "
+                         f"{'bidirectional' if config.bidirectional else 'unidirectional'}"),
+        ("input_size", config.input_size),
+        ("hidden_size", config.hidden_size),
+        ("output_size", f"{model.output_size} (y's last axis)"),
+        ("layout", layout),
+        ("dtype", model.dtype.name),
+        ("parameters", f"{model.num_parameters:,} ({_size(model.num_parameters * model.dtype.itemsize)})"),
+        ("options", ", ".join(options) or "none"),
+    ]
+    width = max(len(name) for name, _ in rows) + 1
+    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
+
+
+def _summary(model):
+    config = model.config
+    return (f"{config.kind}, {config.num_layers} layer(s)"
+            f"{', bidirectional' if config.bidirectional else ''}, input_size="
+            f"{config.input_size}, hidden_size={config.hidden_size}, {model.dtype.name}, "
+            f"{model.num_parameters:,} parameters")
+
+
+def _size(count):
+    for unit in ("bytes", "KiB", "MiB"):
+        if count < 1024 or unit == "MiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+
+
+if __name__ == "__main__":
+    sys.exit(main())

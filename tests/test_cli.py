@@ -1,0 +1,203 @@
+"""The `fastrnn` command: convert and info in-process through main(), and once as the installed script."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastrnn  # noqa: E402
+from fastrnn.cli import main  # noqa: E402
+
+TOLERANCE_F32 = 3e-5
+
+
+def run(argv, capsys):
+    """(exit status, stdout, stderr) of main(argv)."""
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as exit:  # argparse's usage errors and --version
+        status = exit.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_user_error(argv, capsys, message):
+    status, out, err = run(argv, capsys)
+    assert status == 1, (status, out, err)
+    assert err.startswith("fastrnn: error: ") and message in err, err
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A training checkpoint holding a 2-layer GRU under model.rnn, and the GRU itself."""
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(3, 6, num_layers=2)
+    path = tmp_path_factory.mktemp("checkpoints") / "run.pt"
+    torch.save({"model": {"rnn." + k: v for k, v in gru.state_dict().items()}, "epoch": 7}, path)
+    return path, gru
+
+
+def assert_matches(model, module, x):
+    with torch.no_grad():
+        expected_y, expected_h = module(torch.as_tensor(x))
+    y, state = model(x)
+    assert np.max(np.abs(y - expected_y.numpy())) < TOLERANCE_F32
+    assert np.max(np.abs(state.h - expected_h.numpy())) < TOLERANCE_F32
+
+
+def test_convert_then_load_matches_torch(checkpoint, tmp_path, capsys):
+    path, gru = checkpoint
+    output = tmp_path / "gru.fastrnn"
+    status, out, err = run(["convert", path, "-o", output, "--prefix", "model.rnn"], capsys)
+    assert status == 0, err
+    assert out.startswith(f"wrote {output}: gru, 2 layer(s)") and err == ""
+    model = fastrnn.load(output)
+    assert model.kind == "gru" and not model.config.batch_first
+    assert_matches(model, gru, np.random.default_rng(1).normal(size=(7, 2, 3)).astype(np.float32))
+
+
+def test_convert_options_and_default_output(tmp_path, capsys):
+    """--kind settles a plain RNN's nonlinearity, --batch-first the layout; -o defaults to .fastrnn."""
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    torch.manual_seed(2)
+    rnn = torch.nn.RNN(3, 5, nonlinearity="relu", batch_first=True)
+    path = tmp_path / "relu.safetensors"
+    safetensors_torch.save_file(rnn.state_dict(), str(path))
+    status, _, err = run(["convert", path, "--kind", "rnn_relu", "--batch-first"], capsys)
+    assert status == 0, err
+    model = fastrnn.load(tmp_path / "relu.fastrnn")
+    assert model.kind == "rnn_relu" and model.config.batch_first
+    assert_matches(model, rnn, np.random.default_rng(3).normal(size=(2, 6, 3)).astype(np.float32))
+
+
+def test_info_describes_a_model_file(tmp_path, capsys):
+    torch.manual_seed(4)
+    lstm = torch.nn.LSTM(4, 8, num_layers=2, bidirectional=True, proj_size=3).double()
+    model = fastrnn.from_torch(lstm)
+    model.save(tmp_path / "lstm.fastrnn")
+    status, out, err = run(["info", tmp_path / "lstm.fastrnn"], capsys)
+    assert status == 0, err
+    fields = dict(line.split(":", 1) for line in out.strip().splitlines())
+    fields = {name: value.strip() for name, value in fields.items()}
+    assert fields["architecture"] == "LSTM, 2 layer(s), bidirectional"
+    assert fields["input_size"] == "4" and fields["hidden_size"] == "8"
+    assert fields["output_size"].startswith("6 ")
+    assert fields["dtype"] == "float64"
+    assert fields["layout"].startswith("time-major")
+    expected_count = sum(p.numel() for p in lstm.parameters())
+    assert fields["parameters"].startswith(f"{expected_count:,} ")
+    assert "format version 1" in fields["source"]
+    assert fields["options"] == "proj_size=3"
+
+
+def test_info_converts_a_checkpoint_in_memory(checkpoint, capsys):
+    path, _ = checkpoint
+    status, out, err = run(["info", path, "--prefix", "model.rnn"], capsys)
+    assert status == 0, err
+    assert "GRU, 2 layer(s), unidirectional" in out and "converted in memory" in out
+    assert "reset after the matmul" in out
+
+
+def test_user_mistakes_are_one_line_on_stderr(checkpoint, tmp_path, capsys):
+    path, _ = checkpoint
+    out = tmp_path / "x.fastrnn"
+    assert_user_error(["convert", tmp_path / "absent.pt", "-o", out], capsys, "no such file")
+    assert_user_error(["convert", path, "-o", out], capsys,
+                      "recurrent weights were found under prefix 'model.rnn.'")
+    assert_user_error(["convert", path, "-o", out, "--prefix", "model.cnn"], capsys,
+                      "no keys under prefix 'model.cnn'")
+    assert_user_error(["convert", path, "-o", out, "--prefix", "model.rnn", "--kind", "lstm"],
+                      capsys, "kind='lstm' needs 4 gate blocks")
+    (tmp_path / "junk.pth").write_bytes(b"\x00garbage" * 100)
+    assert_user_error(["convert", tmp_path / "junk.pth", "-o", out], capsys,
+                      "not a readable PyTorch checkpoint")
+    (tmp_path / "weights.h5").write_bytes(b"\x89HDF")
+    assert_user_error(["convert", tmp_path / "weights.h5"], capsys,
+                      "unknown checkpoint type '.h5'")
+    assert_user_error(["convert", path, "-o", path, "--prefix", "model.rnn"], capsys,
+                      "would overwrite the checkpoint")
+    assert_user_error(["info", tmp_path / "junk.pth"], capsys, "not a readable PyTorch")
+    (tmp_path / "notes.fastrnn").write_text("not a model")
+    assert_user_error(["info", tmp_path / "notes.fastrnn"], capsys, "not a fastrnn model file")
+    assert not out.exists()
+
+
+def test_damaged_model_file_is_reported(checkpoint, tmp_path, capsys):
+    path, _ = checkpoint
+    model_path = tmp_path / "gru.fastrnn"
+    assert run(["convert", path, "-o", model_path, "--prefix", "model.rnn"], capsys)[0] == 0
+    model_path.write_bytes(model_path.read_bytes()[:-10])
+    assert_user_error(["info", model_path], capsys, "is truncated")
+
+
+def test_usage_errors_exit_2(capsys):
+    status, _, err = run([], capsys)
+    assert status == 2 and "usage: fastrnn" in err
+    status, _, err = run(["convert", "x.pt", "--kind", "transformer"], capsys)
+    assert status == 2 and "invalid choice" in err
+    status, out, _ = run(["--version"], capsys)
+    assert status == 0 and out.strip() == f"fastrnn {fastrnn.__version__}"
+
+
+def onnx_lstm(path):
+    """A one-layer ONNX LSTM written with onnx.helper, and its random weights."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(5)
+    hidden, inputs = 4, 3
+    weights = {"W": rng.normal(size=(1, 4 * hidden, inputs)),
+               "R": rng.normal(size=(1, 4 * hidden, hidden)),
+               "B": rng.normal(size=(1, 8 * hidden)) * 0.1}
+    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden)
+    graph = helper.make_graph(
+        [node], "lstm", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 2, inputs])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [5, 1, 2, hidden]),
+         helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [1, 2, hidden])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_onnx_files_route_to_from_onnx(tmp_path, capsys):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    onnx_lstm(tmp_path / "lstm.onnx")
+    assert_user_error(["convert", tmp_path / "lstm.onnx", "--prefix", "rnn"], capsys,
+                      "--prefix apply to torch checkpoints")
+    status, out, err = run(["convert", tmp_path / "lstm.onnx"], capsys)
+    assert status == 0, err
+    model = fastrnn.load(tmp_path / "lstm.fastrnn")
+    x = np.random.default_rng(6).normal(size=(5, 2, 3)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(tmp_path / "lstm.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    expected_y, expected_h = session.run(None, {"X": x})
+    y, state = model(x)
+    assert np.max(np.abs(y - expected_y[:, 0])) < 2e-5
+    assert np.max(np.abs(state.h - expected_h)) < 2e-5
+    (tmp_path / "broken.onnx").write_bytes(b"\x08\x07garbage")
+    status, _, err = run(["convert", tmp_path / "broken.onnx"], capsys)
+    assert status == 1 and err.startswith("fastrnn: error: ") and "Traceback" not in err
+
+
+def test_installed_script_and_python_m(checkpoint, tmp_path):
+    """The console script pip installed, and `python -m fastrnn`, in fresh processes."""
+    path, _ = checkpoint
+    script = Path(sys.executable).with_name("fastrnn")
+    if not script.exists():
+        pytest.skip("the fastrnn console script is not installed in this environment")
+    output = tmp_path / "gru.fastrnn"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    done = subprocess.run([str(script), "convert", str(path), "-o", str(output), "--prefix",
+                           "model.rnn"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert output.exists() and "wrote" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "fastrnn", "info", str(tmp_path / "none")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"fastrnn: error: no such file: {tmp_path / 'none'}"
