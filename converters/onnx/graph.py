@@ -100,7 +100,7 @@ class Graph:
         self.opset = self.opsets.get("", self.opsets.get("ai.onnx", 1))
         constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
         self.inputs = [ValueInfo(v) for v in graph.input if v.name not in constants]
-        self.outputs = [ValueInfo(v) for v in graph.output]
+        self.outputs = [ValueInfo(v) for v in _with_inferred_shapes(model).graph.output]
         slots = {"": 0}
         self.steps = []
         self.recurrent_nodes = []    # (RecurrentNode, step) in graph order
@@ -155,6 +155,14 @@ class Graph:
             if value_name in constants:
                 self.template[slot] = constants[value_name]
         self.copy_outputs = {v.name for v in self.outputs if v.name in may_alias}
+
+
+def _with_inferred_shapes(model):
+    """The model with ONNX shape inference applied, so outputs show shapes as onnxruntime's do."""
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference is a courtesy for get_outputs(); the plan does not need it
+        return model
 
 
 def _attribute(proto):

@@ -180,9 +180,10 @@ class RecurrentNode:
             return np.zeros((directions, batch, width), self.dtype)
         if self.layout:
             self._check(value, label, (batch, directions, width))
-            return np.ascontiguousarray(value.transpose(1, 0, 2))
-        self._check(value, label, (directions, batch, width))
-        return np.array(value, order="C")  # a copy: the kernels write the final state into it
+            value = value.transpose(1, 0, 2)
+        else:
+            self._check(value, label, (directions, batch, width))
+        return np.array(value, order="C")  # always a copy: the kernels write the final state in it
 
     def __call__(self, x, w=None, r=None, b=None, sequence_lens=None, initial_h=None,
                  initial_c=None, p=None):
