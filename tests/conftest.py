@@ -1,0 +1,23 @@
+"""Fixtures shared by the engine tests. The numba cache location is set by the root conftest.py."""
+
+import numpy as np
+import pytest
+
+# DESIGN.md's tolerances: float32 results within 3e-5, float64 within 1e-9 (absolute).
+TOLERANCE = {np.dtype(np.float32): 3e-5, np.dtype(np.float64): 1e-9}
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
+def dtype(request):
+    """Each test that takes it runs once per model dtype."""
+    return np.dtype(request.param)
+
+
+@pytest.fixture
+def tolerance(dtype):
+    return TOLERANCE[dtype]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
