@@ -21,7 +21,7 @@ import numpy as np
 BANDWIDTH_SIZES = tuple(2 ** k for k in range(12, 28))       # 4 KiB .. 128 MiB
 
 
-@numba.njit(fastmath=True, cache=False)
+@numba.njit(fastmath=True, cache=True)
 def _read_all(values, passes):
     """Sum every float32 of `values` `passes` times: the loop vectorises, so reads are the limit."""
     total = np.float32(0.0)

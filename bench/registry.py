@@ -241,3 +241,48 @@ def checked(engine, spec, x=None, reference=None):
     info = {"engine": engine, "correct": correct, "max_abs_error": error,
             "workload": "sequence", **spec.info()}
     return implementation, info
+
+
+# -- fresh processes (cold start, memory) -------------------------------------------------------
+
+FRESH_PROCESS = Path(__file__).with_name("fresh_process.py")
+
+
+def write_saved_models(spec, folder):
+    """Save the spec's model for every engine into `folder`, with its input, as a user would ship it.
+
+    model.fastrnn (fastrnn's native file), model.pt (torch state dict) with spec.json (the
+    constructor's arguments), model.onnx (the ONNX export), x.npy (the input of the first answer).
+    """
+    import json
+    import torch
+    import fastrnn
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    module = spec.torch_module()
+    fastrnn.from_torch(module).save(folder / "model.fastrnn")
+    torch.save(module.state_dict(), folder / "model.pt")
+    (folder / "spec.json").write_text(json.dumps(spec.info()))
+    export_onnx(spec, folder / "model.onnx")
+    np.save(folder / "x.npy", spec.input())
+    return folder
+
+
+def run_fresh_process(engine, folder, env=None):
+    """(report, answer): bench/fresh_process.py run for `engine` on the saved models in `folder`.
+
+    report holds the seconds of each stage (import_s, load_s, first_answer_s, total_s) and the
+    resident memory after each (rss_after_<stage>, peak_rss_after_<stage>, bytes).
+    """
+    import json
+    import subprocess
+    import sys
+    output = Path(folder) / f"answer-{engine}.npy"
+    completed = subprocess.run([sys.executable, str(FRESH_PROCESS), engine, str(folder),
+                                str(output)], capture_output=True, text=True,
+                               env=dict(os.environ if env is None else env))
+    if completed.returncode != 0:
+        raise RuntimeError(f"{engine} in a fresh process failed ({completed.returncode}):\n"
+                           f"{completed.stderr[-3000:]}")
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    return report, np.load(output)

@@ -1,0 +1,369 @@
+"""Turn pytest-benchmark's JSON into the README's table and plots.
+
+    python bench/report.py bench/results/latest.json [--out bench/results]
+
+Writes, next to the JSON unless --out says otherwise:
+    README-table.md          one row per workload (benchmark group): each engine's median, fastrnn's
+                             speed-up over each peer, whether every answer was correct, the limit
+                             the machine puts on the workload and how close fastrnn comes to it
+    latency_vs_hidden.png    per-call step latency against hidden size, one line per engine
+    throughput_vs_batch.png  sequence throughput (batch rows x timesteps per second) against batch
+
+Every case follows the convention at the top of bench/registry.py (group = workload, extra_info
+with engine, correct, workload, the model's sizes). The machine (CPU, cores, versions) and the
+probes of its bandwidth and GEMM rate (bench/probes.py) come from the JSON's machine_info, written
+by bench/conftest.py in the run that measured; if absent they are probed now, on this machine.
+"""
+
+import argparse
+import json
+import math
+from collections import OrderedDict
+from pathlib import Path
+
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1, "rnn": 1}
+WORKLOAD_ORDER = ("step", "pool", "threads", "sequence", "coldstart", "memory")
+BASE_ENGINE = "fastrnn"
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+class Case:
+    """One engine's figure on one workload."""
+
+    def __init__(self, benchmark):
+        self.group = benchmark.get("group") or benchmark["name"]
+        self.info = dict(benchmark.get("extra_info") or {})
+        self.engine = self.info.get("engine") or benchmark["name"]
+        self.correct = self.info.get("correct")
+        metric = self.info.get("metric")
+        if metric:
+            self.value, self.unit, self.is_time = float(metric["value"]), metric.get("unit", ""), False
+        else:
+            self.value, self.unit, self.is_time = float(benchmark["stats"]["median"]), "s", True
+        self.workload = self.info.get("workload", "other")
+
+
+def read_groups(benchmarks):
+    """{group: {engine: Case}}, groups ordered by workload kind, then as they were run."""
+    groups = OrderedDict()
+    for benchmark in benchmarks:
+        case = Case(benchmark)
+        groups.setdefault(case.group, OrderedDict())[case.engine] = case
+    rank = {name: index for index, name in enumerate(WORKLOAD_ORDER)}
+
+    def order(item):
+        workload = next(iter(item[1].values())).workload
+        return rank.get(workload, len(rank))
+
+    return OrderedDict(sorted(groups.items(), key=order))
+
+
+def engine_order(engines):
+    """fastrnn first, its variants next, then the peers in their usual order, then the rest."""
+    usual = {"fastrnn": 0, "torch": 2, "onnxruntime": 3}
+
+    def key(engine):
+        if engine in usual:
+            return (usual[engine], engine)
+        return (1 if engine.startswith("fastrnn") else 4, engine)
+
+    return sorted(engines, key=key)
+
+
+def base_engine(cases):
+    """The fastrnn case the peers are compared with: plain fastrnn, else its first variant."""
+    if BASE_ENGINE in cases:
+        return BASE_ENGINE
+    variants = [engine for engine in engine_order(cases) if engine.startswith("fastrnn")]
+    return variants[0] if variants else None
+
+
+# -- the limit -----------------------------------------------------------------------------------
+
+def layer_sizes(info):
+    """[(input width, hidden size)] per layer-direction of the model in `info`."""
+    hidden, directions = info["hidden_size"], 2 if info.get("bidirectional") else 1
+    sizes = []
+    for layer in range(info.get("num_layers", 1)):
+        width = info["input_size"] if layer == 0 else directions * hidden
+        sizes += [(width, hidden)] * directions
+    return sizes
+
+
+def limit(info, probes):
+    """(seconds, what bounds it) the machine allows for the workload in `info`, or None.
+
+    step: every weight of the stack read once per timestep, at the read bandwidth one core reaches
+      on a working set of that size (all weights stay in cache between calls if they fit);
+      and its flops at the GEMM rate, whichever takes longer.
+    sequence: the recurrence reads each layer-direction's W_hh once per timestep, one after the
+      other, at the bandwidth for that working set; and all flops at the GEMM rate.
+    """
+    from probes import bandwidth_at
+    kind, workload = info.get("kind"), info.get("workload")
+    if kind not in GATES or "hidden_size" not in info or workload not in ("step", "sequence",
+                                                                        "pool", "threads"):
+        return None
+    gates, itemsize = GATES[kind], 4
+    steps, batch = info.get("steps", 1), info.get("batch", 1)
+    curve, gemm = probes["read_bandwidth_bytes_per_s"], probes["gemm_flops_per_s"]
+    sizes = layer_sizes(info)
+    flops = sum(2 * gates * hidden * (width + hidden) for width, hidden in sizes) * steps * batch
+    compute = flops / gemm
+    if workload == "sequence":
+        recurrent = [gates * hidden * (hidden + 1) * itemsize for _, hidden in sizes]
+        memory = steps * sum(nbytes / bandwidth_at(curve, nbytes) for nbytes in recurrent)
+        what = "W_hh reads"
+    else:
+        weights = sum(gates * hidden * (width + hidden + 2) * itemsize for width, hidden in sizes)
+        memory = steps * weights / bandwidth_at(curve, weights)
+        what = f"{format_bytes(weights)} weight reads"
+    if memory >= compute:
+        return memory, what
+    return compute, "GEMM rate"
+
+
+# -- formatting ----------------------------------------------------------------------------------
+
+def format_seconds(seconds):
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale or unit == "ns":
+            value = seconds / scale
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+
+
+def format_bytes(nbytes):
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def format_value(case):
+    if case.is_time:
+        return format_seconds(case.value)
+    return f"{case.value:.3g} {case.unit}"
+
+
+def format_ratio(ratio):
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x"
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+def table(groups, probes):
+    """Markdown: one table per kind of workload, one row per workload."""
+    by_workload = OrderedDict()
+    for group, cases in groups.items():
+        by_workload.setdefault(next(iter(cases.values())).workload, []).append((group, cases))
+    lines = []
+    for workload, rows in by_workload.items():
+        engines = engine_order({engine for _, cases in rows for engine in cases})
+        base = base_engine({engine: None for engine in engines})
+        peers = [engine for engine in engines if not engine.startswith("fastrnn")]
+        with_limit = any(limit(next(iter(cases.values())).info, probes) for _, cases in rows)
+        header = ["workload"] + engines
+        header += [f"{base} vs {peer}" for peer in peers] if base else []
+        header += ["correct"]
+        header += [f"limit", f"{base} vs limit"] if with_limit and base else []
+        lines += [f"### {workload}", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        for group, cases in rows:
+            row = [group] + [format_value(cases[e]) if e in cases else "" for e in engines]
+            group_base = base_engine(cases)
+            for peer in (peers if base else []):
+                if group_base and peer in cases and cases[group_base].value > 0:
+                    row.append(format_ratio(cases[peer].value / cases[group_base].value))
+                else:
+                    row.append("")
+            wrong = [e for e in engine_order(cases) if cases[e].correct is False]
+            unchecked = [e for e in engine_order(cases) if cases[e].correct is None]
+            row.append("no: " + ", ".join(wrong) if wrong else
+                       "yes" + (f" (not checked: {', '.join(unchecked)})" if unchecked else ""))
+            if with_limit and base:
+                bound = limit(next(iter(cases.values())).info, probes)
+                if bound and group_base:
+                    seconds, what = bound
+                    row += [f"{format_seconds(seconds)} ({what})",
+                            f"{100 * seconds / cases[group_base].value:.0f}% of limit"]
+                else:
+                    row += ["", ""]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    lines += [
+        "Medians of the run (memory: peak resident memory the loaded model and its first answer "
+        "add to a fresh process). `A vs B` is B's figure over A's: above 1 A is faster (or "
+        "smaller). `correct`: every engine's answer was checked against a float64 torch run of "
+        "the same weights (float32 within 3e-5) before it was timed. `limit`: the least time the "
+        "machine allows (bench/probes.py, one core's read bandwidth at the weights' working-set "
+        "size, all cores' float32 GEMM rate); `% of limit` is limit / fastrnn's median, 100% "
+        "would be at the limit.", ""]
+    return "\n".join(lines)
+
+
+def machine_section(machine, probes, probed_now, benchmark_json):
+    bench = machine.get("fastrnn_bench", {})
+    versions = bench.get("versions", {})
+    curve = {int(size): rate for size, rate in probes["read_bandwidth_bytes_per_s"].items()}
+    shown = [size for size in (16 * 2 ** 10, 256 * 2 ** 10, 4 * 2 ** 20, 64 * 2 ** 20)
+             if size in curve]
+    bandwidth = ", ".join(f"{format_bytes(size)}: {curve[size] / 1e9:.0f} GB/s" for size in shown)
+    load = bench.get("load_average")
+    lines = [
+        "## Machine",
+        "",
+        f"- CPU: {bench.get('cpu_model') or machine.get('cpu', {}).get('brand_raw', '?')}, "
+        f"{bench.get('cores', '?')} cores ({machine.get('machine', '?')}, "
+        f"{machine.get('system', '?')} {machine.get('release', '')})",
+        "- versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()
+                                    if version),
+        f"- one core's read bandwidth by working set: {bandwidth}",
+        f"- float32 GEMM (numpy matmul 1024^3, all cores): "
+        f"{probes['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s"
+        + (" (probed when this report was written, not in the benchmark run)" if probed_now else ""),
+        f"- run: {benchmark_json.get('datetime', '?')}"
+        + (f", load average at its end {', '.join(f'{x:.2f}' for x in load)}" if load else ""),
+        "",
+        "The machine is shared, so figures are noisy: compare engines within one run (they were "
+        "measured side by side), not absolute times across runs.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -- the plots -----------------------------------------------------------------------------------
+
+def _kinds(cases_by_group):
+    order = {kind: index for index, kind in enumerate(GATES)}
+    return sorted({case.info.get("kind", "?") for cases in cases_by_group.values()
+                   for case in cases.values()}, key=lambda kind: (order.get(kind, 99), kind))
+
+
+def plot_latency_vs_hidden(groups, path, title):
+    """Per-call step latency against hidden size, one line per engine, one panel per cell kind."""
+    steps = {group: cases for group, cases in groups.items()
+             if next(iter(cases.values())).workload == "step"}
+    if not steps:
+        return False
+    import matplotlib.pyplot as plt
+    kinds = _kinds(steps)
+    figure, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+    for axis, kind in zip(axes[0], kinds):
+        lines = {}
+        for cases in steps.values():
+            for engine, case in cases.items():
+                if case.info.get("kind") == kind and case.is_time and "hidden_size" in case.info:
+                    lines.setdefault(engine, []).append(
+                        (case.info["hidden_size"], case.info.get("input_size"), case.value * 1e6))
+        for engine in engine_order(lines):
+            points = sorted(lines[engine])
+            axis.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=engine)
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("hidden size H (input size I in the labels)")
+        axis.set_ylabel("latency per call (us, median)")
+        axis.set_title(f"{kind.upper()} one step per call, B=1")
+        ticks = sorted({(p[0], p[1]) for points in lines.values() for p in points})
+        axis.set_xticks([h for h, _ in ticks])
+        axis.set_xticklabels([f"{h}\n(I={i})" for h, i in ticks])
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def plot_throughput_vs_batch(groups, path, title):
+    """Sequence throughput (rows x timesteps per second) against batch, one line per engine."""
+    sequences = {group: cases for group, cases in groups.items()
+                 if next(iter(cases.values())).workload == "sequence"}
+    if not sequences:
+        return False
+    import matplotlib.pyplot as plt
+    kinds = _kinds(sequences)
+    figure, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+    for axis, kind in zip(axes[0], kinds):
+        lines, labels = {}, {}
+        for cases in sequences.values():
+            for engine, case in cases.items():
+                info = case.info
+                if info.get("kind") != kind or not case.is_time:
+                    continue
+                rate = info["batch"] * info["steps"] / case.value
+                lines.setdefault(engine, []).append((info["batch"], rate))
+                label = f"T={info['steps']}\nH={info['hidden_size']}"
+                if info.get("num_layers", 1) > 1:
+                    label += f"\nL={info['num_layers']}"
+                if info.get("bidirectional"):
+                    label += "\nbidir"
+                labels[info["batch"]] = label
+        for engine in engine_order(lines):
+            points = sorted(lines[engine])
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=engine)
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xticks(sorted(labels))
+        axis.set_xticklabels([f"B={b}\n{labels[b]}" for b in sorted(labels)], fontsize=7)
+        axis.set_ylabel("throughput (rows x timesteps / s, median)")
+        axis.set_title(f"{kind.upper()} whole sequences")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", type=Path, help="pytest-benchmark --benchmark-json output")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the table and plots (default: the JSON's folder)")
+    arguments = parser.parse_args(argv)
+    import matplotlib
+    matplotlib.use("Agg")
+
+    data = json.loads(arguments.json.read_text())
+    out = arguments.out or arguments.json.parent
+    out.mkdir(parents=True, exist_ok=True)
+    groups = read_groups(data.get("benchmarks", []))
+    if not groups:
+        raise SystemExit(f"{arguments.json} holds no benchmarks")
+    machine = data.get("machine_info", {})
+    probes = machine.get("fastrnn_bench", {}).get("probes")
+    probed_now = probes is None
+    if probed_now:
+        import probes as probe_module
+        probes = probe_module.measure()
+
+    bench = machine.get("fastrnn_bench", {})
+    title = (f"{bench.get('cpu_model', '?')}, {bench.get('cores', '?')} cores; "
+             f"{data.get('datetime', '')[:16]}")
+    plots = []
+    if plot_latency_vs_hidden(groups, out / "latency_vs_hidden.png", title):
+        plots.append(("Per-call step latency against hidden size", "latency_vs_hidden.png"))
+    if plot_throughput_vs_batch(groups, out / "throughput_vs_batch.png", title):
+        plots.append(("Sequence throughput against batch", "throughput_vs_batch.png"))
+
+    text = ["# Benchmarks", "",
+            f"Written by `bench/report.py` from `{arguments.json.name}` (`make bench`).", "",
+            machine_section(machine, probes, probed_now, data),
+            "## Results", "", table(groups, probes)]
+    for caption, name in plots:
+        text += [f"![{caption}]({name})", ""]
+    (out / "README-table.md").write_text("\n".join(text))
+    print((out / "README-table.md").read_text())
+    for _, name in plots:
+        print(f"wrote {out / name}")
+
+
+if __name__ == "__main__":
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()

@@ -1,0 +1,94 @@
+"""bench/report.py and bench/probes.py as plain tests: the table's ratios, correctness column and
+limits come from the JSON's figures, and the plots are written. (No benchmark fixture here, so
+`make bench` with --benchmark-only skips them.)"""
+
+import json
+
+import numpy as np
+import pytest
+
+import probes
+import report
+
+# A bandwidth curve and GEMM rate as probes.measure() writes them, with round figures so the
+# expected limits can be worked out by hand.
+PROBES = {"read_bandwidth_bytes_per_s": {"65536": 100e9, "1048576": 50e9, "134217728": 10e9},
+          "gemm_flops_per_s": 100e9}
+
+
+def case(group, engine, median, workload, correct=True, **info):
+    return {"group": group, "name": f"test[{group}-{engine}]", "stats": {"median": median},
+            "extra_info": {"engine": engine, "correct": correct, "workload": workload, **info}}
+
+
+def write_run(path):
+    step = dict(kind="lstm", input_size=64, hidden_size=128, num_layers=1, bidirectional=False,
+                batch=1, steps=1)
+    small = dict(step, input_size=1, hidden_size=32)
+    sequence = dict(kind="gru", input_size=64, hidden_size=128, num_layers=1,
+                    bidirectional=False, batch=1, steps=1000)
+    benchmarks = [
+        case("lstm step H=128", "fastrnn", 20e-6, "step", **step),
+        case("lstm step H=128", "torch", 80e-6, "step", **step),
+        case("lstm step H=128", "onnxruntime", 60e-6, "step", correct=False, **step),
+        case("lstm step H=32", "fastrnn", 4e-6, "step", **small),
+        case("lstm step H=32", "onnxruntime", 40e-6, "step", **small),
+        case("gru seq", "fastrnn", 10e-3, "sequence", **sequence),
+        case("gru seq", "torch", 15e-3, "sequence", **sequence),
+        case("gru memory", "fastrnn", 2.0, "memory",
+             metric={"name": "peak RSS", "value": 30.0, "unit": "MiB"}),
+        case("gru memory", "torch", 3.0, "memory",
+             metric={"name": "peak RSS", "value": 60.0, "unit": "MiB"}),
+    ]
+    run = {"datetime": "2026-01-01T00:00:00", "benchmarks": benchmarks,
+           "machine_info": {"fastrnn_bench": {"cpu_model": "Test CPU", "cores": 2,
+                                              "versions": {"numpy": np.__version__},
+                                              "probes": PROBES}}}
+    path.write_text(json.dumps(run))
+
+
+def test_report_table_and_plots(tmp_path, capsys):
+    write_run(tmp_path / "run.json")
+    report.main([str(tmp_path / "run.json")])
+    text = (tmp_path / "README-table.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| workload")}
+    # columns: workload, fastrnn, torch, onnxruntime, vs torch, vs onnxruntime, correct, limit, %
+    step = rows["lstm step H=128"]
+    assert step[1:4] == ["20 us", "80 us", "60 us"]
+    assert step[4:6] == ["4.00x", "3.00x"]
+    assert step[6] == "no: onnxruntime"
+    # weights 4*128*(64+128+2)*4 bytes = 397312 B, read at 50 GB/s (the 1 MiB point) = 7.95 us
+    assert step[7].startswith("7.95 us")
+    assert step[8] == "40% of limit |"
+    small = rows["lstm step H=32"]
+    assert small[2] == "" and small[5] == "10x" and small[6] == "yes"
+    # W_hh 3*128*129*4 = 198144 B per step at 50 GB/s, 1000 steps = 3.96 ms;
+    # flops 2*384*192*1000 = 147 MFLOP at 100 GFLOP/s = 1.47 ms: the reads bound it.
+    sequence = rows["gru seq"]
+    assert sequence[3] == "1.50x"
+    assert sequence[5].startswith("3.96 ms (W_hh reads)")
+    assert sequence[6] == "40% of limit |"
+    memory = rows["gru memory"]
+    assert memory[1:4] == ["30 MiB", "60 MiB", "2.00x"]
+    assert "Test CPU, 2 cores" in text
+    for name in ("latency_vs_hidden.png", "throughput_vs_batch.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_refuses_an_empty_run(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"benchmarks": [], "machine_info": {}}))
+    with pytest.raises(SystemExit, match="no benchmarks"):
+        report.main([str(tmp_path / "run.json")])
+
+
+def test_bandwidth_curve_lookup_takes_the_next_size_up():
+    curve = PROBES["read_bandwidth_bytes_per_s"]
+    assert probes.bandwidth_at(curve, 1000) == 100e9
+    assert probes.bandwidth_at(curve, 65537) == 50e9
+    assert probes.bandwidth_at(curve, 2 ** 40) == 10e9
+
+
+def test_read_bandwidth_probe_measures_something_plausible():
+    rate = probes.read_bandwidth(64 * 1024, seconds=0.005, repeats=2)
+    assert 1e8 < rate < 1e13          # 0.1 GB/s .. 10 TB/s: a number of bytes per second
