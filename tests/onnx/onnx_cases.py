@@ -91,7 +91,9 @@ def random_feeds(model, seed=1, zero_length_rows=()):
 
 
 def onnxruntime_session(model):
-    return onnxruntime.InferenceSession(model.SerializeToString(),
+    if not isinstance(model, bytes):
+        model = model.SerializeToString()
+    return onnxruntime.InferenceSession(model,
                                         providers=["CPUExecutionProvider"])
 
 
