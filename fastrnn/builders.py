@@ -1,5 +1,7 @@
 """Building a Model from raw numpy weights, for frameworks without a converter."""
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fastrnn.cells import CELL_CODES, NUM_GATES
@@ -29,6 +31,10 @@ def from_numpy(kind, layers, *, bidirectional=False, batch_first=False, clip=0.0
         raise ValueError("gru_update='new' applies to GRUs only")
     if gru_update == "new" and activations and any(a[0] != "Sigmoid" for a in activations[::2]):
         raise ValueError("gru_update='new' needs the sigmoid gate activation")
+    if isinstance(layers, Mapping) or any(not isinstance(w, (Mapping, LayerWeights))
+                                          for w in layers):
+        raise TypeError("layers must be a list with one mapping per layer and direction "
+                        "(l0, l0_reverse, l1, ...), e.g. [{'w_ih': ..., 'w_hh': ...}]")
     layers = [dict(w.arrays()) if isinstance(w, LayerWeights) else dict(w) for w in layers]
     if not layers:
         raise ValueError("layers must hold at least one layer's weights")
@@ -36,9 +42,11 @@ def from_numpy(kind, layers, *, bidirectional=False, batch_first=False, clip=0.0
     if len(layers) % directions:
         raise ValueError(f"a bidirectional model needs two weight sets per layer, got {len(layers)}")
     first = layers[0]
-    for key in ("w_ih", "w_hh"):
-        if key not in first:
-            raise KeyError(f"layer l0: missing weight {key!r}")
+    for index, weights in enumerate(layers):
+        for key in ("w_ih", "w_hh"):
+            if weights.get(key) is None:
+                raise KeyError(f"layer {index} (in the order l0, l0_reverse, l1, ...): missing "
+                               f"weight {key!r}")
     w_ih = np.asarray(first["w_ih"])
     gates = NUM_GATES[CELL_CODES[kind]]
     if w_ih.ndim != 2 or w_ih.shape[0] % gates:
