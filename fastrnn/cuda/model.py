@@ -112,6 +112,34 @@ class CudaModel:
         self.threads_per_block = int(threads_per_block)
         with self._on_device():
             self._weights = DeviceWeights(model.config, model._packed, model.dtype, int(tile))
+            self._warm_up()
+
+    def _warm_up(self):
+        """Compile and launch every kernel once, on one zero timestep.
+
+        Numba compiles a CUDA kernel at its first launch; doing it here means a device that
+        cannot run them (no CUDA toolkit for the compiler, an unsupported GPU) fails at
+        model.to("cuda") with CudaUnavailableError, not at the first call, and that the first
+        call is as fast as the others. Kernels are shared by every model of a dtype: later
+        models only pay the launches.
+        """
+        config = self.config
+        x = np.zeros((1, 1, config.input_size), self.dtype)
+        h, c = self._cpu.check_state(None, 1)
+        try:
+            driver.run_sequence(self._weights, x, cuda.to_device(h), cuda.to_device(c),
+                                cuda.to_device(np.ones(1, np.int64)), self.threads_per_block)
+            if not config.bidirectional:
+                from fastrnn.cuda.stream import _DeviceStateTable
+                table = _DeviceStateTable(self, 1)
+                table.advance(self, x[0], 1, table.rows,
+                              np.empty((1, config.output_size), self.dtype))
+            cuda.synchronize()
+        except Exception as error:
+            raise CudaUnavailableError(
+                f"model.to('cuda') could not compile or run fastrnn's CUDA kernels on this "
+                f"device: {type(error).__name__}: {error}. The CUDA toolkit's compiler comes "
+                f"with `pip install fastrnn[cuda]` (numba-cuda[cu12]).") from error
 
     def _on_device(self):
         """The GPU as the current device; device 0 is Numba's default and needs no switch."""

@@ -175,3 +175,15 @@ def test_refusals_are_the_cpu_models(bad):
     gpu = to_cuda(model, **SMALL)
     arguments = dict(x=np.zeros((T, B, I)), state=None, lengths=None) | bad
     assert refusal(lambda: gpu(**arguments)) == refusal(lambda: model(**arguments))
+
+
+def test_a_device_that_cannot_run_the_kernels_fails_at_to(monkeypatch):
+    from fastrnn.cuda import CudaUnavailableError, driver
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("libNVVM cannot be found")
+
+    monkeypatch.setattr(driver, "run_sequence", broken)
+    model, _ = build("rnn_tanh")
+    with pytest.raises(CudaUnavailableError, match="could not compile or run.*libNVVM"):
+        model.to("cuda")
