@@ -55,12 +55,13 @@ def run_sequence(config, packed, x, h, c, lengths):
     layer_input = x
     for layer in range(config.num_layers):
         out = np.zeros((steps, batch, directions * output_size), x.dtype)
-        flat_input = layer_input.reshape(steps * batch, -1)
+        # Sizes spelt out rather than -1, which numpy cannot infer for an empty batch.
+        flat_input = layer_input.reshape(steps * batch, layer_input.shape[2])
         for direction in range(directions):
             ld = layer * directions + direction
             xproj = flat_input @ packed.w_ih_t[ld]
             xproj += packed.b_ih[ld]
-            sequence_kernel(config.cell, xproj.reshape(steps, batch, -1), lengths,
+            sequence_kernel(config.cell, xproj.reshape(steps, batch, xproj.shape[1]), lengths,
                             direction == 1, h[ld], c[ld], packed.w_hh_t[ld], packed.b_hh[ld],
                             packed.peephole[ld], packed.w_proj_t[ld], packed.codes[ld],
                             packed.alphas[ld], packed.betas[ld], config.clip, _cell_flag(config),
@@ -90,19 +91,21 @@ def step_kernel(cell, x, rows, w_ih_flat, w_ih_offset, w_hh_t, b_ih, b_hh, peeph
             for j in range(gate_rows):
                 gates[j] = b_ih[layer, j]
             start = w_ih_offset[layer]
+            # Weight rows are taken as slices indexed from 0 so that the inner loop vectorises
+            # (see cells.common.add_recurrent_product).
             if layer == 0:
                 for k in range(x.shape[1]):
                     scale = x[n, k]
-                    base = start + k * gate_rows
+                    weights = w_ih_flat[start + k * gate_rows:start + (k + 1) * gate_rows]
                     for j in range(gate_rows):
-                        gates[j] += scale * w_ih_flat[base + j]
+                        gates[j] += scale * weights[j]
             else:
                 below = h[layer - 1, row]
                 for k in range(below.shape[0]):
                     scale = below[k]
-                    base = start + k * gate_rows
+                    weights = w_ih_flat[start + k * gate_rows:start + (k + 1) * gate_rows]
                     for j in range(gate_rows):
-                        gates[j] += scale * w_ih_flat[base + j]
+                        gates[j] += scale * weights[j]
             cell_step(cell, gates, h[layer, row], c[layer, row], w_hh_t[layer], b_hh[layer],
                       peephole[layer], w_proj_t[layer], codes[layer], alphas[layer],
                       betas[layer], clip, flag, h[layer, row], c[layer, row], scratch)

@@ -13,12 +13,16 @@ def add_recurrent_product(gates, start, stop, hidden, weight_t):
     """gates[start:stop] += hidden @ weight_t[:, start:stop]  (weight_t: (hidden_out, gates*hidden)).
 
     Written as a sum of scaled weight rows so that the inner loop runs along contiguous memory and
-    vectorises without reassociating a reduction.
+    vectorises without reassociating a reduction. The loop indexes slices from 0: an index that
+    could be negative (start + j) keeps Numba's wraparound check in the loop, which stops LLVM
+    from vectorising it (measured: 8x slower at H=128).
     """
+    window = gates[start:stop]
     for k in range(hidden.shape[0]):
         scale = hidden[k]
-        for j in range(start, stop):
-            gates[j] += scale * weight_t[k, j]
+        row = weight_t[k, start:stop]
+        for j in range(window.shape[0]):
+            window[j] += scale * row[j]
 
 
 @kernel
