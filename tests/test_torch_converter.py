@@ -377,3 +377,17 @@ def test_whole_checkpoint_without_prefix_points_at_the_prefix():
                   "epoch": 3}
     with pytest.raises(ValueError, match=r"unexpected key .*found under prefix 'model\.encoder\.rnn\.'"):
         fastrnn.from_torch(checkpoint)
+
+
+def test_shipped_demo_model_converts_and_matches_torch():
+    """examples/demo_lstm.safetensors, the model `make demo` runs, read as the demo reads it."""
+    from pathlib import Path
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    path = Path(__file__).parents[1] / "examples" / "demo_lstm.safetensors"
+    state_dict = safetensors_torch.load_file(str(path))
+    lstm = nn.LSTM(16, 64, num_layers=2)
+    lstm.load_state_dict({k[len("rnn."):]: v for k, v in state_dict.items()
+                          if k.startswith("rnn.")})
+    model = fastrnn.from_torch(path, prefix="rnn")
+    x = torch.randn(20, 2, 16, generator=torch.Generator().manual_seed(7))
+    assert_matches_module(model, lstm, x, torch.float32)
