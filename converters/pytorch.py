@@ -60,7 +60,12 @@ def load_checkpoint(path):
         try:
             return load_file(path)
         except Exception as error:
-            raise ValueError(f"{path} is not a readable safetensors file: {error}") from None
+            numpy_error = error
+        try:  # numpy has no bfloat16: torch reads those, and _as_array widens them
+            from safetensors.torch import load_file as load_torch_file
+            return load_torch_file(path)
+        except Exception:
+            raise ValueError(f"{path} is not a readable safetensors file: {numpy_error}") from None
     import torch
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)

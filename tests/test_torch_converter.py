@@ -391,3 +391,17 @@ def test_shipped_demo_model_converts_and_matches_torch():
     model = fastrnn.from_torch(path, prefix="rnn")
     x = torch.randn(20, 2, 16, generator=torch.Generator().manual_seed(7))
     assert_matches_module(model, lstm, x, torch.float32)
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_half_precision_checkpoints_are_widened_to_float32(half, tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    module = make_module(nn.GRU, dict(num_layers=2), torch.float32).to(half)
+    torch.save(module.state_dict(), tmp_path / "half.pt")
+    safetensors_torch.save_file(module.state_dict(), str(tmp_path / "half.safetensors"))
+    reference = module.float()  # the same rounded weights, run in float32
+    x = random_input(reference, torch.float32)
+    for path in (tmp_path / "half.pt", tmp_path / "half.safetensors"):
+        model = fastrnn.from_torch(path)
+        assert model.dtype == np.float32
+        assert_matches_module(model, reference, x, torch.float32)
