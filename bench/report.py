@@ -71,12 +71,20 @@ def engine_order(engines):
     return sorted(engines, key=key)
 
 
-def base_engine(cases):
-    """The fastrnn case the peers are compared with: plain fastrnn, else its first variant."""
-    if BASE_ENGINE in cases:
-        return BASE_ENGINE
-    variants = [engine for engine in engine_order(cases) if engine.startswith("fastrnn")]
-    return variants[0] if variants else None
+def on_gpu(engine):
+    return "cuda" in engine or "cudnn" in engine
+
+
+def comparisons(engines):
+    """[(fastrnn engine, peer)]: each peer against fastrnn on the same device."""
+    pairs = []
+    for peer in engines:
+        if peer.startswith("fastrnn"):
+            continue
+        base = "fastrnn-cuda" if on_gpu(peer) else BASE_ENGINE
+        if base in engines:
+            pairs.append((base, peer))
+    return pairs
 
 
 # -- the limit -----------------------------------------------------------------------------------
@@ -94,31 +102,37 @@ def layer_sizes(info):
 def limit(info, probes):
     """(seconds, what bounds it) the machine allows for the workload in `info`, or None.
 
-    step: every weight of the stack read once per timestep, at the read bandwidth one core reaches
-      on a working set of that size (all weights stay in cache between calls if they fit);
-      and its flops at the GEMM rate, whichever takes longer.
-    sequence: the recurrence reads each layer-direction's W_hh once per timestep, one after the
-      other, at the bandwidth for that working set; and all flops at the GEMM rate.
+    Per-step workloads (step, pool, threads): every weight of the stack is read once per timestep,
+      at the read bandwidth one core reaches on a working set of that size (weights stay in cache
+      between calls when they fit), spread over `threads` cores where the case says so.
+    Sequences (sequence, chunk): the input projection is one GEMM, so the recurrence reads each
+      layer-direction's W_hh once per timestep, one after the other, at the bandwidth for that
+      working set.
+    Either way the flops at the GEMM rate bound it too; the larger of the two is the limit.
+    The timesteps of one call are steps_per_call, samples_per_call or steps; the rows are streams
+    or batch.
     """
     from probes import bandwidth_at
     kind, workload = info.get("kind"), info.get("workload")
-    if kind not in GATES or "hidden_size" not in info or workload not in ("step", "sequence",
-                                                                        "pool", "threads"):
+    per_step = workload in ("step", "pool", "threads")
+    if kind not in GATES or "hidden_size" not in info or not (
+            per_step or workload in ("sequence", "chunk")):
         return None
     gates, itemsize = GATES[kind], 4
-    steps, batch = info.get("steps", 1), info.get("batch", 1)
+    steps = info.get("steps_per_call") or info.get("samples_per_call") or info.get("steps", 1)
+    rows = info.get("streams") or info.get("batch", 1)
     curve, gemm = probes["read_bandwidth_bytes_per_s"], probes["gemm_flops_per_s"]
     sizes = layer_sizes(info)
-    flops = sum(2 * gates * hidden * (width + hidden) for width, hidden in sizes) * steps * batch
+    flops = sum(2 * gates * hidden * (width + hidden) for width, hidden in sizes) * steps * rows
     compute = flops / gemm
-    if workload == "sequence":
+    if per_step:
+        weights = sum(gates * hidden * (width + hidden + 2) * itemsize for width, hidden in sizes)
+        memory = steps * weights / bandwidth_at(curve, weights) / info.get("threads", 1)
+        what = f"{format_bytes(weights)} weight reads"
+    else:
         recurrent = [gates * hidden * (hidden + 1) * itemsize for _, hidden in sizes]
         memory = steps * sum(nbytes / bandwidth_at(curve, nbytes) for nbytes in recurrent)
         what = "W_hh reads"
-    else:
-        weights = sum(gates * hidden * (width + hidden + 2) * itemsize for width, hidden in sizes)
-        memory = steps * weights / bandwidth_at(curve, weights)
-        what = f"{format_bytes(weights)} weight reads"
     if memory >= compute:
         return memory, what
     return compute, "GEMM rate"
@@ -160,33 +174,31 @@ def table(groups, probes):
     lines = []
     for workload, rows in by_workload.items():
         engines = engine_order({engine for _, cases in rows for engine in cases})
-        base = base_engine({engine: None for engine in engines})
-        peers = [engine for engine in engines if not engine.startswith("fastrnn")]
-        with_limit = any(limit(next(iter(cases.values())).info, probes) for _, cases in rows)
-        header = ["workload"] + engines
-        header += [f"{base} vs {peer}" for peer in peers] if base else []
+        pairs = comparisons(engines)
+        with_limit = (BASE_ENGINE in engines and
+                      any(limit(next(iter(cases.values())).info, probes) for _, cases in rows))
+        header = ["workload"] + engines + [f"{base} vs {peer}" for base, peer in pairs]
         header += ["correct"]
-        header += [f"limit", f"{base} vs limit"] if with_limit and base else []
+        header += ["limit", f"{BASE_ENGINE} vs limit"] if with_limit else []
         lines += [f"### {workload}", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
         for group, cases in rows:
             row = [group] + [format_value(cases[e]) if e in cases else "" for e in engines]
-            group_base = base_engine(cases)
-            for peer in (peers if base else []):
-                if group_base and peer in cases and cases[group_base].value > 0:
-                    row.append(format_ratio(cases[peer].value / cases[group_base].value))
+            for base, peer in pairs:
+                if base in cases and peer in cases and cases[base].value > 0:
+                    row.append(format_ratio(cases[peer].value / cases[base].value))
                 else:
                     row.append("")
             wrong = [e for e in engine_order(cases) if cases[e].correct is False]
             unchecked = [e for e in engine_order(cases) if cases[e].correct is None]
             row.append("no: " + ", ".join(wrong) if wrong else
                        "yes" + (f" (not checked: {', '.join(unchecked)})" if unchecked else ""))
-            if with_limit and base:
+            if with_limit:
                 bound = limit(next(iter(cases.values())).info, probes)
-                if bound and group_base:
+                if bound and BASE_ENGINE in cases:
                     seconds, what = bound
                     row += [f"{format_seconds(seconds)} ({what})",
-                            f"{100 * seconds / cases[group_base].value:.0f}% of limit"]
+                            f"{100 * seconds / cases[BASE_ENGINE].value:.0f}% of limit"]
                 else:
                     row += ["", ""]
             lines.append("| " + " | ".join(row) + " |")

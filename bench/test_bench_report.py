@@ -31,8 +31,12 @@ def write_run(path):
         case("lstm step H=128", "fastrnn", 20e-6, "step", **step),
         case("lstm step H=128", "torch", 80e-6, "step", **step),
         case("lstm step H=128", "onnxruntime", 60e-6, "step", correct=False, **step),
+        case("lstm step H=128", "fastrnn-cuda", 30e-6, "step", **step),
+        case("lstm step H=128", "torch-cudnn", 90e-6, "step", **step),
         case("lstm step H=32", "fastrnn", 4e-6, "step", **small),
         case("lstm step H=32", "onnxruntime", 40e-6, "step", **small),
+        case("lstm pool", "fastrnn", 1e-3, "pool", **dict(step, streams=256)),
+        case("lstm pool", "torch", 2e-3, "pool", **dict(step, streams=256)),
         case("gru seq", "fastrnn", 10e-3, "sequence", **sequence),
         case("gru seq", "torch", 15e-3, "sequence", **sequence),
         case("gru memory", "fastrnn", 2.0, "memory",
@@ -47,30 +51,52 @@ def write_run(path):
     path.write_text(json.dumps(run))
 
 
+def read_tables(text):
+    """{workload row name: {column header: cell}} from every table in the Markdown."""
+    rows, header = {}, None
+    for line in text.splitlines():
+        if not line.startswith("|") or line.startswith("|---"):
+            header = None if not line.startswith("|") else header
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] == "workload":
+            header = cells
+        else:
+            rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
 def test_report_table_and_plots(tmp_path, capsys):
     write_run(tmp_path / "run.json")
     report.main([str(tmp_path / "run.json")])
     text = (tmp_path / "README-table.md").read_text()
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in text.splitlines()
-            if line.startswith("| ") and not line.startswith("| workload")}
-    # columns: workload, fastrnn, torch, onnxruntime, vs torch, vs onnxruntime, correct, limit, %
+    rows = read_tables(text)
     step = rows["lstm step H=128"]
-    assert step[1:4] == ["20 us", "80 us", "60 us"]
-    assert step[4:6] == ["4.00x", "3.00x"]
-    assert step[6] == "no: onnxruntime"
+    assert [step[e] for e in ("fastrnn", "torch", "onnxruntime")] == ["20 us", "80 us", "60 us"]
+    assert step["fastrnn vs torch"] == "4.00x" and step["fastrnn vs onnxruntime"] == "3.00x"
+    # each device's peers against fastrnn on the same device
+    assert step["fastrnn-cuda vs torch-cudnn"] == "3.00x"
+    assert "fastrnn vs torch-cudnn" not in step
+    assert step["correct"] == "no: onnxruntime"
     # weights 4*128*(64+128+2)*4 bytes = 397312 B, read at 50 GB/s (the 1 MiB point) = 7.95 us
-    assert step[7].startswith("7.95 us")
-    assert step[8] == "40% of limit |"
+    assert step["limit"].startswith("7.95 us")
+    assert step["fastrnn vs limit"] == "40% of limit"
     small = rows["lstm step H=32"]
-    assert small[2] == "" and small[5] == "10x" and small[6] == "yes"
+    assert small["torch"] == "" and small["fastrnn vs onnxruntime"] == "10x"
+    assert small["correct"] == "yes"
+    # 256 streams: 397312 B read once per call (7.95 us) against
+    # 2*512*192*256 = 50.3 MFLOP at 100 GFLOP/s = 503 us: the GEMM rate bounds it.
+    assert rows["lstm pool"]["limit"] == "503 us (GEMM rate)"
     # W_hh 3*128*129*4 = 198144 B per step at 50 GB/s, 1000 steps = 3.96 ms;
     # flops 2*384*192*1000 = 147 MFLOP at 100 GFLOP/s = 1.47 ms: the reads bound it.
     sequence = rows["gru seq"]
-    assert sequence[3] == "1.50x"
-    assert sequence[5].startswith("3.96 ms (W_hh reads)")
-    assert sequence[6] == "40% of limit |"
+    assert sequence["fastrnn vs torch"] == "1.50x"
+    assert sequence["limit"] == "3.96 ms (W_hh reads)"
+    assert sequence["fastrnn vs limit"] == "40% of limit"
     memory = rows["gru memory"]
-    assert memory[1:4] == ["30 MiB", "60 MiB", "2.00x"]
+    assert (memory["fastrnn"], memory["torch"], memory["fastrnn vs torch"]) == (
+        "30 MiB", "60 MiB", "2.00x")
+    assert "limit" not in memory
     assert "Test CPU, 2 cores" in text
     for name in ("latency_vs_hidden.png", "throughput_vs_batch.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
