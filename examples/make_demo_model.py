@@ -5,7 +5,7 @@ a few hundred Adam steps to predict the next value of a sine wave from 16 noisy 
 that each see the wave at a different gain and phase. The state dict is saved as PyTorch names it,
 the LSTM under "rnn." and the head under "head.", so the demo also shows `prefix=`.
 
-    python examples/make_demo_model.py        # a few minutes on two cores; deterministic for a given torch
+    python examples/make_demo_model.py    # a few minutes on two cores; same torch, same weights
 
 Needs torch and safetensors (pip install 'fastrnn[torch]').
 """

@@ -166,7 +166,8 @@ def describe(model, path, source):
         ("output_size", f"{model.output_size} (y's last axis)"),
         ("layout", layout),
         ("dtype", model.dtype.name),
-        ("parameters", f"{model.num_parameters:,} ({_size(model.num_parameters * model.dtype.itemsize)})"),
+        ("parameters", f"{model.num_parameters:,} "
+                       f"({_size(model.num_parameters * model.dtype.itemsize)})"),
         ("options", ", ".join(options) or "none"),
     ]
     width = max(len(name) for name, _ in rows) + 1

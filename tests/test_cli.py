@@ -1,4 +1,4 @@
-"""The `fastrnn` command: convert and info in-process through main(), and once as the installed script."""
+"""The `fastrnn` command: convert and info in-process through main(), once as the installed script."""
 
 import os
 import subprocess
@@ -63,7 +63,7 @@ def test_convert_then_load_matches_torch(checkpoint, tmp_path, capsys):
 
 
 def test_convert_options_and_default_output(tmp_path, capsys):
-    """--kind settles a plain RNN's nonlinearity, --batch-first the layout; -o defaults to .fastrnn."""
+    """--kind sets a plain RNN's nonlinearity, --batch-first the layout; -o defaults to .fastrnn."""
     safetensors_torch = pytest.importorskip("safetensors.torch")
     torch.manual_seed(2)
     rnn = torch.nn.RNN(3, 5, nonlinearity="relu", batch_first=True)

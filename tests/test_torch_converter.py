@@ -375,7 +375,8 @@ def test_not_a_state_dict_is_a_clear_error():
 def test_whole_checkpoint_without_prefix_points_at_the_prefix():
     checkpoint = {"model": {"encoder.rnn." + k: v for k, v in lstm_state_dict().items()},
                   "epoch": 3}
-    with pytest.raises(ValueError, match=r"unexpected key .*found under prefix 'model\.encoder\.rnn\.'"):
+    hint = r"unexpected key .*found under prefix 'model\.encoder\.rnn\.'"
+    with pytest.raises(ValueError, match=hint):
         fastrnn.from_torch(checkpoint)
 
 
