@@ -252,6 +252,14 @@ def _kinds(cases_by_group):
                    for case in cases.values()}, key=lambda kind: (order.get(kind, 99), kind))
 
 
+def mark_wrong(axis, points):
+    """A black cross over each point whose answer did not match the reference."""
+    if points:
+        shown = "wrong answer" in axis.get_legend_handles_labels()[1]
+        axis.scatter([p[0] for p in points], [p[1] for p in points], marker="x", s=120,
+                     color="black", zorder=5, label="_nolegend_" if shown else "wrong answer")
+
+
 def plot_latency_vs_hidden(groups, path, title):
     """Per-call step latency against hidden size, one line per engine, one panel per cell kind."""
     steps = {group: cases for group, cases in groups.items()
@@ -267,10 +275,12 @@ def plot_latency_vs_hidden(groups, path, title):
             for engine, case in cases.items():
                 if case.info.get("kind") == kind and case.is_time and "hidden_size" in case.info:
                     lines.setdefault(engine, []).append(
-                        (case.info["hidden_size"], case.info.get("input_size"), case.value * 1e6))
+                        (case.info["hidden_size"], case.info.get("input_size"), case.value * 1e6,
+                         case.correct is False))
         for engine in engine_order(lines):
             points = sorted(lines[engine])
             axis.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=engine)
+            mark_wrong(axis, [(p[0], p[2]) for p in points if p[3]])
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xlabel("hidden size H (input size I in the labels)")
@@ -305,7 +315,7 @@ def plot_throughput_vs_batch(groups, path, title):
                 if info.get("kind") != kind or not case.is_time:
                     continue
                 rate = info["batch"] * info["steps"] / case.value
-                lines.setdefault(engine, []).append((info["batch"], rate))
+                lines.setdefault(engine, []).append((info["batch"], rate, case.correct is False))
                 label = f"T={info['steps']}\nH={info['hidden_size']}"
                 if info.get("num_layers", 1) > 1:
                     label += f"\nL={info['num_layers']}"
@@ -315,6 +325,7 @@ def plot_throughput_vs_batch(groups, path, title):
         for engine in engine_order(lines):
             points = sorted(lines[engine])
             axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=engine)
+            mark_wrong(axis, [(p[0], p[1]) for p in points if p[2]])
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xticks(sorted(labels))
