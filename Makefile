@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q --benchmark-disable
 
 bench: $(STAMP)
+	mkdir -p bench/results
 	$(PY) -m pytest bench -q --benchmark-only --benchmark-json=bench/results/latest.json
 	$(PY) bench/report.py bench/results/latest.json
 
