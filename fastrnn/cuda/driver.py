@@ -49,15 +49,16 @@ def build(dtype, tile):
         """out[i, column_offset + j] = sum_k x[i, k] w_t[k, j] + bias[j].
 
         x (N, K), w_t (K, M), out (N, >= column_offset + M). Block (tile, tile); grid
-        (ceil(M / tile), ceil(N / tile)). Each block stages tile x tile pieces of x and w_t in
+        (ceil(N / tile), ceil(M / tile)): rows on the grid's x axis, whose limit (2^31 - 1) a long
+        T * B can need, unlike y's (65535). Each block stages tile x tile pieces of x and w_t in
         shared memory so that every element read from global memory serves `tile` products.
         """
         x_tile = cuda.shared.array((tile, tile), real)
         w_tile = cuda.shared.array((tile, tile), real)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        i = cuda.blockIdx.y * tile + ty
-        j = cuda.blockIdx.x * tile + tx
+        i = cuda.blockIdx.x * tile + ty
+        j = cuda.blockIdx.y * tile + tx
         rows, inner, columns = x.shape[0], x.shape[1], w_t.shape[1]
         total = zero
         for start in range(0, inner, tile):
@@ -190,7 +191,7 @@ def run_sequence(weights, x, h, c, lengths, threads_per_block):
     xproj = cuda.device_array((steps * batch, directions * gate_width), x.dtype)
     h_buffers = cuda.device_array((batch, directions, 2, output_size), x.dtype)
     work = cuda.device_array((batch, directions, 2 * config.hidden_size), x.dtype)
-    projection_grid = (math.ceil(gate_width / tile), math.ceil(steps * batch / tile))
+    projection_grid = (math.ceil(steps * batch / tile), math.ceil(gate_width / tile))
     threads = recurrence_threads(config, threads_per_block)
     clip = kernels.real(config.clip)
     for layer in range(config.num_layers):

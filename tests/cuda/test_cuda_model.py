@@ -151,6 +151,13 @@ def test_bad_options_and_objects():
         to_cuda("not a model")
 
 
+@pytest.fixture(scope="module")
+def rnn_pair():
+    """A small CPU model and its CUDA twin, shared by the refusal cases (nothing runs on them)."""
+    model, _ = build("rnn_tanh")
+    return model, to_cuda(model, **SMALL)
+
+
 def refusal(call):
     try:
         call()
@@ -170,9 +177,8 @@ def refusal(call):
     dict(state=(np.zeros((1, B, H)), np.zeros((1, B, H)))),  # an RNN state has no c
     dict(state=np.zeros((1, B + 1, H))),                   # wrong batch
 ])
-def test_refusals_are_the_cpu_models(bad):
-    model, _ = build("rnn_tanh")
-    gpu = to_cuda(model, **SMALL)
+def test_refusals_are_the_cpu_models(bad, rnn_pair):
+    model, gpu = rnn_pair
     arguments = dict(x=np.zeros((T, B, I)), state=None, lengths=None) | bad
     assert refusal(lambda: gpu(**arguments)) == refusal(lambda: model(**arguments))
 

@@ -1,0 +1,61 @@
+"""Compile every fastrnn CUDA kernel to PTX for an H100 (cc 9.0), with no GPU present.
+
+The simulator runs the kernels as Python, so it cannot tell whether Numba can type and compile
+them for a real device; this does. It needs the CUDA compiler (NVVM), which
+`pip install numba-cuda[cu12]` brings (the `cuda` extra), and no GPU:
+
+    python tests/cuda/ptx_check.py
+
+It prints, per dtype and kernel, the PTX size and the count of double-precision instructions:
+a float32 kernel should have none but the loads and conversions of the float64 alpha/beta table.
+"""
+
+import re
+import types
+from collections import Counter
+
+import numba
+import numpy as np
+from numba import cuda, typeof
+
+if getattr(cuda, "implementation", "") != "NVIDIA":
+    raise SystemExit("needs the numba-cuda package (pip install 'numba-cuda[cu12]')")
+
+import numba.cuda.dispatcher as dispatcher  # noqa: E402
+
+# Device functions ask the current device for its compute capability; there is none: say 9.0.
+dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
+
+from fastrnn.cuda import driver  # noqa: E402
+
+
+def signatures(dtype):
+    real = numba.from_dtype(np.dtype(dtype))
+    i64, boolean = numba.int64, numba.boolean
+
+    def arrays(nd, of=dtype):
+        return typeof(np.zeros((1,) * nd, of))
+
+    A, I, F = arrays, (lambda nd: arrays(nd, np.int64)), (lambda nd: arrays(nd, np.float64))
+    return {
+        "matmul_bias": (A(2), A(2), A(1), A(2), i64),
+        "sequence_kernel": (i64, boolean, real, i64, A(3), I(1), A(3), A(3), A(4), A(3), A(3),
+                            A(2), A(3), A(3), I(2), F(2), F(2), A(3)),
+        "step_kernel": (i64, boolean, real, A(2), I(1), A(1), I(1), A(2), A(3), A(2), A(3), A(3),
+                        I(2), F(2), F(2), A(3), A(3), A(2), A(2), A(2), A(2)),
+    }
+
+
+def main():
+    for dtype in (np.float32, np.float64):
+        kernels = driver.build(np.dtype(dtype), 16)
+        for name, signature in signatures(dtype).items():
+            ptx, _ = cuda.compile_ptx(getattr(kernels, name).py_func, signature, cc=(9, 0))
+            doubles = Counter(m.group(0) for m in re.finditer(r"\b[a-z]+(?:\.[a-z0-9]+)*\.f64\b",
+                                                                 ptx))
+            print(f"{np.dtype(dtype).name:8} {name:16} {len(ptx):7} chars of PTX; "
+                  f"f64 instructions: {dict(doubles)}")
+
+
+if __name__ == "__main__":
+    main()
