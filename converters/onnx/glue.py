@@ -89,17 +89,30 @@ def _axes(axes, rank):
 
 @register("Squeeze", opsets=(1, 12))
 def squeeze_attribute(node):
-    axes = node.attribute("axes")
-    return lambda x: _squeeze(x, axes)
+    return _squeeze_fixed(node.attribute("axes"))
 
 
 @register("Squeeze", opsets=(13, MAX_OPSET))
 def squeeze_input(node):
     axes = as_ints(node.constant_input(1))
     if axes is not None:
-        # Axes known when loading (torch exports): no per-run conversion.
-        return lambda x, _=None: _squeeze(x, axes)
+        return _squeeze_fixed(axes)  # axes known when loading (torch exports)
     return lambda x, axes=None: _squeeze(x, as_ints(axes))
+
+
+def _squeeze_fixed(axes):
+    """Squeeze with axes fixed at load time; the output shape is remembered per input shape."""
+    shapes = {}
+
+    def run(x, _=None):
+        shape = x.shape
+        squeezed = shapes.get(shape)
+        if squeezed is None:
+            squeezed = _squeeze(x, axes).shape
+            if len(shapes) < 64:
+                shapes[shape] = squeezed
+        return x.reshape(squeezed)
+    return run
 
 
 def _squeeze(x, axes):

@@ -131,7 +131,8 @@ class Graph:
             for value_name in list(node.input) + list(node.output):
                 if value_name not in slots:
                     slots[value_name] = len(slots)
-            step = Step(function, tuple(slots[v] for v in node.input),
+            step = Step(function.run if is_recurrent else function,
+                        tuple(slots[v] for v in node.input),
                         tuple(slots[v] for v in node.output), name, node.op_type)
             self.steps.append(step)
             for position, value_name in enumerate(node.output):

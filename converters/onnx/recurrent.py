@@ -156,12 +156,16 @@ class RecurrentNode:
         self.has_c = family == "lstm"
         self.state_width_c = hidden if self.has_c else 0
         self.reverse_flags = (direction == "reverse",) if directions == 1 else (False, True)
-        self.scratch = np.empty(self.packed.scratch_size, self.dtype)
-        self.gates = np.empty(gates * hidden, self.dtype)
-        self._rows = {}
+        self.scratch_size = self.packed.scratch_size
+        self.gate_rows = gates * hidden
+        self._rows = {}             # batch size -> arange(batch), the state rows step_kernel updates
+        self._step = _bind_step_kernel(self)
         outputs = node.outputs + [""] * (3 - len(node.outputs))
         self.wants_y, self.wants_h, self.wants_c = (name != "" for name in outputs[:3])
         self.num_outputs = len(node.outputs)
+        # The function the execution plan calls: run(X, W, R, B, sequence_lens, initial_h, ...).
+        self.run = _lean_call(self) if self._step is not None and self.layout == 0 else \
+            self._run_general
 
     # -- run time ------------------------------------------------------------------------------
 
@@ -187,6 +191,13 @@ class RecurrentNode:
 
     def __call__(self, x, w=None, r=None, b=None, sequence_lens=None, initial_h=None,
                  initial_c=None, p=None):
+        return self.run(x, w, r, b, sequence_lens, initial_h, initial_c, p)
+
+    def _run_general(self, x, w=None, r=None, b=None, sequence_lens=None, initial_h=None,
+                     initial_c=None, p=None):
+        return self._general(x, sequence_lens, initial_h, initial_c)
+
+    def _general(self, x, sequence_lens, initial_h, initial_c):
         if not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim != 3:
             raise TypeError(f"{self.node.op_type} node {self.name!r}: X must be a 3-D "
                             f"{self.dtype} array, got "
@@ -209,28 +220,9 @@ class RecurrentNode:
             if batch and (lengths.min() < 0 or lengths.max() > steps):
                 raise ValueError(f"{self.node.op_type} node {self.name!r}: sequence_lens must "
                                  f"lie in 0..{steps}, got {lengths.tolist()}")
-            if lengths.min() == steps:
-                lengths = None
-            else:
-                lengths = lengths.astype(np.int64)
-        if steps == 1 and self.num_directions == 1 and lengths is None:
-            y = self._one_step(x, h, c, batch)
-        else:
-            y = self._sequence(x, h, c, batch, lengths)
+            lengths = None if lengths.min() == steps else lengths.astype(np.int64)
+        y = self._sequence(x, h, c, batch, lengths)
         return self._outputs(y, h, c, steps, batch)
-
-    def _one_step(self, x, h, c, batch):
-        """One timestep, one direction: the engine's streaming step, with no BLAS call."""
-        rows = self._rows.get(batch)
-        if rows is None:
-            rows = self._rows[batch] = np.arange(batch, dtype=np.int64)
-        packed = self.packed
-        y = np.empty((batch, self.hidden_size), self.dtype)
-        step_kernel(self.cell, np.ascontiguousarray(x[0]), rows, packed.w_ih_flat,
-                    packed.w_ih_offset, packed.w_hh_t, packed.b_ih, packed.b_hh, packed.peephole,
-                    packed.w_proj_t, packed.codes, packed.alphas, packed.betas,
-                    self.config.clip, self.flag, h, c, y, self.gates, self.scratch)
-        return y.reshape(1, batch, self.hidden_size)
 
     def _sequence(self, x, h, c, batch, lengths):
         steps = x.shape[0]
@@ -242,6 +234,7 @@ class RecurrentNode:
         else:
             kernel_lengths = lengths
         out = np.zeros((steps, batch, directions * hidden), self.dtype)
+        scratch = np.empty(self.scratch_size, self.dtype)  # per call: sessions may run in threads
         flat = x.reshape(steps * batch, self.input_size)
         for d in range(directions):
             xproj = flat @ packed.w_ih_t[d]
@@ -250,7 +243,7 @@ class RecurrentNode:
                             self.reverse_flags[d], h[d], c[d], packed.w_hh_t[d], packed.b_hh[d],
                             packed.peephole[d], packed.w_proj_t[d], packed.codes[d],
                             packed.alphas[d], packed.betas[d], self.config.clip, self.flag, out,
-                            d * hidden, self.scratch)
+                            d * hidden, scratch)
         if lengths is not None:
             empty = lengths == 0
             if empty.any():
@@ -264,15 +257,104 @@ class RecurrentNode:
         if self.wants_y:
             y = y.reshape(steps, batch, self.num_directions, self.hidden_size)
             order = (1, 0, 2, 3) if self.layout else (0, 2, 1, 3)
-            results.append(y.transpose(order) if self.num_directions > 1 or self.layout
+            results.append(np.ascontiguousarray(y.transpose(order))
+                           if self.num_directions > 1 or self.layout
                            else y.reshape(steps, 1, batch, self.hidden_size))
         else:
             results.append(None)
         if self.layout:
-            h, c = h.transpose(1, 0, 2), c.transpose(1, 0, 2)
+            h, c = np.ascontiguousarray(h.transpose(1, 0, 2)), np.ascontiguousarray(c.transpose(1, 0, 2))
         results.append(h if self.wants_h else None)
         results.append(c if self.wants_c and self.has_c else None)
         return tuple(results[:self.num_outputs])
+
+
+def _lean_call(node):
+    """The node's run function with a lean path for one timestep (one direction, layout 0).
+
+    Everything the step needs is bound here, once; a call checks only what can change between
+    runs (the types and shapes of X and the states) and takes the general path for the rest.
+    """
+    general = node._general
+    step = node._step
+    dtype, input_size, hidden = node.dtype, node.input_size, node.hidden_size
+    has_c = node.has_c
+    gate_rows, scratch_size = node.gate_rows, node.scratch_size
+    rows_by_batch = node._rows
+    wants_y, wants_h, wants_c = node.wants_y, node.wants_h, node.wants_c and has_c
+    count = node.num_outputs
+    empty = np.empty
+
+    def run(x, w=None, r=None, b=None, sequence_lens=None, initial_h=None, initial_c=None,
+            p=None):
+        if (sequence_lens is not None or type(x) is not np.ndarray or x.dtype != dtype
+                or x.ndim != 3 or x.shape[0] != 1 or x.shape[2] != input_size):
+            return general(x, sequence_lens, initial_h, initial_c)
+        batch = x.shape[1]
+        state_shape = (1, batch, hidden)
+        if (type(initial_h) is np.ndarray and initial_h.dtype == dtype
+                and initial_h.shape == state_shape):
+            h = initial_h.copy()  # the kernel writes the final state into it
+        else:
+            h = node._state(initial_h, "initial_h", hidden, batch)
+        if not has_c:
+            c = empty((1, batch, 0), dtype)
+        elif (type(initial_c) is np.ndarray and initial_c.dtype == dtype
+                and initial_c.shape == state_shape):
+            c = initial_c.copy()
+        else:
+            c = node._state(initial_c, "initial_c", hidden, batch)
+        rows = rows_by_batch.get(batch)
+        if rows is None:
+            rows = rows_by_batch[batch] = np.arange(batch, dtype=np.int64)
+        step_input = x[0]
+        flags = step_input.flags
+        if not (flags.c_contiguous and flags.aligned):
+            step_input = np.array(step_input, order="C")
+        y = empty((batch, hidden), dtype)
+        step(step_input, rows, h, c, y, empty(gate_rows, dtype), empty(scratch_size, dtype))
+        if count == 3:
+            return (y.reshape(1, 1, batch, hidden) if wants_y else None,
+                    h if wants_h else None, c if wants_c else None)
+        results = (y.reshape(1, 1, batch, hidden) if wants_y else None, h if wants_h else None)
+        return results[:count]
+    return run
+
+
+def _bind_step_kernel(node):
+    """step_kernel with this node's weights bound: step(x, rows, h, c, y, gates, scratch).
+
+    A one-direction node's state (1, B, H) is the streaming kernel's state table for one layer.
+    The call goes to the compiled entry point of the kernel's specialisation for these argument
+    types, skipping the dispatcher's type resolution of twenty arguments on every call (the
+    argument types never change for a node: the lean path only passes fresh C-contiguous arrays
+    of the node's dtype). Bidirectional nodes have no step path (None).
+    """
+    if node.num_directions != 1:
+        return None
+    packed = node.packed
+    bound = (node.cell,)
+    weights = (packed.w_ih_flat, packed.w_ih_offset, packed.w_hh_t, packed.b_ih, packed.b_hh,
+               packed.peephole, packed.w_proj_t, packed.codes, packed.alphas, packed.betas,
+               float(node.config.clip), bool(node.flag))
+    dtype, hidden = node.dtype, node.hidden_size
+    sample = (np.zeros((1, node.input_size), dtype), np.zeros(1, np.int64),
+              np.zeros((1, 1, hidden), dtype), np.zeros((1, 1, node.state_width_c), dtype),
+              np.zeros((1, hidden), dtype), np.zeros(node.gate_rows, dtype),
+              np.zeros(node.scratch_size, dtype))
+    kernel = step_kernel
+    arguments = bound + sample[:2] + weights + sample[2:]
+    kernel(*arguments)  # compiles (or loads from the cache) this specialisation now, not on a run
+    try:
+        signature = tuple(kernel.typeof_pyval(a) for a in arguments)
+        kernel = kernel.overloads[signature].entry_point
+    except (AttributeError, KeyError):  # another numba: the dispatcher is correct, only slower
+        pass
+    cell = node.cell
+
+    def step(x, rows, h, c, y, gates, scratch):
+        kernel(cell, x, rows, *weights, h, c, y, gates, scratch)
+    return step
 
 
 def _handler(family):

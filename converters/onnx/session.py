@@ -22,12 +22,15 @@ class InferenceSession:
         self._graph = graph = Graph(path_or_bytes)
         slots = graph.slots
         self._template = graph.template
-        self._steps = [(step.function, step.inputs, step.outputs) for step in graph.steps]
+        self._plan = [_bind(step.function, step.inputs, step.outputs) for step in graph.steps]
         self._step_nodes = [step.node for step in graph.steps]
-        self._feeds = [(v.name, slots[v.name], v.dtype, v.rank,
-                        tuple((axis, size) for axis, size in enumerate(v.shape or ())
-                              if isinstance(size, int) and size > 0))
-                       for v in graph.inputs]
+        # (name, slot, dtype, the full shape when every size is fixed, rank, fixed sizes)
+        self._feeds = []
+        for v in graph.inputs:
+            fixed = tuple((axis, size) for axis, size in enumerate(v.shape or ())
+                          if isinstance(size, int) and size > 0)
+            static = tuple(v.shape) if v.shape is not None and len(fixed) == v.rank else None
+            self._feeds.append((v.name, slots[v.name], v.dtype, static, v.rank, fixed))
         self._input_names = frozenset(v.name for v in graph.inputs)
         self._output_slots = {v.name: slots[v.name] for v in graph.outputs}
         self._all_outputs = [(slots[v.name], v.name in graph.copy_outputs) for v in graph.outputs]
@@ -46,26 +49,26 @@ class InferenceSession:
         slots = self._template.copy()
         if input_feed.keys() != self._input_names:
             self._bad_feed_names(input_feed)
-        for name, slot, dtype, rank, fixed_sizes in self._feeds:
+        for name, slot, dtype, static_shape, rank, fixed_sizes in self._feeds:
             value = input_feed[name]
-            if type(value) is not np.ndarray or value.dtype != dtype or value.ndim != rank:
+            if type(value) is not np.ndarray or value.dtype is not dtype:
                 value = self._check_feed(name, value, dtype, rank)
-            for axis, size in fixed_sizes:
-                if value.shape[axis] != size:
-                    self._bad_size(name, value, axis, size)
+            if static_shape is not None:
+                if value.shape != static_shape:
+                    self._bad_shape(name, value)
+            elif rank is not None:
+                if value.ndim != rank:
+                    self._bad_shape(name, value)
+                for axis, size in fixed_sizes:
+                    if value.shape[axis] != size:
+                        self._bad_shape(name, value)
             slots[slot] = value
         step = None
         try:
-            for step in self._steps:
-                function, inputs, outputs = step
-                results = function(*[slots[i] for i in inputs])
-                if len(outputs) == 1:
-                    slots[outputs[0]] = results[0] if type(results) is tuple else results
-                else:
-                    for slot, value in zip(outputs, results):
-                        slots[slot] = value
+            for step in self._plan:
+                step(slots)
         except (TypeError, ValueError, KeyError, IndexError) as error:
-            node = self._step_nodes[self._steps.index(step)] if step is not None else "?"
+            node = self._step_nodes[self._plan.index(step)] if step is not None else "?"
             if str(node) in str(error):
                 raise
             raise type(error)(f"node {node!r}: {error}") from error
@@ -110,12 +113,42 @@ class InferenceSession:
         if dtype is not None and value.dtype != dtype:
             raise TypeError(f"input {name!r} must be {info.type} (numpy {dtype}), got "
                             f"numpy {value.dtype}")
-        if rank is not None and value.ndim != rank:
-            raise ValueError(f"input {name!r} must have rank {rank}, shape {info.shape}, got "
-                             f"shape {value.shape}")
         return value
 
-    def _bad_size(self, name, value, axis, size):
+    def _bad_shape(self, name, value):
         info = next(v for v in self._graph.inputs if v.name == name)
-        raise ValueError(f"input {name!r} must have size {size} on axis {axis} (shape "
-                         f"{info.shape}), got shape {value.shape}")
+        if value.ndim != info.rank:
+            raise ValueError(f"input {name!r} must have rank {info.rank}, shape {info.shape}, "
+                             f"got shape {value.shape}")
+        for axis, size in enumerate(info.shape):
+            if isinstance(size, int) and size > 0 and value.shape[axis] != size:
+                raise ValueError(f"input {name!r} must have size {size} on axis {axis} (shape "
+                                 f"{info.shape}), got shape {value.shape}")
+
+
+def _bind(function, inputs, outputs):
+    """A plan step as one call on the slot table: reads its inputs, writes its outputs."""
+    if len(outputs) == 1:
+        (out,) = outputs
+        if len(inputs) == 1:
+            (a,) = inputs
+
+            def step(slots):
+                result = function(slots[a])
+                slots[out] = result[0] if type(result) is tuple else result
+        elif len(inputs) == 2:
+            a, b = inputs
+
+            def step(slots):
+                result = function(slots[a], slots[b])
+                slots[out] = result[0] if type(result) is tuple else result
+        else:
+            def step(slots):
+                result = function(*[slots[i] for i in inputs])
+                slots[out] = result[0] if type(result) is tuple else result
+        return step
+
+    def step(slots):
+        for slot, value in zip(outputs, function(*[slots[i] for i in inputs])):
+            slots[slot] = value
+    return step
