@@ -42,4 +42,6 @@ def as_lengths(lengths, batch, steps):
     if batch and (array.min() < 1 or array.max() > steps):
         raise ValueError(f"lengths must lie in 1..{steps} (the sequence length), got "
                          f"min {array.min()}, max {array.max()}")
-    return np.ascontiguousarray(array, dtype=np.int64)
+    # Always a fresh array: a caller's read-only or non-native array would make Numba compile
+    # the driver again for that array type.
+    return np.array(array, dtype=np.int64, order="C", copy=True)

@@ -47,14 +47,29 @@ class Config:
 
     def __post_init__(self):
         check = _ConfigError
-        if self.kind not in CELL_CODES:
+        # Values are normalised to plain Python types (numpy scalars are accepted), so that the
+        # config compares, hashes and serialises to JSON the same whichever way it was built.
+        normalise = lambda name, value: object.__setattr__(self, name, value)
+        if not isinstance(self.kind, str) or self.kind not in CELL_CODES:
             raise check(f"kind must be one of {KINDS}, got {self.kind!r}")
         for name in ("input_size", "hidden_size", "num_layers"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            if not _is_integer(value) or value < 1:
                 raise check(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.proj_size, (int, np.integer)) or self.proj_size < 0:
+            normalise(name, int(value))
+        if not _is_integer(self.proj_size) or self.proj_size < 0:
             raise check(f"proj_size must be a non-negative integer, got {self.proj_size!r}")
+        normalise("proj_size", int(self.proj_size))
+        for name in ("bidirectional", "batch_first", "input_forget", "linear_before_reset"):
+            value = getattr(self, name)
+            # ints 0/1 are accepted: ONNX attributes and JSON from other tools spell flags so
+            if not isinstance(value, (bool, np.bool_, int, np.integer)) or value not in (0, 1):
+                raise check(f"{name} must be True or False, got {value!r}")
+            normalise(name, bool(value))
+        if not isinstance(self.clip, (int, float, np.integer, np.floating)) \
+                or isinstance(self.clip, bool):
+            raise check(f"clip must be a finite number >= 0 (0 for none), got {self.clip!r}")
+        normalise("clip", float(self.clip))
         if self.proj_size and self.kind != "lstm":
             raise check("proj_size is an LSTM option")
         if self.proj_size >= self.hidden_size:
@@ -69,10 +84,20 @@ class Config:
             if len(self.activations) != expected:
                 raise check(f"{self.kind} with {self.num_directions} direction(s) takes {expected} "
                             f"activations, got {len(self.activations)}")
+            entries = []
             for entry in self.activations:
-                if (len(entry) != 3 or entry[0] not in ACTIVATION_CODES):
+                if (isinstance(entry, str) or len(entry) != 3
+                        or entry[0] not in ACTIVATION_CODES):
                     raise check(f"each activation is (name, alpha, beta) with a name among "
                                 f"{sorted(ACTIVATION_CODES)}, got {entry!r}")
+                name, alpha, beta = entry
+                for value in (alpha, beta):
+                    if not isinstance(value, (int, float, np.integer, np.floating)) \
+                            or isinstance(value, bool) or not np.isfinite(value):
+                        raise check(f"activation {name}: alpha and beta must be finite numbers, "
+                                    f"got {entry!r}")
+                entries.append((str(name), float(alpha), float(beta)))
+            normalise("activations", tuple(entries))
 
     @property
     def cell(self):
@@ -126,6 +151,10 @@ class Config:
 
 class _ConfigError(ValueError):
     pass
+
+
+def _is_integer(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass
