@@ -25,6 +25,7 @@ import struct
 import weakref
 import zlib
 
+import numba
 import numpy as np
 
 from fastrnn.driver import run_sequence, step_kernel
@@ -170,9 +171,10 @@ def _check_count(value, name):
 
 
 class _StateTable:
-    """The state of `rows` streams of one model, the step kernel's buffers, and its argument list.
+    """The state of `rows` streams of one model, the step kernel's buffers, and its arguments.
 
-    h (L, rows, H_out); c (L, rows, H), or (L, rows, 0) for cells without one.
+    h (L, rows, H_out); c (L, rows, H), or (L, rows, 0) for cells without one. The kernel is
+    called as kernel(cell, x, rows, *middle, y, *tail), every argument but x, rows and y fixed.
     """
 
     def __init__(self, model, rows):
@@ -190,7 +192,27 @@ class _StateTable:
                         packed.b_hh, packed.peephole, packed.w_proj_t, packed.codes, packed.alphas,
                         packed.betas, float(config.clip), bool(flag))
         self.cell = config.cell
-        self.gates, self.scratch = gates, scratch
+        self.middle = (*self.weights, self.h, self.c)
+        self.tail = (gates, scratch)
+        self.kernel = self._compiled_kernel(model)
+
+    def _compiled_kernel(self, model):
+        """step_kernel's compiled entry point for this table's argument types, ready now.
+
+        Numba's dispatcher spends ~0.5 us per call matching the 20 arguments' types to a compiled
+        version; the entry point skips that (it still converts each argument and refuses a wrong
+        dtype). Callers pass x, rows and y of exactly the types used here: C-contiguous, aligned
+        arrays of the model's dtype (int64 rows). A call with no rows compiles, or loads from the
+        cache, now rather than at the first step, and touches no state.
+        """
+        input_size, output_size = model.config.input_size, model.config.output_size
+        args = (self.cell, np.zeros((0, input_size), model.dtype), np.zeros(0, np.int64),
+                *self.middle, np.zeros((0, output_size), model.dtype), *self.tail)
+        step_kernel(*args)
+        try:
+            return step_kernel.overloads[tuple(numba.typeof(arg) for arg in args)].entry_point
+        except (KeyError, AttributeError):  # a Numba without these internals: the dispatcher
+            return step_kernel
 
 
 def _check_out(out, shape, dtype):
@@ -198,10 +220,15 @@ def _check_out(out, shape, dtype):
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
     if out.dtype != dtype or out.shape != shape or not out.flags.c_contiguous \
-            or not out.flags.writeable:
-        raise ValueError(f"out must be a writable C-contiguous {dtype} array of shape {shape}, "
-                         f"got {out.dtype} {out.shape}")
-    return out
+            or not out.flags.writeable or not out.flags.aligned:
+        raise ValueError(f"out must be a writable, aligned, C-contiguous {dtype} array of shape "
+                         f"{shape}, got {out.dtype} {out.shape}")
+    return out.view(np.ndarray) if type(out) is not np.ndarray else out
+
+
+def _aligned(array):
+    """`array`, copied when its data is not aligned to its itemsize (the kernels assume it is)."""
+    return array if array.flags.aligned else array.copy()
 
 
 # -- Stream -----------------------------------------------------------------------------------
@@ -234,8 +261,10 @@ class Stream:
         self._dtype = model.dtype
         self._x_shape = (self.batch, model.config.input_size)
         self._y_shape = (self.batch, model.config.output_size)
-        self._args = (self._table.cell, self._rows, *self._table.weights, self._table.h,
-                      self._table.c, self._table.gates, self._table.scratch)
+        self._kernel = self._table.kernel
+        self._cell = self._table.cell
+        self._middle = (self._rows, *self._table.middle)
+        self._tail = self._table.tail
 
     def __repr__(self):
         return f"fastrnn.Stream({self.model!r}, batch={self.batch})"
@@ -245,7 +274,7 @@ class Stream:
     def step(self, x, out=None):
         """Advance one timestep: x (B, I) -> y (B, H_out) (see the class docstring)."""
         if not (type(x) is np.ndarray and x.dtype is self._dtype and x.shape == self._x_shape
-                and x.flags.c_contiguous):
+                and x.flags.c_contiguous and x.flags.aligned):
             x, unbatched = self._check_step_input(x)
             if unbatched:
                 if out is not None:
@@ -255,16 +284,13 @@ class Stream:
             out = np.empty(self._y_shape, self._dtype)
         elif not (type(out) is np.ndarray and out.dtype is self._dtype
                   and out.shape == self._y_shape and out.flags.c_contiguous
-                  and out.flags.writeable):
+                  and out.flags.aligned and out.flags.writeable):
             out = _check_out(out, self._y_shape, self._dtype)
-        cell, rows, w_ih, w_ih_offset, w_hh, b_ih, b_hh, peephole, w_proj, codes, alphas, betas, \
-            clip, flag, h, c, gates, scratch = self._args
-        step_kernel(cell, x, rows, w_ih, w_ih_offset, w_hh, b_ih, b_hh, peephole, w_proj, codes,
-                    alphas, betas, clip, flag, h, c, out, gates, scratch)
+        self._kernel(self._cell, x, *self._middle, out, *self._tail)
         return out
 
     def _check_step_input(self, x):
-        x = as_float_array(x, self._dtype, "x_t")
+        x = _aligned(as_float_array(x, self._dtype, "x_t"))
         if x.ndim == 1 and self.batch == 1:
             check_shape(x, self._x_shape[1:], "x_t of a batch-1 stream")
             return x.reshape(self._x_shape), True
@@ -390,8 +416,10 @@ class StreamPool:
         self._is_open = np.zeros(self.capacity, np.bool_)
         self._seen = np.zeros(self.capacity, np.bool_)
         self._free = list(range(self.capacity - 1, -1, -1))  # popped from the end: lowest first
-        self._args = (self._table.cell, *self._table.weights, self._table.h, self._table.c,
-                      self._table.gates, self._table.scratch)
+        self._kernel = self._table.kernel
+        self._cell = self._table.cell
+        self._middle = self._table.middle
+        self._tail = self._table.tail
 
     def __repr__(self):
         return (f"fastrnn.StreamPool({self.model!r}, capacity={self.capacity}, "
@@ -448,13 +476,13 @@ class StreamPool:
         (a C-contiguous (N, H_out) array of the model's dtype) nothing is allocated.
         """
         if not (type(slots) is np.ndarray and slots.dtype == np.int64 and slots.ndim == 1
-                and slots.flags.c_contiguous):
+                and slots.flags.c_contiguous and slots.flags.aligned):
             slots = self._as_slots(slots)
         count = slots.shape[0]
         x_shape = (count, self._input_size)
         if not (type(xs) is np.ndarray and xs.dtype is self._dtype and xs.shape == x_shape
-                and xs.flags.c_contiguous):
-            xs = as_float_array(xs, self._dtype, "xs")
+                and xs.flags.c_contiguous and xs.flags.aligned):
+            xs = _aligned(as_float_array(xs, self._dtype, "xs"))
             check_shape(xs, x_shape, f"xs (one row of {self._input_size} features per slot)")
         y_shape = (count, self._output_size)
         out = np.empty(y_shape, self._dtype) if out is None else \
@@ -462,10 +490,7 @@ class StreamPool:
         bad = _first_bad_slot(slots, self._is_open, self._seen)
         if bad >= 0:
             self._explain_bad_slot(slots, bad)
-        cell, w_ih, w_ih_offset, w_hh, b_ih, b_hh, peephole, w_proj, codes, alphas, betas, clip, \
-            flag, h, c, gates, scratch = self._args
-        step_kernel(cell, xs, slots, w_ih, w_ih_offset, w_hh, b_ih, b_hh, peephole, w_proj,
-                    codes, alphas, betas, clip, flag, h, c, out, gates, scratch)
+        self._kernel(self._cell, xs, slots, *self._middle, out, *self._tail)
         return out
 
     def _as_slots(self, slots):
@@ -480,7 +505,7 @@ class StreamPool:
         if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
             raise ValueError(f"slot {array.max()} is out of range for a pool of capacity "
                              f"{self.capacity}")
-        return np.ascontiguousarray(array, dtype=np.int64)
+        return _aligned(np.ascontiguousarray(array, dtype=np.int64))
 
     def _explain_bad_slot(self, slots, position):
         slot = int(slots[position])

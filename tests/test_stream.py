@@ -412,3 +412,22 @@ def test_threads_each_driving_a_stream_give_the_one_thread_answers():
         thread.join()
     for got, want in zip(results, expected):
         np.testing.assert_array_equal(got, want)
+
+
+def test_readonly_and_unaligned_inputs_are_read_correctly():
+    """The fast path hands arrays straight to the compiled kernel; these must still be right."""
+    model = make_model()
+    xs = inputs(3, 2, model.input_size)
+    expected_y, _ = model(xs)
+    stream = model.stream(batch=2)
+    readonly = xs[0].copy()
+    readonly.flags.writeable = False
+    raw = bytearray(1 + xs[1].nbytes)
+    unaligned = np.frombuffer(raw, np.float32, count=6, offset=1).reshape(2, 3)
+    assert not unaligned.flags.aligned
+    unaligned[...] = xs[1]
+    ys = [stream.step(readonly), stream.step(unaligned), stream.step(xs[2])]
+    assert_close(np.stack(ys), expected_y)
+    unaligned_out = np.frombuffer(bytearray(1 + 40), np.float32, count=10, offset=1).reshape(2, 5)
+    with pytest.raises(ValueError, match="aligned"):
+        stream.step(xs[0], out=unaligned_out)
