@@ -36,10 +36,12 @@ class _DeviceStateTable:
 
     def advance(self, cuda_model, x, count, rows, out):
         """Step rows `rows` (device, >= count) with host x (count, I) into host out (count, H_out)."""
-        self.x[:count].copy_to_device(x)
+        # A full table (every Stream step) needs no slice: each slice is a new device-array object.
+        full = count == self.x.shape[0]
+        (self.x if full else self.x[:count]).copy_to_device(x)
         driver.advance_streams(cuda_model._weights, cuda_model.threads_per_block, count, self.x,
                                rows, self.h, self.c, self.y, self.buffers)
-        self.y[:count].copy_to_host(out)
+        (self.y if full else self.y[:count]).copy_to_host(out)
         return out
 
     def read(self, rows):
