@@ -329,3 +329,19 @@ def test_silence_never_goes_subnormal(kind, dtype):
     ref_y = reference.run_model(kind, cast_layers(layers, dtype), x.astype(dtype))[0]
     ref_y = ref_y.astype(dtype)
     assert ((ref_y != 0) & (np.abs(ref_y) < tiny)).any()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_silent_stream_never_goes_subnormal(kind, dtype):
+    """The same through the streaming step, one call per timestep, as a service would feed it."""
+    layers = random_layers(kind, 3, 4, num_layers=2, bias=False, scale=0.5, seed=2)
+    stream = fastrnn.from_numpy(kind, cast_layers(layers, dtype)).stream(batch=1)
+    tiny = np.finfo(dtype).tiny
+    silence = np.zeros((1, 3), dtype)
+    outputs = [stream.step(np.ones((1, 3), dtype)).copy()]
+    outputs += [stream.step(silence).copy() for _ in range(2500)]
+    state = stream.state
+    for values in [np.array(outputs), state.h] + ([state.c] if state.c is not None else []):
+        magnitudes = np.abs(values[values != 0])
+        assert (magnitudes >= tiny).all(), f"subnormal values: {magnitudes.min()}"
+    assert np.abs(outputs[0]).max() > 1e-3 and not outputs[-1].any()
