@@ -87,7 +87,7 @@ def test_op_matches_onnxruntime(op_type, inputs, attributes, opset, outputs):
 def test_folded_constants_are_not_handed_out():
     # An output computed from initializers alone is folded at load; callers get copies of it.
     weights = numpy_helper.from_array(M, "weights")
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])
     node = helper.make_node("Transpose", ["weights"], ["folded"])
     add = helper.make_node("Add", ["x", "x"], ["twice"])
     graph = helper.make_graph([node, add], "g", [x],
