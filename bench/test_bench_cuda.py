@@ -8,8 +8,10 @@ Workloads (groups, the same names as the CPU suites' so the report sets them sid
 - per-call step B=1, (I=64, H=128), LSTM and GRU: fastrnn's device Stream.step vs cuDNN called
   on one timestep with its state passed back.
 - sequence T=1000 B=1 I=64 H=128 and T=100 B=64 I=H=256: model(x) vs cuDNN's module(x).
-- the same T=1000 sequence as 1000 Stream.step calls ("fastrnn-cuda-step-loop"): what a launch
-  per timestep costs against the one persistent launch per layer that model(x) makes.
+- the persistent launch against a launch per timestep: "fastrnn-cuda-launch-per-step" is the
+  same model(x) with steps_per_launch=1 (the recurrence relaunched every step, all data staying
+  on the device), "fastrnn-cuda-step-loop" the sequence fed as T Stream.step calls (a launch and
+  two transfers per step), on the batch-1 sequences.
 Each case checks its answer against the float64 reference (bench/registry.py) before timing.
 """
 
@@ -125,16 +127,24 @@ SEQUENCES = [ModelSpec("lstm", input_size=64, hidden_size=128, steps=1000, batch
              ModelSpec("gru", input_size=256, hidden_size=256, steps=100, batch=64)]
 
 
-@pytest.mark.parametrize("engine", ENGINES + ["fastrnn-cuda-step-loop"])
+@pytest.mark.parametrize("engine", ENGINES + ["fastrnn-cuda-launch-per-step",
+                                              "fastrnn-cuda-step-loop"])
 @pytest.mark.parametrize("spec", SEQUENCES, ids=lambda s: s.workload_id().replace(" ", "-"))
 def test_cuda_sequence(benchmark, spec, engine):
     x = spec.input()
     if engine == "fastrnn-cuda":
         model = fastrnn_cuda(spec)
         run = lambda x: model(x)[0]  # noqa: E731
+    elif engine == "fastrnn-cuda-launch-per-step":
+        if spec.batch != 1:
+            pytest.skip("launches per step are measured on the batch-1 sequences")
+        import fastrnn
+        from fastrnn.cuda import to_cuda
+        model = to_cuda(fastrnn.from_torch(spec.torch_module()), steps_per_launch=1)
+        run = lambda x: model(x)[0]  # noqa: E731
     elif engine == "fastrnn-cuda-step-loop":
         if spec.batch != 1:
-            pytest.skip("the step loop is measured on the batch-1 sequence")
+            pytest.skip("the step loop is measured on the batch-1 sequences")
         stream = fastrnn_cuda(spec).stream()
         run = stepped(stream.step, stream.reset)
     else:

@@ -72,10 +72,12 @@ def build(dtype, tile):
             out[i, column_offset + j] = total + bias[j]
 
     @cuda.jit
-    def sequence_kernel(cell, flag, clip, layer, xproj, lengths, h, c, h_buffers, work,
-                        w_hh_t, b_hh, peephole, w_proj_t, codes, alphas, betas, out):
-        """Run one layer, both directions, over a padded batch. Grid (B, D); a block per row and
-        direction.
+    def sequence_kernel(cell, flag, clip, layer, first_step, stop_step, xproj, lengths, h, c,
+                        h_buffers, work, w_hh_t, b_hh, peephole, w_proj_t, codes, alphas, betas,
+                        out):
+        """Run one layer, both directions, over a padded batch, for steps first_step:stop_step of
+        each row's walk (0:T is the whole sequence in one launch). Grid (B, D); a block per row
+        and direction.
 
         xproj (T, B, D*G*H): W x + b_ih, direction d in columns d*G*H:(d+1)*G*H.
         lengths (B,): row b is valid for t < lengths[b]; its reverse pass starts at
@@ -84,6 +86,7 @@ def build(dtype, tile):
         h_buffers (B, D, 2, H_out): h of the previous and of the current step, alternating.
         work (B, D, 2H): scratch of recurrent_step. out (T, B, D*H_out): steps past a row's
           length are written as zero.
+        Launches over consecutive windows of steps give the same result as one launch over all.
         """
         row = cuda.blockIdx.x
         direction = cuda.blockIdx.y
@@ -101,7 +104,7 @@ def build(dtype, tile):
             buffers[0, k] = h[ld, row, k]
         cuda.syncthreads()
         current = 0
-        for step in range(length):
+        for step in range(first_step, min(stop_step, length)):
             t = length - 1 - step if direction == 1 else step
             recurrent_step(cell, flag, clip, tid, threads,
                            xproj[t, row, gates_start:gates_start + gate_width],
@@ -113,7 +116,7 @@ def build(dtype, tile):
                 out[t, row, out_start + k] = buffers[1 - current, k]
             cuda.syncthreads()
             current = 1 - current
-        for t in range(length, steps):
+        for t in range(max(length, first_step), min(stop_step, steps)):
             for k in range(tid, output_size, threads):
                 out[t, row, out_start + k] = zero
         for k in range(tid, output_size, threads):
@@ -173,8 +176,12 @@ def cell_flag(config):
     return config.input_forget if config.kind == "lstm" else config.linear_before_reset
 
 
-def run_sequence(weights, x, h, c, lengths, threads_per_block):
+def run_sequence(weights, x, h, c, lengths, threads_per_block, steps_per_launch=None):
     """Run the whole model on the device over x (T, B, I), time-major, in the model's dtype.
+
+    steps_per_launch: None walks each layer's T steps in one launch (the design); a number
+    splits the walk into launches of that many steps, 1 being a launch per timestep, kept to
+    measure what the persistent launch saves (bench/test_bench_cuda.py).
 
     weights: a fastrnn.cuda.model.DeviceWeights. x (host, validated). h (L*D, B, H_out),
     c (L*D, B, H) or (L*D, B, 0), lengths (B,): device arrays; h and c hold the initial state and
@@ -201,11 +208,13 @@ def run_sequence(weights, x, h, c, lengths, threads_per_block):
                 layer_input, weights.w_ih_t(ld), weights.b_ih[ld], xproj,
                 direction * gate_width)
         out = cuda.device_array((steps, batch, directions * output_size), x.dtype)
-        kernels.sequence_kernel[(batch, directions), threads](
-            config.cell, cell_flag(config), clip, layer,
-            xproj.reshape(steps, batch, directions * gate_width), lengths, h, c, h_buffers, work,
-            weights.w_hh_t, weights.b_hh, weights.peephole, weights.w_proj_t, weights.codes,
-            weights.alphas, weights.betas, out)
+        window = steps_per_launch or steps
+        for first_step in range(0, steps, window):
+            kernels.sequence_kernel[(batch, directions), threads](
+                config.cell, cell_flag(config), clip, layer, first_step, first_step + window,
+                xproj.reshape(steps, batch, directions * gate_width), lengths, h, c, h_buffers,
+                work, weights.w_hh_t, weights.b_hh, weights.peephole, weights.w_proj_t,
+                weights.codes, weights.alphas, weights.betas, out)
         layer_input = out.reshape(steps * batch, directions * output_size)
     return out
 

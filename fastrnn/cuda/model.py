@@ -92,14 +92,19 @@ class CudaModel:
     """A fastrnn.Model on a CUDA device: the same calls, the same results (see the module doc).
 
     threads_per_block bounds the threads of a recurrence block (one per hidden unit up to it);
-    tile is the edge of the input projection's matmul tiles. Both only change speed.
+    tile is the edge of the input projection's matmul tiles. steps_per_launch (None: a layer's
+    whole walk in one launch) splits the recurrence into launches of that many steps, 1 being a
+    launch per timestep, for measuring the persistent launch against it. All three only change
+    speed.
     """
 
     device = "cuda"
 
     def __init__(self, model, index=0, threads_per_block=DEFAULT_THREADS_PER_BLOCK,
-                 tile=DEFAULT_TILE):
-        for name, value in (("threads_per_block", threads_per_block), ("tile", tile)):
+                 tile=DEFAULT_TILE, steps_per_launch=None):
+        window = 1 if steps_per_launch is None else steps_per_launch
+        for name, value in (("threads_per_block", threads_per_block), ("tile", tile),
+                            ("steps_per_launch", window)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if tile * tile > 1024:
@@ -110,6 +115,7 @@ class CudaModel:
         self._cpu = model
         self.index = index
         self.threads_per_block = int(threads_per_block)
+        self.steps_per_launch = None if steps_per_launch is None else int(steps_per_launch)
         with self._on_device():
             self._weights = DeviceWeights(model.config, model._packed, model.dtype, int(tile))
             self._warm_up()
@@ -185,7 +191,8 @@ class CudaModel:
         with self._on_device():
             device_h, device_c = cuda.to_device(h), cuda.to_device(c)
             y = driver.run_sequence(self._weights, x, device_h, device_c,
-                                    cuda.to_device(row_lengths), self.threads_per_block)
+                                    cuda.to_device(row_lengths), self.threads_per_block,
+                                    self.steps_per_launch)
             y = y.copy_to_host()
             device_h.copy_to_host(h)
             device_c.copy_to_host(c)
@@ -211,7 +218,8 @@ class CudaModel:
         index = parse_device(device)
         if index == self.index:
             return self
-        return CudaModel(self._cpu, index, self.threads_per_block, self._weights.tile)
+        return CudaModel(self._cpu, index, self.threads_per_block, self._weights.tile,
+                         self.steps_per_launch)
 
     def save(self, path):
         """Write the model to `path` in fastrnn's native format, as the CPU model would."""
@@ -219,11 +227,11 @@ class CudaModel:
 
 
 def to_cuda(model, device="cuda", *, threads_per_block=DEFAULT_THREADS_PER_BLOCK,
-            tile=DEFAULT_TILE):
+            tile=DEFAULT_TILE, steps_per_launch=None):
     """`model` (a fastrnn.Model) on a CUDA device; CudaUnavailableError when there is none."""
     from fastrnn.model import Model
     if isinstance(model, CudaModel):
         model = model.to("cpu")
     if not isinstance(model, Model):
         raise TypeError(f"model must be a fastrnn.Model, got {type(model).__name__}")
-    return CudaModel(model, parse_device(device), threads_per_block, tile)
+    return CudaModel(model, parse_device(device), threads_per_block, tile, steps_per_launch)

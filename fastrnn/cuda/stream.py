@@ -108,7 +108,8 @@ class CudaStream(Stream):
         lengths = np.full(self.batch, x.shape[0], np.int64)
         with self.model._on_device():
             y = driver.run_sequence(self.model._weights, x, self._table.h, self._table.c,
-                                    cuda.to_device(lengths), self.model.threads_per_block)
+                                    cuda.to_device(lengths), self.model.threads_per_block,
+                                    self.model.steps_per_launch)
             y = y.copy_to_host()
         if unbatched:
             return y[:, 0, :]

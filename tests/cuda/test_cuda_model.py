@@ -45,6 +45,13 @@ CASES = {
         state=True),
     "gru-bidirectional-lengths-state": dict(
         build=dict(kind="gru", bidirectional=True), lengths=[2, 4, 1], state=True),
+    # The recurrence split into a launch per timestep, and into windows of 3 steps (4 = 3 + 1).
+    "gru-bidirectional-lengths-state-launch-per-step": dict(
+        build=dict(kind="gru", bidirectional=True), lengths=[2, 4, 1], state=True,
+        steps_per_launch=1),
+    "lstm-proj-2layers-lengths-windows-of-3": dict(
+        build=dict(kind="lstm", num_layers=2, proj_size=3, bidirectional=True),
+        lengths=[4, 3, 1], steps_per_launch=3),
     "gru-reset-before-2layers-clip-activations-f64": dict(
         build=dict(kind="gru", num_layers=2, linear_before_reset=False, clip=0.6, dtype=np.float64,
                    activations=(("HardSigmoid", 0.25, 0.5), ("Affine", 0.8, 0.1))), state=True),
@@ -61,7 +68,7 @@ def test_sequence_matches_cpu(name):
     case = CASES[name]
     options = dict(case["build"])
     model, layers = build(**options)
-    gpu = to_cuda(model, **SMALL)
+    gpu = to_cuda(model, **SMALL, steps_per_launch=case.get("steps_per_launch"))
     rng = np.random.default_rng(7)
     x = rng.normal(size=(B, T, I) if model.config.batch_first else (T, B, I))
     state = None
@@ -144,7 +151,7 @@ def test_bad_device_string(device):
 def test_bad_options_and_objects():
     model, _ = build("rnn_tanh")
     for options in (dict(threads_per_block=0), dict(threads_per_block=2048), dict(tile=0),
-                    dict(tile=64), dict(threads_per_block=True)):
+                    dict(tile=64), dict(threads_per_block=True), dict(steps_per_launch=0)):
         with pytest.raises(ValueError):
             to_cuda(model, **options)
     with pytest.raises(TypeError, match="fastrnn.Model"):
