@@ -39,7 +39,7 @@ def signatures(dtype):
     A, I, F = arrays, (lambda nd: arrays(nd, np.int64)), (lambda nd: arrays(nd, np.float64))
     return {
         "matmul_bias": (A(2), A(2), A(1), A(2), i64),
-        "sequence_kernel": (i64, boolean, real, i64, A(3), I(1), A(3), A(3), A(4), A(3), A(3),
+        "sequence_kernel": (i64, boolean, real, i64, i64, i64, A(3), I(1), A(3), A(3), A(4), A(3), A(3),
                             A(2), A(3), A(3), I(2), F(2), F(2), A(3)),
         "step_kernel": (i64, boolean, real, A(2), I(1), A(1), I(1), A(2), A(3), A(2), A(3), A(3),
                         I(2), F(2), F(2), A(3), A(3), A(2), A(2), A(2), A(2)),
