@@ -142,13 +142,13 @@ class Graph:
             elif node.op_type in VIEW_OPS and node.input and node.input[0] in may_alias:
                 may_alias.update(node.output)
         self.constants = constants
+        for value in self.inputs:
+            slots.setdefault(value.name, len(slots))
         for value in self.outputs:
             if value.name not in slots:
                 if value.name not in constants:
                     raise ValueError(f"graph output {value.name!r} is not produced by any node")
                 slots[value.name] = len(slots)
-        for value in self.inputs:
-            slots.setdefault(value.name, len(slots))
         self.slots = slots
         # The slot table a run starts from: constants that steps read are filled in once.
         self.template = [None] * len(slots)

@@ -146,3 +146,17 @@ def test_from_onnx_single_node_keeps_every_option():
     np.testing.assert_allclose(y, y_onnx.transpose(0, 2, 1, 3).reshape(y.shape), atol=1e-6)
     np.testing.assert_allclose(state.h, h_onnx, atol=1e-6)
     np.testing.assert_allclose(state.c, c_onnx, atol=1e-6)
+
+
+def test_graph_input_passed_straight_to_an_output_is_copied():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    relu = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([relu], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3]),
+                                                  helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])])
+    session = fastrnn.InferenceSession(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)]))
+    value = np.array([-1.0, 0.5, 2.0], np.float32)
+    y, echoed = session.run(None, {"x": value})
+    np.testing.assert_array_equal(y, [0.0, 0.5, 2.0])
+    np.testing.assert_array_equal(echoed, value)
+    assert not np.shares_memory(echoed, value)

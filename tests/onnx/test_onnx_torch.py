@@ -157,3 +157,14 @@ def test_opset_7_export_with_constantfill_matches_torch():
     with torch.no_grad():
         expected = module(torch.from_numpy(feeds["x"]))[0].numpy()
     np.testing.assert_allclose(ours, expected, atol=3e-5, rtol=0)
+
+
+def test_from_onnx_model_streams():
+    module, model, _ = build("lstm", head=False, bidirectional=False, batch_first=False,
+                             with_state=False)
+    converted = fastrnn.from_onnx(model)
+    x = np.random.default_rng(4).standard_normal((5, 2, INPUT)).astype(np.float32)
+    y, _ = converted(x)
+    stream = converted.stream(batch=2)
+    for t in range(x.shape[0]):
+        np.testing.assert_allclose(stream.step(x[t]), y[t], atol=1e-6, rtol=0)
