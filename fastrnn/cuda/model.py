@@ -21,6 +21,9 @@ from fastrnn.validation import as_lengths
 
 DEFAULT_THREADS_PER_BLOCK = 256
 DEFAULT_TILE = 16
+# ptxas for sm_90 gives the recurrence kernels 92-122 registers a thread (no spills); a block has
+# 65536 registers, so 512 threads fit and 1024 would not launch.
+MAX_THREADS_PER_BLOCK = 512
 
 
 class CudaUnavailableError(RuntimeError):
@@ -109,8 +112,10 @@ class CudaModel:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if tile * tile > 1024:
             raise ValueError(f"tile must be at most 32 (tile * tile threads per block), got {tile}")
-        if threads_per_block > 1024:
-            raise ValueError(f"threads_per_block must be at most 1024, got {threads_per_block}")
+        if threads_per_block > MAX_THREADS_PER_BLOCK:
+            raise ValueError(f"threads_per_block must be at most {MAX_THREADS_PER_BLOCK} (the "
+                             f"kernels' registers per thread allow no more), got "
+                             f"{threads_per_block}")
         check_gpu(index)
         self._cpu = model
         self.index = index

@@ -6,13 +6,17 @@ them for a real device; this does. It needs the CUDA compiler (NVVM), which
 
     python tests/cuda/ptx_check.py
 
-It prints, per dtype and kernel, the PTX size and the count of double-precision instructions:
-a float32 kernel should have none but the loads and conversions of the float64 alpha/beta table.
+It prints, per dtype and kernel, the PTX size, the registers and spills ptxas gives it for sm_90
+(when the wheel's ptxas is there), and for float32 the double-precision instructions: there should
+be none but the loads and conversions of the float64 alpha/beta table.
 """
 
 import re
+import subprocess
+import tempfile
 import types
 from collections import Counter
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -46,7 +50,34 @@ def signatures(dtype):
     }
 
 
+def ptxas():
+    """The path of ptxas from the nvidia-cuda-nvcc wheel, or None."""
+    try:
+        import nvidia.cuda_nvcc
+    except ImportError:
+        return None
+    path = Path(list(nvidia.cuda_nvcc.__path__)[0]) / "bin" / "ptxas"
+    return path if path.exists() else None
+
+
+def registers(ptx, assembler):
+    """ptxas's resource line (registers, spills) for sm_90, or a note when ptxas is missing."""
+    if assembler is None:
+        return "no ptxas"
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "kernel.ptx"
+        source.write_text(ptx)
+        result = subprocess.run([str(assembler), "-arch=sm_90", "-v", str(source), "-o",
+                                 str(Path(folder) / "kernel.cubin")], capture_output=True,
+                                text=True)
+    if result.returncode:
+        return f"ptxas failed: {result.stderr[-500:]}"
+    return " ".join(line.split(":")[-1].strip() for line in result.stderr.splitlines()
+                    if "registers" in line or "spill" in line)
+
+
 def main():
+    assembler = ptxas()
     for dtype in (np.float32, np.float64):
         kernels = driver.build(np.dtype(dtype), 16)
         for name, signature in signatures(dtype).items():
@@ -54,7 +85,9 @@ def main():
             doubles = Counter(m.group(0) for m in re.finditer(r"\b[a-z]+(?:\.[a-z0-9]+)*\.f64\b",
                                                                  ptx))
             print(f"{np.dtype(dtype).name:8} {name:16} {len(ptx):7} chars of PTX; "
-                  f"f64 instructions: {dict(doubles)}")
+                  f"{registers(ptx, assembler)}")
+            if np.dtype(dtype) == np.float32:
+                print(f"{'':26}f64 instructions: {dict(doubles)}")
 
 
 if __name__ == "__main__":
