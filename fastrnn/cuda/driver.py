@@ -14,7 +14,9 @@ cooperative launches, which the simulator lacks), and a T-step sequence costs on
 instead of T; from Python a Numba launch costs tens of microseconds, more than a small step's
 arithmetic. The price: a row's step runs on one multiprocessor, so a batch of one uses one SM,
 reading R (4H x H_out) from L2 every step; per-step latency for a single stream is bound by that
-and by the barrier chain, which is the hard case of the GPU.
+and by the barrier chain, which is the hard case of the GPU. (run_sequence's steps_per_launch
+splits the walk into several launches, 1 being a launch per step, so the two can be measured side
+by side: bench/test_bench_cuda.py.)
 
 Streams (`step_kernel`): one launch advances every layer of a unidirectional stack by one
 timestep for chosen rows of a state table kept on the device; the input projection of that one
