@@ -1,11 +1,31 @@
 """fastrnn.Model: a recurrent stack with its weights, called like a PyTorch module."""
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fastrnn.driver import run_sequence
 from fastrnn.state import State
 from fastrnn.validation import as_float_array, as_lengths, check_shape
 from fastrnn.weights import Config, LayerWeights, PackedWeights, check_layers
+
+
+def _as_layer_weights(weights, index):
+    """A LayerWeights from a LayerWeights or a mapping of its field names (KeyError otherwise)."""
+    if isinstance(weights, LayerWeights):
+        return weights
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"layer {index}: expected a fastrnn.LayerWeights or a mapping of weight "
+                        f"names to arrays, got {type(weights).__name__}")
+    known = set(LayerWeights.__dataclass_fields__)
+    unknown = sorted(set(weights) - known)
+    if unknown:
+        raise KeyError(f"layer {index}: unknown weight name(s) {unknown}; expected among "
+                       f"{sorted(known)}")
+    for key in ("w_ih", "w_hh", "b_ih", "b_hh"):
+        if weights.get(key) is None:
+            raise KeyError(f"layer {index}: missing weight {key!r}")
+    return LayerWeights(**weights)
 
 
 class Model:
@@ -25,9 +45,10 @@ class Model:
     def __init__(self, config, layers, dtype=None):
         if not isinstance(config, Config):
             raise TypeError(f"config must be a fastrnn.Config, got {type(config).__name__}")
-        layers = [w if isinstance(w, LayerWeights) else LayerWeights(**w) for w in layers]
+        layers = [_as_layer_weights(w, index) for index, w in enumerate(layers)]
         if dtype is None:
-            dtype = np.float64 if np.asarray(layers[0].w_ih).dtype == np.float64 else np.float32
+            first = np.asarray(layers[0].w_ih) if layers else None
+            dtype = np.float64 if first is not None and first.dtype == np.float64 else np.float32
         self.config = config
         self.dtype = np.dtype(dtype)
         self.layers = check_layers(config, layers, self.dtype)

@@ -361,3 +361,22 @@ def test_config_accepts_numpy_integers_and_round_trips_json():
 def test_model_rejects_what_is_not_a_config():
     with pytest.raises(TypeError, match="fastrnn.Config"):
         fastrnn.Model({"kind": "lstm"}, [])
+
+
+def test_model_from_bad_layer_weights():
+    made = Config(kind="rnn_tanh", input_size=2, hidden_size=3, num_layers=2)
+    good = random_layers("rnn_tanh", 2, 3, num_layers=2)
+    with pytest.raises(ValueError, match=r"expected 2 layer weight sets \(l0, l1\), got 0"):
+        fastrnn.Model(made, [])
+    with pytest.raises(ValueError, match=r"expected 2 layer weight sets"):
+        fastrnn.Model(made, good[:1])
+    with pytest.raises(KeyError, match="unknown weight name"):
+        fastrnn.Model(made, [good[0], dict(good[1], bias=np.zeros(3))])
+    with pytest.raises(KeyError, match="layer 1: missing weight 'b_hh'"):
+        fastrnn.Model(made, [good[0], {k: v for k, v in good[1].items() if k != "b_hh"}])
+    with pytest.raises(TypeError, match="layer 0: expected a fastrnn.LayerWeights"):
+        fastrnn.Model(made, [np.zeros(3), good[1]])
+    with pytest.raises(ValueError, match=r"layer l1: weight 'w_ih' has shape \(3, 2\), "
+                                         r"expected \(3, 3\)"):
+        fastrnn.Model(made, [good[0], dict(good[1], w_ih=np.zeros((3, 2)))])
+    assert fastrnn.Model(made, good).dtype == np.float64
