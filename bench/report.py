@@ -197,12 +197,15 @@ def table(groups, probes):
                 bound = limit(next(iter(cases.values())).info, probes)
                 if bound and BASE_ENGINE in cases:
                     seconds, what = bound
+                    share = seconds / cases[BASE_ENGINE].value
                     row += [f"{format_seconds(seconds)} ({what})",
-                            f"{100 * seconds / cases[BASE_ENGINE].value:.0f}% of limit"]
+                            f"{100 * share:.0f}% of limit" + (" (probe slowed?)" if share > 1
+                                                              else "")]
                 else:
                     row += ["", ""]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        lines += memory_details(rows)
     lines += [
         "Medians of the run (memory: peak resident memory the loaded model and its first answer "
         "add to a fresh process). `A vs B` is B's figure over A's: above 1 A is faster (or "
@@ -210,8 +213,25 @@ def table(groups, probes):
         "the same weights (float32 within 3e-5) before it was timed. `limit`: the least time the "
         "machine allows (bench/probes.py, one core's read bandwidth at the weights' working-set "
         "size, all cores' float32 GEMM rate); `% of limit` is limit / fastrnn's median, 100% "
-        "would be at the limit.", ""]
+        "would be at the limit (above 100%, other load slowed the probes more than the case).",
+        ""]
     return "\n".join(lines)
+
+
+def memory_details(rows):
+    """For memory workloads: each engine's import footprint, what loading adds, the whole peak."""
+    lines = []
+    for group, cases in rows:
+        parts = [f"{engine}: import {cases[engine].info['rss_after_import_MiB']:.0f} MiB, "
+                 f"model loaded +{cases[engine].info['load_MiB']:.0f} MiB, process peak "
+                 f"{cases[engine].info['peak_rss_MiB']:.0f} MiB"
+                 for engine in engine_order(cases)
+                 if {"rss_after_import_MiB", "load_MiB", "peak_rss_MiB"} <= set(cases[engine].info)]
+        if parts:
+            weights = next(iter(cases.values())).info.get("weights_MiB")
+            about = f" (weights {weights:.0f} MiB)" if weights else ""
+            lines += [f"{group}{about}: " + "; ".join(parts) + ".", ""]
+    return lines
 
 
 def machine_section(machine, probes, probed_now, benchmark_json):

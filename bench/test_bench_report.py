@@ -118,3 +118,12 @@ def test_bandwidth_curve_lookup_takes_the_next_size_up():
 def test_read_bandwidth_probe_measures_something_plausible():
     rate = probes.read_bandwidth(64 * 1024, seconds=0.005, repeats=2)
     assert 1e8 < rate < 1e13          # 0.1 GB/s .. 10 TB/s: a number of bytes per second
+
+
+def test_best_of_keeps_each_probes_highest_figure():
+    slowed = {"read_bandwidth_bytes_per_s": {"65536": 40e9, "1048576": 60e9},
+              "gemm_flops_per_s": 20e9}
+    best = probes.best_of(PROBES, slowed, None)
+    assert best["read_bandwidth_bytes_per_s"] == {"65536": 100e9, "1048576": 60e9,
+                                                  "134217728": 10e9}
+    assert best["gemm_flops_per_s"] == 100e9
