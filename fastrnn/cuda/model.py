@@ -44,11 +44,8 @@ def parse_device(device):
 def check_gpu(index):
     """Raise CudaUnavailableError unless GPU `index` can run kernels (or the simulator is on)."""
     if not cuda.is_available():
-        try:
-            cuda.detect()
-            reason = "no CUDA GPU was found"
-        except Exception as error:  # numba says why: no driver library, no device, ...
-            reason = str(error).strip() or type(error).__name__
+        # Numba keeps why CUDA could not start (no driver library, a driver too old, ...).
+        reason = " ".join(str(cuda.cuda_error() or "no CUDA GPU was found").split()).rstrip(".")
         raise CudaUnavailableError(
             f"model.to('cuda') needs an NVIDIA GPU with a working CUDA driver: {reason}. "
             f"Keep the model on the CPU (model.to('cpu')), or set NUMBA_ENABLE_CUDASIM=1 before "
