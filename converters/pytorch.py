@@ -9,10 +9,13 @@ PyTorch's layout is fastrnn's (see fastrnn.weights), so this converter permutes 
     weight_hr_l{k}[_reverse]  -> w_proj   (H_out, H)   LSTM with proj_size
     Cells: weight_ih, weight_hh, bias_ih, bias_hh, as layer 0 of a one-layer model.
 
-The architecture of a state dict is read from its keys and shapes: layers from the l{k} suffixes,
-directions from _reverse, H from weight_hh (or weight_hr with a projection), the cell from the gate
-count 4H/3H/H. A plain RNN's nonlinearity cannot be seen in shapes: kind="rnn_relu" says it
-(default tanh). Every key under the prefix must be used, and every shape must fit.
+The architecture of a state dict is read from its weight_hh keys, which every layer and direction
+has: layers from the l{k} suffixes, directions from _reverse, H from weight_hh (or weight_hr with a
+projection), the cell from the gate count 4H/3H/H. A plain RNN's nonlinearity cannot be seen in
+shapes: kind="rnn_relu" says it (default tanh). Every key under the prefix must then be used (else
+ValueError naming it), every expected key present (else KeyError naming it), every shape exact
+(else ValueError naming the key). Keys are named in errors as the caller's dict spells them.
+float16/bfloat16 weights are widened to float32; the model is float64 only if every weight is.
 """
 
 import os
