@@ -200,3 +200,11 @@ def test_a_device_that_cannot_run_the_kernels_fails_at_to(monkeypatch):
     model, _ = build("rnn_tanh")
     with pytest.raises(CudaUnavailableError, match="could not compile or run.*libNVVM"):
         model.to("cuda")
+
+
+def test_an_empty_batch_launches_nothing_and_matches_the_cpu(rnn_pair):
+    model, gpu = rnn_pair
+    x = np.zeros((T, 0, I), np.float32)
+    (y_cpu, state_cpu), (y_gpu, state_gpu) = model(x), gpu(x)
+    assert y_gpu.shape == y_cpu.shape == (T, 0, H)
+    assert state_gpu.h.shape == state_cpu.h.shape == (1, 0, H)
