@@ -18,8 +18,9 @@ from fastrnn.stream import (Stream, StreamPool, _check_count, _check_out, _check
 class _DeviceStateTable:
     """The state of `rows` streams on the device and the step's device buffers.
 
-    h (L, rows, H_out); c (L, rows, H) or (L, rows, 0); x (rows, I), y (rows, H_out) and slots
-    (rows,) staging inputs and outputs; scratch for step_kernel.
+    h (L, rows, H_out); c (L, rows, H) or (L, rows, 0); x (rows, I) and y (rows, H_out) staging
+    inputs and outputs; rows = 0..rows-1, the row list of a Stream's step; scratch for
+    step_kernel. All allocated once.
     """
 
     def __init__(self, cuda_model, rows):
