@@ -60,8 +60,11 @@ def save(model, path):
     blob = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header)) + header + data
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(blob)
-    os.replace(partial, path)
+    try:
+        partial.write_bytes(blob)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def read_header(path):
