@@ -3,9 +3,9 @@
     python bench/fresh_process.py ENGINE FOLDER OUTPUT.npy
 
 FOLDER is what registry.write_saved_models wrote (model.fastrnn, model.pt, model.onnx, spec.json,
-x.npy). The answer goes to OUTPUT.npy (the parent checks it against the reference); one JSON line
-on stdout gives the seconds each stage took and the process's resident memory after each, read
-from /proc/self/status (VmRSS now, VmHWM the peak so far).
+x.npy). One JSON line on stdout, printed as soon as the answer is there, gives the seconds each
+stage took and the process's resident memory after each, read from /proc/self/status (VmRSS now,
+VmHWM the peak so far); then the answer goes to OUTPUT.npy (the parent checks it).
 """
 
 import time
@@ -81,15 +81,17 @@ def main(engine, folder, output):
     marks = [("start", _START, _memory())]
     y = RUNNERS[engine](folder, marks)
     marks.append(("first_answer", time.perf_counter(), _memory()))
-    import numpy as np
-    np.save(output, y)
     report = {"engine": engine}
     for (_, before, _), (stage, after, (rss, peak)) in zip(marks, marks[1:]):
         report[f"{stage}_s"] = after - before
         report[f"rss_after_{stage}"] = rss
         report[f"peak_rss_after_{stage}"] = peak
     report["total_s"] = marks[-1][1] - _START
-    print(json.dumps(report))
+    # The parent stops its clock at this line: saving the answer and the process's exit are
+    # not part of the time to the first answer.
+    print(json.dumps(report), flush=True)
+    import numpy as np
+    np.save(output, y)
 
 
 if __name__ == "__main__":

@@ -271,18 +271,26 @@ def write_saved_models(spec, folder):
 def run_fresh_process(engine, folder, env=None):
     """(report, answer): bench/fresh_process.py run for `engine` on the saved models in `folder`.
 
-    report holds the seconds of each stage (import_s, load_s, first_answer_s, total_s) and the
-    resident memory after each (rss_after_<stage>, peak_rss_after_<stage>, bytes).
+    report holds the seconds of each stage (import_s, load_s, first_answer_s, total_s), the
+    resident memory after each (rss_after_<stage>, peak_rss_after_<stage>, bytes), and
+    spawn_to_answer_s: from starting the process (interpreter start included) until it reported
+    its first answer, measured here (the process's exit is left out).
     """
     import json
     import subprocess
     import sys
+    import time
     output = Path(folder) / f"answer-{engine}.npy"
-    completed = subprocess.run([sys.executable, str(FRESH_PROCESS), engine, str(folder),
-                                str(output)], capture_output=True, text=True,
-                               env=dict(os.environ if env is None else env))
-    if completed.returncode != 0:
-        raise RuntimeError(f"{engine} in a fresh process failed ({completed.returncode}):\n"
-                           f"{completed.stderr[-3000:]}")
-    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, str(FRESH_PROCESS), engine, str(folder),
+                              str(output)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=dict(os.environ if env is None else env))
+    first_line = child.stdout.readline()
+    answered = time.perf_counter()
+    rest, errors = child.communicate()
+    if child.returncode != 0 or not first_line.strip():
+        raise RuntimeError(f"{engine} in a fresh process failed ({child.returncode}):\n"
+                           f"{errors[-3000:]}")
+    report = json.loads(first_line)
+    report["spawn_to_answer_s"] = answered - started
     return report, np.load(output)

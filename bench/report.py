@@ -38,7 +38,8 @@ class Case:
         self.correct = self.info.get("correct")
         metric = self.info.get("metric")
         if metric:
-            self.value, self.unit, self.is_time = float(metric["value"]), metric.get("unit", ""), False
+            self.value, self.unit = float(metric["value"]), metric.get("unit", "")
+            self.is_time = self.unit == "s"
         else:
             self.value, self.unit, self.is_time = float(benchmark["stats"]["median"]), "s", True
         self.workload = self.info.get("workload", "other")
@@ -207,8 +208,9 @@ def table(groups, probes):
         lines.append("")
         lines += memory_details(rows)
     lines += [
-        "Medians of the run (memory: peak resident memory the loaded model and its first answer "
-        "add to a fresh process). `A vs B` is B's figure over A's: above 1 A is faster (or "
+        "Medians of the run (coldstart: from starting a fresh process to its first answer; "
+        "memory: peak resident memory the loaded model and its first answer add to a fresh "
+        "process). `A vs B` is B's figure over A's: above 1 A is faster (or "
         "smaller). `correct`: every engine's answer was checked against a float64 torch run of "
         "the same weights (float32 within 3e-5) before it was timed. `limit`: the least time the "
         "machine allows (bench/probes.py, one core's read bandwidth at the weights' working-set "
