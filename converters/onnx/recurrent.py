@@ -325,35 +325,23 @@ def _bind_step_kernel(node):
     """step_kernel with this node's weights bound: step(x, rows, h, c, y, gates, scratch).
 
     A one-direction node's state (1, B, H) is the streaming kernel's state table for one layer.
-    The call goes to the compiled entry point of the kernel's specialisation for these argument
-    types, skipping the dispatcher's type resolution of twenty arguments on every call (the
-    argument types never change for a node: the lean path only passes fresh C-contiguous arrays
-    of the node's dtype). Bidirectional nodes have no step path (None).
+    The kernel's specialisation for the node's dtype is compiled (or loaded from numba's cache)
+    here, when the graph is loaded, not on the first run. Bidirectional nodes have no step path.
     """
     if node.num_directions != 1:
         return None
     packed = node.packed
-    bound = (node.cell,)
     weights = (packed.w_ih_flat, packed.w_ih_offset, packed.w_hh_t, packed.b_ih, packed.b_hh,
                packed.peephole, packed.w_proj_t, packed.codes, packed.alphas, packed.betas,
                float(node.config.clip), bool(node.flag))
-    dtype, hidden = node.dtype, node.hidden_size
-    sample = (np.zeros((1, node.input_size), dtype), np.zeros(1, np.int64),
-              np.zeros((1, 1, hidden), dtype), np.zeros((1, 1, node.state_width_c), dtype),
-              np.zeros((1, hidden), dtype), np.zeros(node.gate_rows, dtype),
-              np.zeros(node.scratch_size, dtype))
-    kernel = step_kernel
-    arguments = bound + sample[:2] + weights + sample[2:]
-    kernel(*arguments)  # compiles (or loads from the cache) this specialisation now, not on a run
-    try:
-        signature = tuple(kernel.typeof_pyval(a) for a in arguments)
-        kernel = kernel.overloads[signature].entry_point
-    except (AttributeError, KeyError):  # another numba: the dispatcher is correct, only slower
-        pass
-    cell = node.cell
+    dtype, hidden, cell = node.dtype, node.hidden_size, node.cell
+    step_kernel(cell, np.zeros((1, node.input_size), dtype), np.zeros(1, np.int64), *weights,
+                np.zeros((1, 1, hidden), dtype), np.zeros((1, 1, node.state_width_c), dtype),
+                np.zeros((1, hidden), dtype), np.zeros(node.gate_rows, dtype),
+                np.zeros(node.scratch_size, dtype))
 
     def step(x, rows, h, c, y, gates, scratch):
-        kernel(cell, x, rows, *weights, h, c, y, gates, scratch)
+        step_kernel(cell, x, rows, *weights, h, c, y, gates, scratch)
     return step
 
 
