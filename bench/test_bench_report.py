@@ -67,6 +67,7 @@ def read_tables(text):
 
 
 def test_report_table_and_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")      # the bench extra; make test installs it
     write_run(tmp_path / "run.json")
     report.main([str(tmp_path / "run.json")])
     text = (tmp_path / "README-table.md").read_text()
