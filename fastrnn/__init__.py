@@ -14,10 +14,10 @@ from fastrnn.fileformat import load
 __version__ = "0.1.0"
 
 
-def from_torch(obj, *, prefix="", kind=None):
+def from_torch(obj, *, prefix="", kind=None, batch_first=None):
     """A Model from a torch module, a state dict, or a .pt/.pth/.safetensors file (converters.pytorch)."""
     from fastrnn.converters.pytorch import from_torch as convert
-    return convert(obj, prefix=prefix, kind=kind)
+    return convert(obj, prefix=prefix, kind=kind, batch_first=batch_first)
 
 
 def from_onnx(model):
