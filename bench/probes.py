@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 # Working sets the bandwidth curve is measured at (bytes); the limit for another size is read off
-# the curve at the next size up, the conservative side.
+# the curve at the next size down (see bandwidth_at).
 BANDWIDTH_SIZES = tuple(2 ** k for k in range(12, 28))       # 4 KiB .. 128 MiB
 
 
@@ -93,13 +93,16 @@ def best_of(*measurements):
 
 
 def bandwidth_at(curve, nbytes):
-    """Read bandwidth for a working set of `nbytes`, from a curve {bytes: bytes/s}: the next size up."""
-    sizes = sorted(int(size) for size in curve)
-    for size in sizes:
-        if size >= nbytes:
-            return curve[str(size)] if str(size) in curve else curve[size]
-    largest = sizes[-1]
-    return curve[str(largest)] if str(largest) in curve else curve[largest]
+    """Read bandwidth for a working set of `nbytes`, from a curve {bytes: bytes/s}.
+
+    The figure at the largest measured size not above `nbytes` (the smallest size for anything
+    smaller): bandwidth only falls as the working set grows, so this never understates it, and
+    the limit it gives is a true lower bound on the time.
+    """
+    rates = {int(size): rate for size, rate in curve.items()}
+    sizes = sorted(rates)
+    below = [size for size in sizes if size <= nbytes]
+    return rates[below[-1] if below else sizes[0]]
 
 
 if __name__ == "__main__":

@@ -79,21 +79,22 @@ def test_report_table_and_plots(tmp_path, capsys):
     assert step["fastrnn-cuda vs torch-cudnn"] == "3.00x"
     assert "fastrnn vs torch-cudnn" not in step
     assert step["correct"] == "no: onnxruntime"
-    # weights 4*128*(64+128+2)*4 bytes = 397312 B, read at 50 GB/s (the 1 MiB point) = 7.95 us
-    assert step["limit"].startswith("7.95 us")
-    assert step["fastrnn vs limit"] == "40% of limit"
+    # weights 4*128*(64+128+2)*4 bytes = 397312 B, read at 100 GB/s (the 64 KiB point, the
+    # next size down) = 3.97 us
+    assert step["limit"].startswith("3.97 us")
+    assert step["fastrnn vs limit"] == "20% of limit"
     small = rows["lstm step H=32"]
     assert small["torch"] == "" and small["fastrnn vs onnxruntime"] == "10x"
     assert small["correct"] == "yes"
-    # 256 streams: 397312 B read once per call (7.95 us) against
+    # 256 streams: 397312 B read once per call (3.97 us) against
     # 2*512*192*256 = 50.3 MFLOP at 100 GFLOP/s = 503 us: the GEMM rate bounds it.
     assert rows["lstm pool"]["limit"] == "503 us (GEMM rate)"
-    # W_hh 3*128*129*4 = 198144 B per step at 50 GB/s, 1000 steps = 3.96 ms;
+    # W_hh 3*128*129*4 = 198144 B per step at 100 GB/s, 1000 steps = 1.98 ms;
     # flops 2*384*192*1000 = 147 MFLOP at 100 GFLOP/s = 1.47 ms: the reads bound it.
     sequence = rows["gru seq"]
     assert sequence["fastrnn vs torch"] == "1.50x"
-    assert sequence["limit"] == "3.96 ms (W_hh reads)"
-    assert sequence["fastrnn vs limit"] == "40% of limit"
+    assert sequence["limit"] == "1.98 ms (W_hh reads)"
+    assert sequence["fastrnn vs limit"] == "20% of limit"
     memory = rows["gru memory"]
     assert (memory["fastrnn"], memory["torch"], memory["fastrnn vs torch"]) == (
         "30 MiB", "60 MiB", "2.00x")
@@ -109,10 +110,11 @@ def test_report_refuses_an_empty_run(tmp_path):
         report.main([str(tmp_path / "run.json")])
 
 
-def test_bandwidth_curve_lookup_takes_the_next_size_up():
+def test_bandwidth_curve_lookup_takes_the_next_size_down():
     curve = PROBES["read_bandwidth_bytes_per_s"]
     assert probes.bandwidth_at(curve, 1000) == 100e9
-    assert probes.bandwidth_at(curve, 65537) == 50e9
+    assert probes.bandwidth_at(curve, 1048575) == 100e9
+    assert probes.bandwidth_at(curve, 1048576) == 50e9
     assert probes.bandwidth_at(curve, 2 ** 40) == 10e9
 
 
