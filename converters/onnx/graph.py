@@ -49,11 +49,13 @@ def load_model(source):
     if isinstance(source, (str, os.PathLike)):
         if not os.path.exists(source):
             raise FileNotFoundError(f"no ONNX file at {os.fspath(source)!r}")
-        with open(source, "rb") as handle:
-            try:
-                return load_model(handle.read())
-            except ValueError as error:
-                raise ValueError(f"{os.fspath(source)!r}: {error}") from None
+        try:
+            model = onnx.load(os.fspath(source))  # also reads tensors stored as external data
+        except Exception as error:
+            raise ValueError(f"{os.fspath(source)!r} is not an ONNX model: {error}") from None
+        if not model.HasField("graph"):
+            raise ValueError(f"{os.fspath(source)!r} is not an ONNX model (no graph in it)")
+        return model
     raise TypeError(f"expected a path, bytes or an onnx.ModelProto, got {type(source).__name__}")
 
 

@@ -160,3 +160,24 @@ def test_graph_input_passed_straight_to_an_output_is_copied():
     np.testing.assert_array_equal(y, [0.0, 0.5, 2.0])
     np.testing.assert_array_equal(echoed, value)
     assert not np.shares_memory(echoed, value)
+
+
+def test_file_that_is_not_onnx(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x07garbage that is not a model\xff\xfe")
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        fastrnn.InferenceSession(path)
+
+
+def test_weights_stored_as_external_data(tmp_path):
+    model = recurrent_graph("GRU", hidden=16, input_size=8, initial_state=True)
+    path = tmp_path / "external.onnx"
+    saved = onnx.ModelProto()
+    saved.CopyFrom(model)  # saving with external data rewrites the proto it is given
+    onnx.save_model(saved, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    feeds = random_feeds(model)
+    from_file = fastrnn.InferenceSession(path).run(None, feeds)
+    in_memory = fastrnn.InferenceSession(model).run(None, feeds)
+    for a, b in zip(from_file, in_memory):
+        np.testing.assert_array_equal(a, b)
