@@ -345,3 +345,34 @@ def test_silent_stream_never_goes_subnormal(kind, dtype):
         magnitudes = np.abs(values[values != 0])
         assert (magnitudes >= tiny).all(), f"subnormal values: {magnitudes.min()}"
     assert np.abs(outputs[0]).max() > 1e-3 and not outputs[-1].any()
+
+
+def test_unbatched_input_ignores_batch_first(dtype):
+    """As in torch, a (T, I) input is one sequence whichever layout the model was built with."""
+    layers = cast_layers(random_layers("gru", INPUT, HIDDEN, bidirectional=True), dtype)
+    x = random_input((STEPS, INPUT)).astype(dtype)
+    y_first, state_first = fastrnn.from_numpy("gru", layers, bidirectional=True,
+                                              batch_first=True)(x)
+    y_major, state_major = fastrnn.from_numpy("gru", layers, bidirectional=True)(x)
+    assert y_first.shape == (STEPS, 2 * HIDDEN)
+    np.testing.assert_array_equal(y_first, y_major)
+    np.testing.assert_array_equal(state_first.h, state_major.h)
+
+
+@pytest.mark.parametrize("dtype_", [np.float32, np.float64])
+def test_clip_and_flush_edges(dtype_):
+    """The clip bounds +-inf and lets NaN through; the flush zeroes only tiny values and leaves
+    NaN alone (the sign of a zero is free: the kernels compile with fastmath's nsz)."""
+    from fastrnn.cells.common import DENORMAL_FLUSH, clip_range, flush_tiny
+    values = np.array([np.nan, np.inf, -np.inf, 5.0, -5.0, 0.3, -0.0, 7.0], dtype_)
+    clip_range(values, 0, 7, 0.5)
+    np.testing.assert_array_equal(values, np.array([np.nan, 0.5, -0.5, 0.5, -0.5, 0.3, -0.0, 7.0],
+                                                   dtype_))
+    unclipped = np.array([np.inf, 5.0], dtype_)
+    clip_range(unclipped, 0, 2, 0.0)
+    np.testing.assert_array_equal(unclipped, [np.inf, 5.0])
+    state = np.array([DENORMAL_FLUSH / 2, -DENORMAL_FLUSH / 2, DENORMAL_FLUSH * 2, np.nan,
+                      1e-39 if dtype_ == np.float32 else 1e-310, 0.25], dtype_)
+    flush_tiny(state)
+    np.testing.assert_array_equal(state[[0, 1, 4]], 0.0)
+    assert state[2] == dtype_(DENORMAL_FLUSH * 2) and np.isnan(state[3]) and state[5] == 0.25
