@@ -15,6 +15,18 @@ shape, B is split into its W and R halves, b_ih and b_hh):
 | GRU W, R, Wb, Rb | z, r, h | r, z, n(=h) | 1, 0, 2 |
 | RNN W, R, Wb, Rb | i | i | 0 |
 
+Supported (default ONNX domain, opsets up to 22):
+- LSTM, GRU, RNN (opsets 7-22): every attribute (direction, layout 0 and 1, activations with
+  activation_alpha/activation_beta, all eleven functions, clip, input_forget, linear_before_reset,
+  hidden_size) and every optional input and output (B, P, sequence_lens, initial_h, initial_c;
+  any subset of Y, Y_h, Y_c). float32 and float64.
+- Glue: Identity, Constant, ConstantOfShape, ConstantFill (opset < 9, as torch exports at opset 7),
+  Shape, Cast, Squeeze, Unsqueeze, Transpose, Reshape, Flatten, Concat, Slice, Gather, Expand, Split.
+- Head: MatMul, Gemm, Add, Sub, Mul, Div, Relu, Tanh, Sigmoid, Softmax, LogSoftmax.
+Refused when loading, naming the op and node: any other op, ops of other domains, opsets above
+22, recurrent weights (W, R, B, P) that are graph inputs, float16 recurrent weights. Inputs that
+override initializers are not accepted as feeds.
+
 ONNX's GRU default (linear_before_reset=0, reset applied to h before the product) maps to
 Config(linear_before_reset=False); activations, clip and input_forget map to the Config fields of
 the same names. Recurrent weights must be known when the graph is loaded (initializers, Constant
