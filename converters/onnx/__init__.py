@@ -21,7 +21,8 @@ Supported (default ONNX domain, opsets up to 22):
   hidden_size) and every optional input and output (B, P, sequence_lens, initial_h, initial_c;
   any subset of Y, Y_h, Y_c). float32 and float64.
 - Glue: Identity, Constant, ConstantOfShape, ConstantFill (opset < 9, as torch exports at opset 7),
-  Shape, Cast, Squeeze, Unsqueeze, Transpose, Reshape, Flatten, Concat, Slice, Gather, Expand, Split.
+  Shape, Cast, Squeeze, Unsqueeze, Transpose, Reshape, Flatten, Concat, Slice, Gather, Expand,
+  Split.
 - Head: MatMul, Gemm, Add, Sub, Mul, Div, Relu, Tanh, Sigmoid, Softmax, LogSoftmax.
 Refused when loading, naming the op and node: any other op, ops of other domains, opsets above
 22, recurrent weights (W, R, B, P) that are graph inputs, float16 recurrent weights. Inputs that

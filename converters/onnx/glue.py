@@ -6,13 +6,15 @@ concatenation in torch exports) are folded into constants once, at load time.
 """
 
 import numpy as np
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from fastrnn.converters.onnx.registry import as_ints, register
 
 MAX_OPSET = 22
-# ONNX tensor element types -> numpy dtypes, for Cast and ConstantOfShape.
+
+
 def numpy_dtype(elem_type):
+    """The numpy dtype of an ONNX tensor element type (Cast, ConstantOfShape)."""
     return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
 
 
@@ -273,7 +275,8 @@ def gemm(node):
 def _binary(function):
     def handler(node):
         if node.opset < 7 and node.attribute("broadcast", 0):
-            raise node.error("legacy broadcast with the axis attribute (opset < 7) is not supported")
+            raise node.error("legacy broadcast with the axis attribute (opset < 7) is not "
+                             "supported")
         return function
     return handler
 
@@ -335,6 +338,3 @@ def _softmax(x, axis, log):
 register("Softmax", opsets=(1, MAX_OPSET))(_softmax_handler(log=False))
 register("LogSoftmax", opsets=(1, MAX_OPSET))(_softmax_handler(log=True))
 
-
-def tensor_to_numpy(tensor):
-    return numpy_helper.to_array(tensor)

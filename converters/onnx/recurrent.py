@@ -128,7 +128,8 @@ class RecurrentNode:
         kind = {"lstm": "lstm", "gru": "gru", "rnn": "rnn_tanh"}[family]
         if family == "rnn" and all(entry == ("Relu", 0.0, 0.0) for entry in activations):
             kind = "rnn_relu"
-        if activations == tuple((name, 0.0, 0.0) for name in DEFAULT_ACTIVATIONS[kind]) * directions:
+        defaults = tuple((name, 0.0, 0.0) for name in DEFAULT_ACTIVATIONS[kind]) * directions
+        if activations == defaults:
             activations = ()  # the cell's defaults: the Model reads as PyTorch's
         clip = node.attribute("clip")
         self.config = Config(
@@ -158,7 +159,7 @@ class RecurrentNode:
         self.reverse_flags = (direction == "reverse",) if directions == 1 else (False, True)
         self.scratch_size = self.packed.scratch_size
         self.gate_rows = gates * hidden
-        self._rows = {}             # batch size -> arange(batch), the state rows step_kernel updates
+        self._rows = {}  # batch size -> arange(batch): the state rows step_kernel updates
         self._step = _bind_step_kernel(self)
         outputs = node.outputs + [""] * (3 - len(node.outputs))
         self.wants_y, self.wants_h, self.wants_c = (name != "" for name in outputs[:3])
@@ -263,7 +264,8 @@ class RecurrentNode:
         else:
             results.append(None)
         if self.layout:
-            h, c = np.ascontiguousarray(h.transpose(1, 0, 2)), np.ascontiguousarray(c.transpose(1, 0, 2))
+            h = np.ascontiguousarray(h.transpose(1, 0, 2))
+            c = np.ascontiguousarray(c.transpose(1, 0, 2))
         results.append(h if self.wants_h else None)
         results.append(c if self.wants_c and self.has_c else None)
         return tuple(results[:self.num_outputs])

@@ -67,7 +67,7 @@ class NodeContext:
     op_type: str
     name: str
     opset: int
-    attributes: dict        # name -> python value (onnx.helper.get_attribute_value, tensors as numpy)
+    attributes: dict        # name -> python value (get_attribute_value; tensors as numpy)
     inputs: list            # input value names; '' for an omitted optional input
     outputs: list           # output value names; '' for an omitted optional output
     constants: dict         # value name -> numpy array, for every value known when loading
@@ -79,7 +79,7 @@ class NodeContext:
         return index < len(self.inputs) and self.inputs[index] != ""
 
     def constant_input(self, index):
-        """The value of input `index` if it is known when loading (initializer or Constant), else None."""
+        """Input `index`'s value if known when loading (initializer, Constant), else None."""
         if not self.has_input(index):
             return None
         return self.constants.get(self.inputs[index])

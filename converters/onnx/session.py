@@ -45,7 +45,7 @@ class InferenceSession:
         return ["fastrnn"]
 
     def run(self, output_names, input_feed, run_options=None):
-        """The outputs named (all, in the graph's order, for None) for the feeds, as numpy arrays."""
+        """The outputs named (None: all, in the graph's order) for the feeds, as numpy arrays."""
         slots = self._template.copy()
         if input_feed.keys() != self._input_names:
             self._bad_feed_names(input_feed)

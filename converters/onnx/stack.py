@@ -9,7 +9,6 @@ against the graph itself on a small random input, so glue that changes the resul
 
 import numpy as np
 
-from fastrnn.converters.onnx.graph import Graph
 from fastrnn.converters.onnx.recurrent import RECURRENT_OPS
 from fastrnn.model import Model
 from fastrnn.weights import Config
@@ -67,7 +66,7 @@ def from_onnx(source):
 
 
 def _trace(graph, nodes, node, previous):
-    """Follow node's X up through glue; it must reach `previous`'s Y (or a graph input, for the first).
+    """Follow node's X up through glue to `previous`'s Y (or, for the first, to a graph input).
 
     Returns (graph input name, whether a (1, 0, 2) Transpose lies on the way) for the first node.
     """
@@ -100,7 +99,7 @@ def _trace(graph, nodes, node, previous):
 
 
 def _probe(session, model, source_input):
-    """Run graph and model on a small random input; the graph's first output must match the model's."""
+    """Run graph and model on a small random input: the graph's first output must be the model's."""
     rng = np.random.default_rng(0)
     feeds = {}
     x_info = next(v for v in session.get_inputs() if v.name == source_input)
@@ -121,7 +120,8 @@ def _probe(session, model, source_input):
     steps, batch = time_major.shape[:2]
     onnx_y = time_major.reshape(steps, batch, c.num_directions, -1).transpose(0, 2, 1, 3)
     candidates = [y, onnx_y, onnx_y.transpose(2, 0, 1, 3), state.h, state.c,
-                  state.h[-c.num_directions:], None if state.c is None else state.c[-c.num_directions:]]
+                  state.h[-c.num_directions:],
+                  None if state.c is None else state.c[-c.num_directions:]]
     for candidate in candidates:
         if candidate is not None and candidate.shape == graph_output.shape and \
                 np.allclose(candidate, graph_output, atol=PROBE_TOLERANCE, rtol=0):

@@ -12,8 +12,8 @@ TOLERANCE = 2e-5
 
 def recurrent_graph(op_type, *, steps=4, batch=3, input_size=3, hidden=5, direction="forward",
                     layout=0, sequence_lens=False, initial_state=False, peephole=False, bias=True,
-                    outputs=("Y", "Y_h", "Y_c"), dtype=np.float32, opset=14, weights_as="initializer",
-                    seed=0, scale=0.6, **attributes):
+                    outputs=("Y", "Y_h", "Y_c"), dtype=np.float32, opset=14,
+                    weights_as="initializer", seed=0, scale=0.6, **attributes):
     """A model with one recurrent node; inputs X (and lens, h0, c0 as asked), weights as asked."""
     rng = np.random.default_rng(seed)
     dtype = np.dtype(dtype)
@@ -31,7 +31,8 @@ def recurrent_graph(op_type, *, steps=4, batch=3, input_size=3, hidden=5, direct
     def batch_major(shape):  # layout 1 swaps the first two axes
         return [shape[1], shape[0], *shape[2:]] if layout else shape
 
-    graph_inputs = [helper.make_tensor_value_info("X", elem, batch_major([steps, batch, input_size]))]
+    x_shape = batch_major([steps, batch, input_size])
+    graph_inputs = [helper.make_tensor_value_info("X", elem, x_shape)]
     node_inputs = ["X", "W", "R", "B" if bias else "", "", "", "", "P" if peephole else ""]
     if sequence_lens:
         graph_inputs.append(helper.make_tensor_value_info("lens", TensorProto.INT32, [batch]))
@@ -63,7 +64,8 @@ def recurrent_graph(op_type, *, steps=4, batch=3, input_size=3, hidden=5, direct
             nodes.insert(0, helper.make_node("Constant", [], [name], value=tensor))
         else:
             graph_inputs.append(helper.make_tensor_value_info(name, elem, value.shape))
-    graph_outputs = [helper.make_tensor_value_info(name, elem, None) for name in node_outputs if name]
+    graph_outputs = [helper.make_tensor_value_info(name, elem, None)
+                     for name in node_outputs if name]
     graph = helper.make_graph(nodes, "recurrent", graph_inputs, graph_outputs, initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                              ir_version=min(onnx.IR_VERSION, 10))

@@ -151,8 +151,8 @@ def test_from_onnx_single_node_keeps_every_option():
 def test_graph_input_passed_straight_to_an_output_is_copied():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
     relu = helper.make_node("Relu", ["x"], ["y"])
-    graph = helper.make_graph([relu], "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3]),
-                                                  helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])])
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [3]) for name in "yx"]
+    graph = helper.make_graph([relu], "g", [x], outputs)
     session = fastrnn.InferenceSession(helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)]))
     value = np.array([-1.0, 0.5, 2.0], np.float32)

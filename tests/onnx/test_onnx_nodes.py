@@ -85,8 +85,8 @@ def test_default_alpha_beta_follow_onnxruntime(activation):
 
 @pytest.mark.parametrize("op_type", OPS)
 def test_clip(op_type):
-    compare_with_onnxruntime(recurrent_graph(op_type, clip=0.5, scale=1.5, direction="bidirectional",
-                                             sequence_lens=True, initial_state=True))
+    compare_with_onnxruntime(recurrent_graph(op_type, clip=0.5, scale=1.5, sequence_lens=True,
+                                             direction="bidirectional", initial_state=True))
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
@@ -174,7 +174,8 @@ def test_float64(op_type):
 
 @pytest.mark.parametrize("op_type", OPS)
 def test_weights_from_constant_nodes(op_type):
-    compare_with_onnxruntime(recurrent_graph(op_type, weights_as="constant", peephole=op_type == "LSTM",
+    compare_with_onnxruntime(recurrent_graph(op_type, weights_as="constant",
+                                             peephole=op_type == "LSTM",
                                              direction="bidirectional"))
 
 
@@ -199,7 +200,8 @@ def test_layout_1(op_type, direction):
     feeds = random_feeds(with_lens)
     ours = fastrnn.InferenceSession(with_lens).run(None, feeds)
     theirs = onnxruntime_session(time_major).run(None, transposed_feeds(feeds))
-    expected = [theirs[0].transpose(2, 0, 1, 3)] + [state.transpose(1, 0, 2) for state in theirs[1:]]
+    expected = [theirs[0].transpose(2, 0, 1, 3)]
+    expected += [state.transpose(1, 0, 2) for state in theirs[1:]]
     assert_outputs_close(ours, expected)
 
 

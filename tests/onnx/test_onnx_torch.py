@@ -124,7 +124,8 @@ def test_from_onnx_matches_torch(kind, bidirectional, batch_first):
     state = (h0, c0) if kind == "lstm" else h0
     y, final = converted(x, state)
     with torch.no_grad():
-        torch_state = tuple(map(torch.from_numpy, state)) if kind == "lstm" else torch.from_numpy(h0)
+        torch_state = (tuple(map(torch.from_numpy, state)) if kind == "lstm"
+                       else torch.from_numpy(h0))
         expected_y, expected_state = module(torch.from_numpy(x), torch_state)
     np.testing.assert_allclose(y, expected_y.numpy(), atol=3e-5, rtol=0)
     expected_h = expected_state[0] if kind == "lstm" else expected_state
