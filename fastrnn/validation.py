@@ -10,7 +10,7 @@ import numpy as np
 def as_float_array(value, dtype, name):
     """`value` as a C-contiguous array of `dtype`, from any floating array-like (numpy, torch)."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
-        value = value.detach().cpu().numpy()
+        value = _torch_to_numpy(value)
     try:
         array = np.asarray(value)
     except Exception as error:  # ragged lists and the like
@@ -19,6 +19,17 @@ def as_float_array(value, dtype, name):
     if array.dtype.kind != "f":
         raise TypeError(f"{name} must be a floating-point array, got dtype {array.dtype}")
     return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _torch_to_numpy(tensor):
+    """A torch tensor as numpy; floating types numpy lacks (bfloat16, float8) are widened first."""
+    tensor = tensor.detach().cpu()
+    try:
+        return tensor.numpy()
+    except TypeError:
+        if tensor.is_floating_point():
+            return tensor.float().numpy()
+        raise
 
 
 def check_shape(array, expected, name):

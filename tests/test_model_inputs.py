@@ -123,6 +123,10 @@ def test_floating_inputs_of_any_kind_are_converted(lstm):
         np.testing.assert_allclose(state.c, expected_state.c, atol=tolerance, err_msg=name)
     y, _ = lstm(x.astype(np.float16))
     assert y.dtype == np.float32
+    # floating types numpy lacks are floating inputs too
+    bfloat = torch.from_numpy(x).to(torch.bfloat16)
+    y, _ = lstm(bfloat)
+    np.testing.assert_array_equal(y, lstm(bfloat.float().numpy())[0])
 
 
 def test_read_only_input_is_accepted_and_not_written(lstm):
