@@ -376,3 +376,92 @@ def test_clip_and_flush_edges(dtype_):
     flush_tiny(state)
     np.testing.assert_array_equal(state[[0, 1, 4]], 0.0)
     assert state[2] == dtype_(DENORMAL_FLUSH * 2) and np.isnan(state[3]) and state[5] == 0.25
+
+
+# -- the reference itself, against the frameworks' own definitions ------------------------------------
+
+def _blocks(array, order, hidden):
+    """Gate blocks of `array` (along axis 0) taken in `order`."""
+    return np.concatenate([array[k * hidden:(k + 1) * hidden] for k in order])
+
+
+@pytest.mark.parametrize("case", ["lstm_peephole", "gru_reset_before", "gru_reset_after"])
+def test_reference_agrees_with_onnx_reference_evaluator(case):
+    """The reference's peepholes (P_o on the new c) and both GRU reset conventions are ONNX's, as
+    onnx.reference implements the LSTM and GRU operators (bidirectional, initial state)."""
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+    kind = case.split("_")[0]
+    hidden = HIDDEN
+    layers = random_layers(kind, INPUT, hidden, bidirectional=True, peephole=kind == "lstm",
+                           scale=2.0)
+    # fastrnn blocks -> ONNX blocks: LSTM i, f, g, o -> i, o, f, c; GRU r, z, n -> z, r, h
+    order = [0, 3, 1, 2] if kind == "lstm" else [1, 0, 2]
+    w = np.stack([_blocks(l["w_ih"], order, hidden) for l in layers])
+    r = np.stack([_blocks(l["w_hh"], order, hidden) for l in layers])
+    b = np.stack([np.concatenate([_blocks(l["b_ih"], order, hidden),
+                                  _blocks(l["b_hh"], order, hidden)]) for l in layers])
+    x = random_input((STEPS, BATCH, INPUT))
+    h0, c0 = random_state(kind, layers, BATCH)
+    feeds = {"X": x, "W": w, "R": r, "B": b, "initial_h": h0}
+    inputs = ["X", "W", "R", "B", "", "initial_h"]
+    attributes = {"hidden_size": hidden, "direction": "bidirectional"}
+    options = {}
+    if kind == "lstm":
+        feeds["initial_c"] = c0
+        feeds["P"] = np.stack([l["peephole"][[0, 2, 1]].ravel() for l in layers])  # i, o, f
+        inputs += ["initial_c", "P"]
+    else:
+        attributes["linear_before_reset"] = int(case == "gru_reset_after")
+        options["linear_before_reset"] = case == "gru_reset_after"
+    node = helper.make_node(kind.upper(), inputs, ["Y", "Y_h"], **attributes)
+    graph = helper.make_graph(
+        [node], "cell",
+        [helper.make_tensor_value_info(name, TensorProto.DOUBLE, None) for name in feeds],
+        [helper.make_tensor_value_info(name, TensorProto.DOUBLE, None) for name in ("Y", "Y_h")])
+    onnx_y, onnx_h = ReferenceEvaluator(helper.make_model(graph)).run(None, feeds)
+    ref_y, ref_h, _ = reference.run_model(kind, layers, x, bidirectional=True, h0=h0, c0=c0,
+                                          **options)
+    # ONNX's Y is (T, D, B, H); ours (T, B, D*H)
+    np.testing.assert_allclose(ref_y, onnx_y.transpose(0, 2, 1, 3).reshape(ref_y.shape),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ref_h, onnx_h, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_reference_agrees_with_torch_packed_sequences(kind):
+    """The reference's driver is torch's: stacked bidirectional layers, batch_first, projection,
+    initial states, and per-row lengths as packed sequences give them."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    torch.manual_seed(0)
+    options = dict(num_layers=2, bidirectional=True, batch_first=True)
+    module = {"lstm": lambda: torch.nn.LSTM(INPUT, HIDDEN, proj_size=3, **options),
+              "gru": lambda: torch.nn.GRU(INPUT, HIDDEN, **options),
+              "rnn_tanh": lambda: torch.nn.RNN(INPUT, HIDDEN, **options),
+              "rnn_relu": lambda: torch.nn.RNN(INPUT, HIDDEN, nonlinearity="relu", **options),
+              }[kind]().double()
+    weights = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    layers = []
+    for layer in range(2):
+        for suffix in ("", "_reverse"):
+            names = {"w_ih": "weight_ih", "w_hh": "weight_hh", "b_ih": "bias_ih",
+                     "b_hh": "bias_hh", "w_proj": "weight_hr"}
+            layers.append({ours: weights[f"{theirs}_l{layer}{suffix}"]
+                           for ours, theirs in names.items()
+                           if f"{theirs}_l{layer}{suffix}" in weights})
+    lengths = [3, STEPS, 1, 5]
+    x = random_input((len(lengths), STEPS, INPUT))
+    h0, c0 = random_state(kind, layers, len(lengths))
+    state = torch.tensor(h0) if c0 is None else (torch.tensor(h0), torch.tensor(c0))
+    packed = pack_padded_sequence(torch.tensor(x), torch.tensor(lengths), batch_first=True,
+                                  enforce_sorted=False)
+    out, final = module(packed, state)
+    torch_y = pad_packed_sequence(out, batch_first=True, total_length=STEPS)[0].detach().numpy()
+    ref_y, ref_h, ref_c = reference.run_model(kind, layers, x, bidirectional=True,
+                                              batch_first=True, lengths=lengths, h0=h0, c0=c0)
+    np.testing.assert_allclose(ref_y, torch_y, rtol=0, atol=1e-12)
+    torch_h = final[0] if kind == "lstm" else final
+    np.testing.assert_allclose(ref_h, torch_h.detach().numpy(), rtol=0, atol=1e-12)
+    if kind == "lstm":
+        np.testing.assert_allclose(ref_c, final[1].detach().numpy(), rtol=0, atol=1e-12)
