@@ -268,6 +268,9 @@ def _as_array(value, key):
             value = value.float()
         value = value.numpy()
     array = np.asarray(value)
+    if array.dtype.kind == "V" and array.dtype.name.startswith(("bfloat", "float")):
+        # ml_dtypes' bfloat16/float8 (what safetensors.numpy returns when ml_dtypes is installed)
+        array = array.astype(np.float32)
     if array.dtype.kind != "f":
         raise TypeError(f"{key} must hold floating-point weights, got dtype {array.dtype}")
     if array.dtype == np.float16:

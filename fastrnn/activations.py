@@ -75,6 +75,9 @@ _B6 = np.float32(1.19825839466702e-06)
 _HALF32 = np.float32(0.5)
 
 
+_JIT_OPTIONS = {"fastmath": {"contract", "arcp", "nsz", "afn"}, "error_model": "numpy"}
+
+
 def fast_tanh(x):
     """tanh, exact for float64 and a vectorisable rational approximation for float32."""
     return math.tanh(x)
@@ -85,7 +88,7 @@ def fast_sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
-@overload(fast_tanh, jit_options={"fastmath": {"contract", "arcp", "nsz", "afn"}})
+@overload(fast_tanh, jit_options=_JIT_OPTIONS)
 def _fast_tanh(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
         def tanh_float32(x):
@@ -111,7 +114,7 @@ def _fast_tanh(x):
     return lambda x: math.tanh(x)
 
 
-@overload(fast_sigmoid, jit_options={"fastmath": {"contract", "arcp", "nsz", "afn"}})
+@overload(fast_sigmoid, jit_options=_JIT_OPTIONS)
 def _fast_sigmoid(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
         return lambda x: _HALF32 + _HALF32 * fast_tanh(_HALF32 * x)
@@ -119,38 +122,41 @@ def _fast_sigmoid(x):
 
 
 @kernel
-def activate(values, start, stop, code, alpha, beta):
-    """Apply activation `code` in place to values[start:stop] (a 1-D array).
+def activate(array, start, stop, code, alpha, beta):
+    """Apply activation `code` in place to array[start:stop] (a 1-D array).
 
-    The branch is taken once per call, so each loop below is a plain vectorisable loop.
+    The branch is taken once per call, so each loop below is a plain vectorisable loop; the loops
+    index a window from 0, since an index Numba cannot prove non-negative keeps a wraparound check
+    in the loop that stops vectorisation.
     """
+    values = array[start:stop]
     if code == SIGMOID:
-        for j in range(start, stop):
+        for j in range(values.shape[0]):
             values[j] = fast_sigmoid(values[j])
     elif code == TANH:
-        for j in range(start, stop):
+        for j in range(values.shape[0]):
             values[j] = fast_tanh(values[j])
     elif code == RELU:
-        for j in range(start, stop):
+        for j in range(values.shape[0]):
             v = values[j]
             # A literal zero, not 0 * v: 0 * -inf would be NaN. NaN fails v < 0 and passes.
             values[j] = v if not v < 0 else 0.0
     elif code == AFFINE:
-        for j in range(start, stop):
+        for j in range(values.shape[0]):
             values[j] = alpha * values[j] + beta
     elif code == LEAKY_RELU:
-        for j in range(start, stop):
+        for j in range(values.shape[0]):
             v = values[j]
             values[j] = alpha * v if v < 0 else v
     elif code == THRESHOLDED_RELU:
-        for j in range(start, stop):
+        for j in range(values.shape[0]):
             v = values[j]
             values[j] = 0.0 if v <= alpha else v
     elif code == SCALED_TANH:
-        for j in range(start, stop):
+        for j in range(values.shape[0]):
             values[j] = alpha * fast_tanh(beta * values[j])
     elif code == HARD_SIGMOID:
-        for j in range(start, stop):
+        for j in range(values.shape[0]):
             v = alpha * values[j] + beta
             if v < 0:
                 v = 0.0
@@ -158,16 +164,16 @@ def activate(values, start, stop, code, alpha, beta):
                 v = 1.0
             values[j] = v
     elif code == ELU:
-        for j in range(start, stop):
+        for j in range(values.shape[0]):
             v = values[j]
             values[j] = alpha * (math.exp(v) - 1.0) if v < 0 else v
     elif code == SOFTSIGN:
-        for j in range(start, stop):
+        for j in range(values.shape[0]):
             v = values[j]
             # x / (1 + |x|) is inf / inf at the infinities; the limit there is sign(x).
             values[j] = math.copysign(1.0, v) if abs(v) == math.inf else v / (1.0 + abs(v))
     elif code == SOFTPLUS:
-        for j in range(start, stop):
+        for j in range(values.shape[0]):
             v = values[j]
             # log(1 + e^v) = max(v, 0) + log1p(e^-|v|): no overflow (e^v does past v ~ 88 in
             # float32) and full precision at both ends.

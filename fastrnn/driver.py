@@ -13,7 +13,13 @@ trust their inputs: fastrnn.model validates before calling.
 import numpy as np
 
 from fastrnn.cells import cell_step
+from fastrnn.cells.common import add_scaled_rows
 from fastrnn.jit import kernel
+
+
+# From this many rows on, the recurrent product of a step is one BLAS matrix product for the whole
+# batch; below it, row by row in Numba, where a call into BLAS costs more than it saves.
+BLAS_MIN_BATCH = 16
 
 
 @kernel
@@ -27,19 +33,30 @@ def sequence_kernel(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole,
     h (B, H_out), c (B, H) or (B, 0): initial state in, final state out.
     out (T, B, D*H_out): this direction writes columns out_offset : out_offset + H_out; steps past a
       row's length are not written (the caller zeroes them).
+    scratch: (PackedWeights.scratch_size,) work space for the cells.
     """
-    steps, batch = xproj.shape[0], xproj.shape[1]
+    steps, batch, gate_rows = xproj.shape
     output_size = h.shape[1]
+    recurrent = np.empty((batch, gate_rows), xproj.dtype)  # R h of every row, once per call
+    batched = batch >= BLAS_MIN_BATCH
     for step in range(steps):
+        if batched:
+            np.dot(h, w_hh_t, recurrent)
         for row in range(batch):
             length = lengths[row]
             if step >= length:
                 continue
             t = length - 1 - step if reverse else step
-            cell_step(cell, xproj[t, row], h[row], c[row], w_hh_t, b_hh, peephole, w_proj_t,
-                      codes, alphas, betas, clip, flag, h[row], c[row], scratch)
+            row_recurrent = recurrent[row]
+            if not batched:
+                row_recurrent[:] = 0.0
+                add_scaled_rows(row_recurrent, h[row], w_hh_t, 0)
+            cell_step(cell, xproj[t, row], row_recurrent, h[row], c[row], w_hh_t, b_hh, peephole,
+                      w_proj_t, codes, alphas, betas, clip, flag, h[row], c[row], scratch)
+            destination = out[t, row, out_offset:out_offset + output_size]
+            source = h[row]
             for j in range(output_size):
-                out[t, row, out_offset + j] = h[row, j]
+                destination[j] = source[j]
 
 
 def run_sequence(config, packed, x, h, c, lengths):
@@ -81,34 +98,30 @@ def step_kernel(cell, x, rows, w_ih_flat, w_ih_offset, w_hh_t, b_ih, b_hh, peeph
 
     x (N, I): one input per row; rows (N,): indices into the state table.
     h (L, capacity, H_out), c (L, capacity, H) or (L, capacity, 0): the state table.
-    y (N, H_out): the top layer's new h for each row. gates (G*H,), scratch: work buffers.
+    y (N, H_out): the top layer's new h for each row.
+    gates (G*H,) and scratch (PackedWeights.scratch_size,): work buffers; scratch holds R h in
+    its first G*H values and the cells' work space after them.
     """
     layers = h.shape[0]
     gate_rows = gates.shape[0]
+    recurrent = scratch[:gate_rows]
+    work = scratch[gate_rows:]
     for n in range(rows.shape[0]):
         row = rows[n]
         for layer in range(layers):
-            for j in range(gate_rows):
-                gates[j] = b_ih[layer, j]
+            below = x[n] if layer == 0 else h[layer - 1, row]
             start = w_ih_offset[layer]
-            # Weight rows are taken as slices indexed from 0 so that the inner loop vectorises
-            # (see cells.common.add_recurrent_product).
-            if layer == 0:
-                for k in range(x.shape[1]):
-                    scale = x[n, k]
-                    weights = w_ih_flat[start + k * gate_rows:start + (k + 1) * gate_rows]
-                    for j in range(gate_rows):
-                        gates[j] += scale * weights[j]
-            else:
-                below = h[layer - 1, row]
-                for k in range(below.shape[0]):
-                    scale = below[k]
-                    weights = w_ih_flat[start + k * gate_rows:start + (k + 1) * gate_rows]
-                    for j in range(gate_rows):
-                        gates[j] += scale * weights[j]
-            cell_step(cell, gates, h[layer, row], c[layer, row], w_hh_t[layer], b_hh[layer],
-                      peephole[layer], w_proj_t[layer], codes[layer], alphas[layer],
-                      betas[layer], clip, flag, h[layer, row], c[layer, row], scratch)
+            w_ih_t = w_ih_flat[start:start + below.shape[0] * gate_rows].reshape(
+                (below.shape[0], gate_rows))
+            bias = b_ih[layer]
+            for j in range(gate_rows):
+                gates[j] = bias[j]
+                recurrent[j] = 0.0
+            add_scaled_rows(gates, below, w_ih_t, 0)
+            add_scaled_rows(recurrent, h[layer, row], w_hh_t[layer], 0)
+            cell_step(cell, gates, recurrent, h[layer, row], c[layer, row], w_hh_t[layer],
+                      b_hh[layer], peephole[layer], w_proj_t[layer], codes[layer], alphas[layer],
+                      betas[layer], clip, flag, h[layer, row], c[layer, row], work)
         top = h[layers - 1, row]
         for j in range(top.shape[0]):
             y[n, j] = top[j]

@@ -272,5 +272,5 @@ class PackedWeights:
         self.alphas = np.ascontiguousarray(np.tile(alphas, (config.num_layers, 1)))
         self.betas = np.ascontiguousarray(np.tile(betas, (config.num_layers, 1)))
         assert self.codes.shape[0] == count == config.num_layers * directions
-        # The GRU's reset-before-product path keeps R_n (r*h) in scratch[3H:4H].
-        self.scratch_size = 4 * hidden
+        # Work space of the kernels: R h of one row (G*H) and the GRU's r * h and R_n (r * h) (2H).
+        self.scratch_size = (config.num_gates + 2) * hidden

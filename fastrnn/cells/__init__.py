@@ -21,13 +21,17 @@ DEFAULT_ACTIVATIONS = {
 
 
 @kernel
-def cell_step(cell, gates, h_prev, c_prev, w_hh_t, b_hh, peephole, w_proj_t, codes, alphas, betas,
-              clip, flag, h_new, c_new, scratch):
-    """One step of `cell` for one batch row. `flag` is input_forget (LSTM) or linear_before_reset (GRU)."""
+def cell_step(cell, gates, recurrent, h_prev, c_prev, w_hh_t, b_hh, peephole, w_proj_t, codes,
+              alphas, betas, clip, flag, h_new, c_new, work):
+    """One step of `cell` for one batch row, given W x + b_ih in gates and R h in recurrent.
+
+    `flag` is input_forget (LSTM) or linear_before_reset (GRU); work: (2H,) for the GRU.
+    """
     if cell == LSTM:
-        lstm_cell(gates, h_prev, c_prev, w_hh_t, b_hh, peephole, w_proj_t, codes, alphas, betas,
-                  clip, flag, h_new, c_new)
+        lstm_cell(gates, recurrent, h_prev, c_prev, b_hh, peephole, w_proj_t, codes, alphas,
+                  betas, clip, flag, h_new, c_new)
     elif cell == GRU:
-        gru_cell(gates, h_prev, w_hh_t, b_hh, codes, alphas, betas, clip, flag, h_new, scratch)
+        gru_cell(gates, recurrent, h_prev, w_hh_t, b_hh, codes, alphas, betas, clip, flag,
+                 h_new, work)
     else:
-        rnn_cell(gates, h_prev, w_hh_t, b_hh, codes, alphas, betas, clip, h_new)
+        rnn_cell(gates, recurrent, h_prev, b_hh, codes, alphas, betas, clip, h_new)

@@ -1,4 +1,4 @@
-"""Pieces every cell uses: the recurrent product, the clip, and the denormal flush."""
+"""Pieces every cell uses: the weight product, the clip, and the denormal flush."""
 
 from fastrnn.jit import kernel
 
@@ -9,32 +9,46 @@ DENORMAL_FLUSH = 1e-30
 
 
 @kernel
-def add_recurrent_product(gates, start, stop, hidden, weight_t):
-    """gates[start:stop] += hidden @ weight_t[:, start:stop]  (weight_t: (hidden_out, gates*hidden)).
+def add_scaled_rows(out, vector, rows, column):
+    """out += vector @ rows[:, column:column + len(out)]   (rows: (len(vector), >= column + len(out))).
 
-    Written as a sum of scaled weight rows so that the inner loop runs along contiguous memory and
-    vectorises without reassociating a reduction. The loop indexes slices from 0: an index that
-    could be negative (start + j) keeps Numba's wraparound check in the loop, which stops LLVM
-    from vectorising it (measured: 8x slower at H=128).
+    The product every step makes: written as a sum of scaled weight rows so that the inner loop
+    runs along contiguous memory and vectorises without reassociating a reduction, four rows at a
+    time so that `out` is loaded and stored once per four rows. Rows are taken as slices indexed
+    from 0: an index Numba cannot prove non-negative (column + j) keeps a wraparound check in the
+    loop, which stops LLVM from vectorising it.
     """
-    window = gates[start:stop]
-    for k in range(hidden.shape[0]):
-        scale = hidden[k]
-        row = weight_t[k, start:stop]
-        for j in range(window.shape[0]):
-            window[j] += scale * row[j]
+    width = out.shape[0]
+    count = vector.shape[0]
+    k = 0
+    while k + 4 <= count:
+        s0, s1, s2, s3 = vector[k], vector[k + 1], vector[k + 2], vector[k + 3]
+        r0 = rows[k, column:column + width]
+        r1 = rows[k + 1, column:column + width]
+        r2 = rows[k + 2, column:column + width]
+        r3 = rows[k + 3, column:column + width]
+        for j in range(width):
+            out[j] += s0 * r0[j] + s1 * r1[j] + s2 * r2[j] + s3 * r3[j]
+        k += 4
+    while k < count:
+        scale = vector[k]
+        row = rows[k, column:column + width]
+        for j in range(width):
+            out[j] += scale * row[j]
+        k += 1
 
 
 @kernel
 def clip_range(values, start, stop, clip):
     """Bound values[start:stop] to [-clip, clip]; NaN passes through. clip <= 0 means no clip."""
     if clip > 0:
-        for j in range(start, stop):
-            v = values[j]
+        window = values[start:stop]
+        for j in range(window.shape[0]):
+            v = window[j]
             if v > clip:
-                values[j] = clip
+                window[j] = clip
             elif v < -clip:
-                values[j] = -clip
+                window[j] = -clip
 
 
 @kernel

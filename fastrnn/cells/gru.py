@@ -15,45 +15,47 @@ turn u-convention weights into z-convention ones by negating the u rows and bias
 """
 
 from fastrnn.activations import activate
-from fastrnn.cells.common import add_recurrent_product, clip_range, flush_tiny
+from fastrnn.cells.common import add_scaled_rows, clip_range, flush_tiny
 from fastrnn.jit import kernel
 
 NUM_GATES = 3
 
 
 @kernel
-def gru_cell(gates, h_prev, w_hh_t, b_hh, codes, alphas, betas, clip, linear_before_reset,
-             h_new, scratch):
+def gru_cell(gates, recurrent, h_prev, w_hh_t, b_hh, codes, alphas, betas, clip,
+             linear_before_reset, h_new, work):
     """One GRU step for one batch row, in place.
 
-    gates: (3H,) holding W x + b_ih on entry. scratch: at least (4H,). h_new may alias h_prev.
+    gates: (3H,) holding W x + b_ih on entry. recurrent: (3H,) R h, made by the driver; with the
+    reset before the product its n block is not used, and R_n (r * h) is made here in work, (2H,).
+    h_new may alias h_prev.
     """
     hidden = h_prev.shape[0]
-    recurrent_stop = 3 * hidden if linear_before_reset else 2 * hidden
-    for j in range(recurrent_stop):
-        scratch[j] = b_hh[j]
-    add_recurrent_product(scratch, 0, recurrent_stop, h_prev, w_hh_t)
+    gates_rz = gates[:2 * hidden]
+    reset_gate = gates[:hidden]
+    update_gate = gates[hidden:2 * hidden]
+    new_gate = gates[2 * hidden:3 * hidden]
     for j in range(2 * hidden):
-        gates[j] += scratch[j]
-    clip_range(gates, 0, 2 * hidden, clip)
-    activate(gates, 0, 2 * hidden, codes[0], alphas[0], betas[0])
+        gates_rz[j] += recurrent[j] + b_hh[j]
+    clip_range(gates_rz, 0, 2 * hidden, clip)
+    activate(gates_rz, 0, 2 * hidden, codes[0], alphas[0], betas[0])
+    recurrent_n = recurrent[2 * hidden:3 * hidden]
+    bias_n = b_hh[2 * hidden:3 * hidden]
     if linear_before_reset:
         for j in range(hidden):
-            gates[2 * hidden + j] += gates[j] * scratch[2 * hidden + j]
+            new_gate[j] += reset_gate[j] * (recurrent_n[j] + bias_n[j])
     else:
-        # R_n (r * h): the reset state goes in scratch[3H:4H] and is multiplied as a (1, H) row.
+        reset_state = work[:hidden]
+        product = work[hidden:2 * hidden]
         for j in range(hidden):
-            scratch[3 * hidden + j] = gates[j] * h_prev[j]
-            scratch[2 * hidden + j] = b_hh[2 * hidden + j]
-        for k in range(hidden):
-            scale = scratch[3 * hidden + k]
-            for j in range(2 * hidden, 3 * hidden):
-                scratch[j] += scale * w_hh_t[k, j]
+            reset_state[j] = reset_gate[j] * h_prev[j]
+            product[j] = bias_n[j]
+        add_scaled_rows(product, reset_state, w_hh_t, 2 * hidden)
         for j in range(hidden):
-            gates[2 * hidden + j] += scratch[2 * hidden + j]
-    clip_range(gates, 2 * hidden, 3 * hidden, clip)
-    activate(gates, 2 * hidden, 3 * hidden, codes[1], alphas[1], betas[1])
+            new_gate[j] += product[j]
+    clip_range(new_gate, 0, hidden, clip)
+    activate(new_gate, 0, hidden, codes[1], alphas[1], betas[1])
     for j in range(hidden):
-        z = gates[hidden + j]
-        h_new[j] = (1.0 - z) * gates[2 * hidden + j] + z * h_prev[j]
+        z = update_gate[j]
+        h_new[j] = (1.0 - z) * new_gate[j] + z * h_prev[j]
     flush_tiny(h_new)

@@ -16,59 +16,63 @@ clip bounds pre-activations to [-clip, clip] (ONNX `clip`; off when <= 0). The p
 """
 
 from fastrnn.activations import activate
-from fastrnn.cells.common import add_recurrent_product, clip_range, flush_tiny
+from fastrnn.cells.common import add_scaled_rows, clip_range, flush_tiny
 from fastrnn.jit import kernel
 
 NUM_GATES = 4
 
 
 @kernel
-def lstm_cell(gates, h_prev, c_prev, w_hh_t, b_hh, peephole, w_proj_t, codes, alphas, betas,
+def lstm_cell(gates, recurrent, h_prev, c_prev, b_hh, peephole, w_proj_t, codes, alphas, betas,
               clip, input_forget, h_new, c_new):
     """One LSTM step for one batch row, in place.
 
-    gates: (4H,) holding W x + b_ih on entry; used as scratch. h_new/c_new may alias h_prev/c_prev.
+    gates: (4H,) holding W x + b_ih on entry; used as scratch. recurrent: (4H,) R h, the product the
+    driver made (row by row or for the whole batch at once). h_new/c_new may alias h_prev/c_prev.
     peephole: (3, H) rows i, f, o, or (3, 0) for none. w_proj_t: (H, H_out), or (0, 0) for none.
     """
     hidden = c_prev.shape[0]
+    input_gate = gates[:hidden]
+    forget_gate = gates[hidden:2 * hidden]
+    cell_gate = gates[2 * hidden:3 * hidden]
+    output_gate = gates[3 * hidden:4 * hidden]
     for j in range(4 * hidden):
-        gates[j] += b_hh[j]
-    add_recurrent_product(gates, 0, 4 * hidden, h_prev, w_hh_t)
+        gates[j] += recurrent[j] + b_hh[j]
     has_peephole = peephole.shape[1] > 0
     if has_peephole:
+        peep_i, peep_f = peephole[0], peephole[1]
         for j in range(hidden):
-            gates[j] += peephole[0, j] * c_prev[j]
-            gates[hidden + j] += peephole[1, j] * c_prev[j]
+            input_gate[j] += peep_i[j] * c_prev[j]
+            forget_gate[j] += peep_f[j] * c_prev[j]
     clip_range(gates, 0, 3 * hidden, clip)
-    activate(gates, 0, hidden, codes[0], alphas[0], betas[0])
+    activate(input_gate, 0, hidden, codes[0], alphas[0], betas[0])
     if input_forget:
         for j in range(hidden):
-            gates[hidden + j] = 1.0 - gates[j]
+            forget_gate[j] = 1.0 - input_gate[j]
     else:
-        activate(gates, hidden, 2 * hidden, codes[0], alphas[0], betas[0])
-    activate(gates, 2 * hidden, 3 * hidden, codes[1], alphas[1], betas[1])
+        activate(forget_gate, 0, hidden, codes[0], alphas[0], betas[0])
+    activate(cell_gate, 0, hidden, codes[1], alphas[1], betas[1])
     for j in range(hidden):
-        c_new[j] = gates[hidden + j] * c_prev[j] + gates[j] * gates[2 * hidden + j]
+        c_new[j] = forget_gate[j] * c_prev[j] + input_gate[j] * cell_gate[j]
     flush_tiny(c_new)
     if has_peephole:
+        peep_o = peephole[2]
         for j in range(hidden):
-            gates[3 * hidden + j] += peephole[2, j] * c_new[j]
-    clip_range(gates, 3 * hidden, 4 * hidden, clip)
-    activate(gates, 3 * hidden, 4 * hidden, codes[0], alphas[0], betas[0])
+            output_gate[j] += peep_o[j] * c_new[j]
+    clip_range(output_gate, 0, hidden, clip)
+    activate(output_gate, 0, hidden, codes[0], alphas[0], betas[0])
     # h(c') goes where g was, then is gated by o (and projected).
+    squashed = cell_gate
     for j in range(hidden):
-        gates[2 * hidden + j] = c_new[j]
-    activate(gates, 2 * hidden, 3 * hidden, codes[2], alphas[2], betas[2])
+        squashed[j] = c_new[j]
+    activate(squashed, 0, hidden, codes[2], alphas[2], betas[2])
     if w_proj_t.shape[0] > 0:
         for j in range(hidden):
-            gates[2 * hidden + j] *= gates[3 * hidden + j]
+            squashed[j] *= output_gate[j]
         for k in range(h_new.shape[0]):
             h_new[k] = 0.0
-        for j in range(hidden):
-            scale = gates[2 * hidden + j]
-            for k in range(h_new.shape[0]):
-                h_new[k] += scale * w_proj_t[j, k]
+        add_scaled_rows(h_new, squashed, w_proj_t, 0)
     else:
         for j in range(hidden):
-            h_new[j] = gates[3 * hidden + j] * gates[2 * hidden + j]
+            h_new[j] = output_gate[j] * squashed[j]
     flush_tiny(h_new)

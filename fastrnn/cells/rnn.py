@@ -7,19 +7,21 @@ For one row of the batch, with x the layer input, h the previous state and f the
 """
 
 from fastrnn.activations import activate
-from fastrnn.cells.common import add_recurrent_product, clip_range, flush_tiny
+from fastrnn.cells.common import clip_range, flush_tiny
 from fastrnn.jit import kernel
 
 NUM_GATES = 1
 
 
 @kernel
-def rnn_cell(gates, h_prev, w_hh_t, b_hh, codes, alphas, betas, clip, h_new):
-    """One RNN step for one batch row. gates: (H,) holding W x + b_ih on entry. h_new may alias h_prev."""
+def rnn_cell(gates, recurrent, h_prev, b_hh, codes, alphas, betas, clip, h_new):
+    """One RNN step for one batch row. gates: (H,) holding W x + b_ih on entry; recurrent: (H,) R h.
+
+    h_new may alias h_prev.
+    """
     hidden = h_prev.shape[0]
     for j in range(hidden):
-        gates[j] += b_hh[j]
-    add_recurrent_product(gates, 0, hidden, h_prev, w_hh_t)
+        gates[j] += recurrent[j] + b_hh[j]
     clip_range(gates, 0, hidden, clip)
     activate(gates, 0, hidden, codes[0], alphas[0], betas[0])
     for j in range(hidden):
