@@ -3,6 +3,7 @@
     python bench/report.py bench/results/latest.json [--out bench/results]
 
 Writes, next to the JSON unless --out says otherwise:
+    summary.json             the run without its raw per-round timings (small enough to commit)
     README-table.md          one row per workload (benchmark group): each engine's median, fastrnn's
                              speed-up over each peer, whether every answer was correct, the limit
                              the machine puts on the workload and how close fastrnn comes to it
@@ -282,6 +283,23 @@ def mark_wrong(axis, points):
                      color="black", zorder=5, label="_nolegend_" if shown else "wrong answer")
 
 
+def one_case_per_point(groups, kind, axis_key):
+    """[(engine, case)] of `kind`, one per engine and value of `axis_key`.
+
+    Where several groups land on one point (another suite timing the same sizes), the case from
+    the group that compares the most engines is kept.
+    """
+    chosen = {}
+    for cases in groups.values():
+        for engine, case in cases.items():
+            if case.info.get("kind") != kind or not case.is_time or axis_key not in case.info:
+                continue
+            point = (engine, case.info[axis_key])
+            if point not in chosen or len(cases) > chosen[point][0]:
+                chosen[point] = (len(cases), case)
+    return [(engine, case) for (engine, _), (_, case) in chosen.items()]
+
+
 def plot_latency_vs_hidden(groups, path, title):
     """Per-call step latency against hidden size, one line per engine, one panel per cell kind."""
     steps = {group: cases for group, cases in groups.items()
@@ -293,12 +311,10 @@ def plot_latency_vs_hidden(groups, path, title):
     figure, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
     for axis, kind in zip(axes[0], kinds):
         lines = {}
-        for cases in steps.values():
-            for engine, case in cases.items():
-                if case.info.get("kind") == kind and case.is_time and "hidden_size" in case.info:
-                    lines.setdefault(engine, []).append(
-                        (case.info["hidden_size"], case.info.get("input_size"), case.value * 1e6,
-                         case.correct is False))
+        for engine, case in one_case_per_point(steps, kind, "hidden_size"):
+            lines.setdefault(engine, []).append(
+                (case.info["hidden_size"], case.info.get("input_size"), case.value * 1e6,
+                 case.correct is False))
         for engine in engine_order(lines):
             points = sorted(lines[engine])
             axis.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=engine)
@@ -331,19 +347,16 @@ def plot_throughput_vs_batch(groups, path, title):
     figure, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
     for axis, kind in zip(axes[0], kinds):
         lines, labels = {}, {}
-        for cases in sequences.values():
-            for engine, case in cases.items():
-                info = case.info
-                if info.get("kind") != kind or not case.is_time:
-                    continue
-                rate = info["batch"] * info["steps"] / case.value
-                lines.setdefault(engine, []).append((info["batch"], rate, case.correct is False))
-                label = f"T={info['steps']}\nH={info['hidden_size']}"
-                if info.get("num_layers", 1) > 1:
-                    label += f"\nL={info['num_layers']}"
-                if info.get("bidirectional"):
-                    label += "\nbidir"
-                labels[info["batch"]] = label
+        for engine, case in one_case_per_point(sequences, kind, "batch"):
+            info = case.info
+            rate = info["batch"] * info["steps"] / case.value
+            lines.setdefault(engine, []).append((info["batch"], rate, case.correct is False))
+            label = f"T={info['steps']}\nH={info['hidden_size']}"
+            if info.get("num_layers", 1) > 1:
+                label += f"\nL={info['num_layers']}"
+            if info.get("bidirectional"):
+                label += "\nbidir"
+            labels[info["batch"]] = label
         for engine in engine_order(lines):
             points = sorted(lines[engine])
             axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=engine)
@@ -361,6 +374,17 @@ def plot_throughput_vs_batch(groups, path, title):
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
+
+
+def summary(data):
+    """The run without each round's raw timings (megabytes): what the table and plots need, small
+    enough to commit beside them (bench/report.py reads it as it reads the full JSON)."""
+    trimmed = dict(data)
+    trimmed["benchmarks"] = [
+        {**benchmark, "stats": {key: value for key, value in benchmark["stats"].items()
+                                if key != "data"}}
+        for benchmark in data.get("benchmarks", [])]
+    return trimmed
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -403,6 +427,7 @@ def main(argv=None):
     for caption, name in plots:
         text += [f"![{caption}]({name})", ""]
     (out / "README-table.md").write_text("\n".join(text))
+    (out / "summary.json").write_text(json.dumps(summary(data), indent=1))
     print((out / "README-table.md").read_text())
     for _, name in plots:
         print(f"wrote {out / name}")

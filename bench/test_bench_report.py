@@ -17,7 +17,7 @@ PROBES = {"read_bandwidth_bytes_per_s": {"65536": 100e9, "1048576": 50e9, "13421
 
 
 def case(group, engine, median, workload, correct=True, **info):
-    return {"group": group, "name": f"test[{group}-{engine}]", "stats": {"median": median},
+    return {"group": group, "name": f"test[{group}-{engine}]", "stats": {"median": median, "data": [median] * 3},
             "extra_info": {"engine": engine, "correct": correct, "workload": workload, **info}}
 
 
@@ -100,6 +100,8 @@ def test_report_table_and_plots(tmp_path, capsys):
         "30 MiB", "60 MiB", "2.00x")
     assert "limit" not in memory
     assert "Test CPU, 2 cores" in text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert all(b["stats"] == {"median": b["stats"]["median"]} for b in summary["benchmarks"])
     for name in ("latency_vs_hidden.png", "throughput_vs_batch.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -130,3 +132,15 @@ def test_best_of_keeps_each_probes_highest_figure():
     assert best["read_bandwidth_bytes_per_s"] == {"65536": 100e9, "1048576": 60e9,
                                                   "134217728": 10e9}
     assert best["gemm_flops_per_s"] == 100e9
+
+
+def test_plots_keep_one_point_per_engine_and_size():
+    step = dict(kind="lstm", input_size=64, hidden_size=128, workload="step")
+    full = {"fastrnn": report.Case(case("g1", "fastrnn", 20e-6, **step)),
+            "torch": report.Case(case("g1", "torch", 80e-6, **step)),
+            "onnxruntime": report.Case(case("g1", "onnxruntime", 60e-6, **step))}
+    other_suite = {"fastrnn": report.Case(case("g2", "fastrnn", 30e-6, **step)),
+                   "onnxruntime": report.Case(case("g2", "onnxruntime", 70e-6, **step))}
+    points = report.one_case_per_point({"g2": other_suite, "g1": full}, "lstm", "hidden_size")
+    assert sorted((engine, c.value) for engine, c in points) == [
+        ("fastrnn", 20e-6), ("onnxruntime", 60e-6), ("torch", 80e-6)]
