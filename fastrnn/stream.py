@@ -57,6 +57,7 @@ _DTYPE_CODES = {np.dtype("<f4"): 0, np.dtype("<f8"): 1}
 _CODE_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
 
 _fingerprints = weakref.WeakKeyDictionary()
+_INT64 = np.dtype(np.int64)
 
 
 def model_fingerprint(model):
@@ -273,8 +274,9 @@ class Stream:
 
     def step(self, x, out=None):
         """Advance one timestep: x (B, I) -> y (B, H_out) (see the class docstring)."""
+        # flags.carray: C-contiguous, aligned and writable, in one look (each flags look costs).
         if not (type(x) is np.ndarray and x.dtype is self._dtype and x.shape == self._x_shape
-                and x.flags.c_contiguous and x.flags.aligned):
+                and x.flags.carray):
             x, unbatched = self._check_step_input(x)
             if unbatched:
                 if out is not None:
@@ -283,8 +285,7 @@ class Stream:
         if out is None:
             out = np.empty(self._y_shape, self._dtype)
         elif not (type(out) is np.ndarray and out.dtype is self._dtype
-                  and out.shape == self._y_shape and out.flags.c_contiguous
-                  and out.flags.aligned and out.flags.writeable):
+                  and out.shape == self._y_shape and out.flags.carray):
             out = _check_out(out, self._y_shape, self._dtype)
         self._kernel(self._cell, x, *self._middle, out, *self._tail)
         return out
@@ -475,13 +476,13 @@ class StreamPool:
         Slots must be open and distinct; row n of xs and of y belongs to slots[n]. With `out`
         (a C-contiguous (N, H_out) array of the model's dtype) nothing is allocated.
         """
-        if not (type(slots) is np.ndarray and slots.dtype == np.int64 and slots.ndim == 1
-                and slots.flags.c_contiguous and slots.flags.aligned):
+        if not (type(slots) is np.ndarray and slots.dtype is _INT64 and slots.ndim == 1
+                and slots.flags.carray):
             slots = self._as_slots(slots)
         count = slots.shape[0]
         x_shape = (count, self._input_size)
         if not (type(xs) is np.ndarray and xs.dtype is self._dtype and xs.shape == x_shape
-                and xs.flags.c_contiguous and xs.flags.aligned):
+                and xs.flags.carray):
             xs = _aligned(as_float_array(xs, self._dtype, "xs"))
             check_shape(xs, x_shape, f"xs (one row of {self._input_size} features per slot)")
         y_shape = (count, self._output_size)
