@@ -17,20 +17,25 @@ the plots from pytest-benchmark's JSON, whoever wrote the case):
     benchmark.group = "<workload id>"        one group per workload; its cases are the engines,
                                              e.g. "lstm seq T=1000 B=1 I=64 H=128"
     benchmark.extra_info = {
-        "engine": "fastrnn" | "torch" | "onnxruntime" | "fastrnn-cuda" | ...,
+        "engine": "fastrnn" | "torch" | "onnxruntime" | "fastrnn-cuda" | "torch-cudnn" | ...,
         "correct": bool,                     the engine's answer matched the reference, checked
                                              before timing (None where nothing is compared)
-        "workload": "step" | "sequence" | "coldstart" | "memory" | ...,
+        "workload": "step" | "pool" | "threads" | "chunk" | "sequence" | "coldstart" | "memory",
         **spec.info(),                       kind, input_size, hidden_size, num_layers,
                                              bidirectional, batch, steps (whatever applies)
         "max_abs_error": float,              optional: the largest difference from the reference
-        "metric": {"name": str, "value": float, "unit": str},   optional: a figure that is not a
-                                             time (peak memory); the table shows it instead of
-                                             the median, lower is better
+        "metric": {"name": str, "value": float, "unit": str},   optional: the figure the table
+                                             shows instead of the median, lower is better (peak
+                                             memory in MiB; unit "s" is shown as a time)
+        "steps_per_call" | "samples_per_call": int, "streams": int, "threads": int
+                                             optional: timesteps one timed call makes, rows it
+                                             advances, threads it may use (for the limit column)
     }
 
-Engines compared against fastrnn are called its peers; the table gives fastrnn's speed-up over
-each (peer median / fastrnn median) so > 1 means fastrnn is faster.
+Peers (engines whose name does not start with "fastrnn") are each compared with fastrnn on the
+same device: a peer with "cuda" or "cudnn" in its name with "fastrnn-cuda", any other with
+"fastrnn". The table gives the speed-up (peer figure / fastrnn figure, > 1: fastrnn is faster);
+other fastrnn variants ("fastrnn-coldcache", ...) get a column of their own and no ratio.
 """
 
 import os
@@ -46,7 +51,6 @@ import numpy as np
 FLOAT32_TOLERANCE = 3e-5
 
 ENGINES = ("fastrnn", "torch", "onnxruntime")
-PEERS = ("torch", "onnxruntime")
 
 
 def cpu_count():
