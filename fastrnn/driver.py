@@ -125,3 +125,57 @@ def step_kernel(cell, x, rows, w_ih_flat, w_ih_offset, w_hh_t, b_ih, b_hh, peeph
         top = h[layers - 1, row]
         for j in range(top.shape[0]):
             y[n, j] = top[j]
+
+
+@kernel
+def batched_step_kernel(cell, x, rows, w_ih_flat, w_ih_offset, w_hh_t, b_ih, b_hh, peephole,
+                        w_proj_t, codes, alphas, betas, clip, flag, h, c, y, layer_input,
+                        previous_h, gates, recurrent, scratch):
+    """step_kernel for many rows at once: each layer's products are two BLAS matrix products.
+
+    Arguments as step_kernel's, with work buffers for up to M >= N rows instead of one:
+    layer_input (M, H_out) and previous_h (M, H_out) gather the rows' layer input (above layer 0)
+    and state; gates (M, G*H) and recurrent (M, G*H) receive W x and R h; scratch as step_kernel's.
+    Worth it from BLAS_MIN_BATCH rows on; below that step_kernel's row-by-row products are faster.
+    """
+    count = rows.shape[0]
+    layers = h.shape[0]
+    gate_rows = gates.shape[1]
+    output_size = h.shape[2]
+    work = scratch[gate_rows:]
+    row_gates = gates[:count]
+    row_recurrent = recurrent[:count]
+    below = layer_input[:count]
+    state = previous_h[:count]
+    for layer in range(layers):
+        for n in range(count):
+            source = h[layer, rows[n]]
+            for j in range(output_size):
+                state[n, j] = source[j]
+        start = w_ih_offset[layer]
+        if layer == 0:
+            w_ih_t = w_ih_flat[start:start + x.shape[1] * gate_rows].reshape(
+                (x.shape[1], gate_rows))
+            np.dot(x, w_ih_t, row_gates)
+        else:
+            for n in range(count):
+                source = h[layer - 1, rows[n]]
+                for j in range(output_size):
+                    below[n, j] = source[j]
+            w_ih_t = w_ih_flat[start:start + output_size * gate_rows].reshape(
+                (output_size, gate_rows))
+            np.dot(below, w_ih_t, row_gates)
+        np.dot(state, w_hh_t[layer], row_recurrent)
+        bias = b_ih[layer]
+        for n in range(count):
+            row = rows[n]
+            row_gate = row_gates[n]
+            for j in range(gate_rows):
+                row_gate[j] += bias[j]
+            cell_step(cell, row_gate, row_recurrent[n], h[layer, row], c[layer, row],
+                      w_hh_t[layer], b_hh[layer], peephole[layer], w_proj_t[layer], codes[layer],
+                      alphas[layer], betas[layer], clip, flag, h[layer, row], c[layer, row], work)
+    for n in range(count):
+        top = h[layers - 1, rows[n]]
+        for j in range(output_size):
+            y[n, j] = top[j]

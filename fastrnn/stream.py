@@ -28,7 +28,7 @@ import zlib
 import numba
 import numpy as np
 
-from fastrnn.driver import run_sequence, step_kernel
+from fastrnn.driver import BLAS_MIN_BATCH, batched_step_kernel, run_sequence, step_kernel
 from fastrnn.jit import kernel
 from fastrnn.model import Model
 from fastrnn.state import State
@@ -172,10 +172,16 @@ def _check_count(value, name):
 
 
 class _StateTable:
-    """The state of `rows` streams of one model, the step kernel's buffers, and its arguments.
+    """The state of `rows` streams of one model, the step kernels' buffers, and their arguments.
 
-    h (L, rows, H_out); c (L, rows, H), or (L, rows, 0) for cells without one. The kernel is
-    called as kernel(cell, x, rows, *middle, y, *tail), every argument but x, rows and y fixed.
+    h (L, rows, H_out); c (L, rows, H), or (L, rows, 0) for cells without one. Fewer than
+    BLAS_MIN_BATCH rows step through `kernel` (step_kernel, row by row), more through
+    `batched_kernel` (batched_step_kernel, BLAS products), when the table is that large:
+
+        kernel(cell, x, rows, *middle, y, *tail)
+        batched_kernel(cell, x, rows, *middle, y, *batched_tail)
+
+    every argument but x, rows and y fixed.
     """
 
     def __init__(self, model, rows):
@@ -195,10 +201,18 @@ class _StateTable:
         self.cell = config.cell
         self.middle = (*self.weights, self.h, self.c)
         self.tail = (gates, scratch)
-        self.kernel = self._compiled_kernel(model)
+        self.kernel = self._compiled(step_kernel, model, self.tail)
+        self.batched_kernel = None
+        if rows >= BLAS_MIN_BATCH:
+            gate_rows = gates.shape[0]
+            self.batched_tail = (np.empty((rows, config.output_size), dtype),
+                                 np.empty((rows, config.output_size), dtype),
+                                 np.empty((rows, gate_rows), dtype),
+                                 np.empty((rows, gate_rows), dtype), scratch)
+            self.batched_kernel = self._compiled(batched_step_kernel, model, self.batched_tail)
 
-    def _compiled_kernel(self, model):
-        """step_kernel's compiled entry point for this table's argument types, ready now.
+    def _compiled(self, step_kernel, model, tail):
+        """The kernel's compiled entry point for this table's argument types, ready now.
 
         Numba's dispatcher spends ~0.5 us per call matching the 20 arguments' types to a compiled
         version; the entry point skips that (it still converts each argument and refuses a wrong
@@ -208,7 +222,7 @@ class _StateTable:
         """
         input_size, output_size = model.config.input_size, model.config.output_size
         args = (self.cell, np.zeros((0, input_size), model.dtype), np.zeros(0, np.int64),
-                *self.middle, np.zeros((0, output_size), model.dtype), *self.tail)
+                *self.middle, np.zeros((0, output_size), model.dtype), *tail)
         step_kernel(*args)
         try:
             return step_kernel.overloads[tuple(numba.typeof(arg) for arg in args)].entry_point
@@ -262,10 +276,12 @@ class Stream:
         self._dtype = model.dtype
         self._x_shape = (self.batch, model.config.input_size)
         self._y_shape = (self.batch, model.config.output_size)
-        self._kernel = self._table.kernel
         self._cell = self._table.cell
         self._middle = (self._rows, *self._table.middle)
-        self._tail = self._table.tail
+        if self._table.batched_kernel is None:
+            self._kernel, self._tail = self._table.kernel, self._table.tail
+        else:
+            self._kernel, self._tail = self._table.batched_kernel, self._table.batched_tail
 
     def __repr__(self):
         return f"fastrnn.Stream({self.model!r}, batch={self.batch})"
@@ -417,10 +433,8 @@ class StreamPool:
         self._is_open = np.zeros(self.capacity, np.bool_)
         self._seen = np.zeros(self.capacity, np.bool_)
         self._free = list(range(self.capacity - 1, -1, -1))  # popped from the end: lowest first
-        self._kernel = self._table.kernel
         self._cell = self._table.cell
         self._middle = self._table.middle
-        self._tail = self._table.tail
 
     def __repr__(self):
         return (f"fastrnn.StreamPool({self.model!r}, capacity={self.capacity}, "
@@ -491,7 +505,11 @@ class StreamPool:
         bad = _first_bad_slot(slots, self._is_open, self._seen)
         if bad >= 0:
             self._explain_bad_slot(slots, bad)
-        self._kernel(self._cell, xs, slots, *self._middle, out, *self._tail)
+        table = self._table
+        if count >= BLAS_MIN_BATCH:
+            table.batched_kernel(self._cell, xs, slots, *self._middle, out, *table.batched_tail)
+        else:
+            table.kernel(self._cell, xs, slots, *self._middle, out, *table.tail)
         return out
 
     def _as_slots(self, slots):

@@ -215,3 +215,48 @@ def test_a_model_on_another_device_makes_its_own_pool():
 
     assert fastrnn.StreamPool(DeviceModel(), capacity=7) == ("device pool", 7)
     assert made == [7]
+
+
+@pytest.mark.parametrize("kind", ["lstm-proj", "gru-reset-before"])
+def test_batched_steps_of_many_slots_equal_independent_runs(kind):
+    """From BLAS_MIN_BATCH slots on a step takes the batched (BLAS) path; below it, row by row.
+    Both must give every slot its own whole-sequence answer."""
+    from fastrnn.driver import BLAS_MIN_BATCH
+    rng = np.random.default_rng(2)
+
+    def weight(*shape):
+        return rng.standard_normal(shape) * 0.5
+
+    if kind == "lstm-proj":  # H = 6, H_out = 4
+        layers = [dict(w_ih=weight(24, 3), w_hh=weight(24, 4), w_proj=weight(4, 6)),
+                  dict(w_ih=weight(24, 4), w_hh=weight(24, 4), w_proj=weight(4, 6))]
+        model = fastrnn.from_numpy("lstm", layers, dtype=np.float32)
+    else:  # H = 5, the reset gate applied before the recurrent product
+        layers = [dict(w_ih=weight(15, 3), w_hh=weight(15, 5), b_hh=weight(15)),
+                  dict(w_ih=weight(15, 5), w_hh=weight(15, 5))]
+        model = fastrnn.from_numpy("gru", layers, linear_before_reset=False, dtype=np.float32)
+    users = BLAS_MIN_BATCH + 4
+    pool = fastrnn.StreamPool(model, capacity=2 * users)
+    for _ in range(2 * users):
+        pool.open()
+    slots = rng.permutation(2 * users)[:users]
+    steps = 5
+    data = rng.standard_normal((steps, users, 3)).astype(np.float32)
+    outputs = np.zeros((steps, users, model.output_size), np.float32)
+    few = np.arange(3)  # users stepped alone, row by row, at step 2
+    for t in range(steps):
+        if t == 2:
+            outputs[t, few] = pool.step(slots[few], data[t, few])
+            rest = np.arange(3, users)
+            outputs[t, rest] = pool.step(slots[rest], data[t, rest])
+        else:
+            outputs[t] = pool.step(slots, data[t])
+    expected_y, expected_state = model(data)
+    np.testing.assert_allclose(outputs, expected_y, atol=STREAM_TOLERANCE)
+    for user in (0, users - 1):
+        np.testing.assert_allclose(pool.get_state(int(slots[user])).h[:, 0],
+                                   expected_state.h[:, user], atol=STREAM_TOLERANCE)
+    # A stream with as many rows takes the same path.
+    stream = model.stream(batch=users)
+    np.testing.assert_allclose(np.stack([stream.step(x) for x in data]), expected_y,
+                               atol=STREAM_TOLERANCE)
