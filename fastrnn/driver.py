@@ -5,6 +5,8 @@ timesteps is one matrix product (BLAS), then `sequence_kernel` walks the time st
 
 Streams (`step_kernel`): one call advances every layer of a unidirectional model by one timestep
 for chosen rows of a state table, with no allocation; StreamPool and Stream both use it.
+`batched_step_kernel` does the same for BLAS_MIN_BATCH rows or more, each layer's products as two
+BLAS matrix products into buffers the caller allocates once.
 
 Both call `cell_step`, so every cell, option and activation runs through the same code. Kernels
 trust their inputs: fastrnn.model validates before calling.
