@@ -5,8 +5,8 @@ timesteps is one matrix product (BLAS), then `sequence_kernel` walks the time st
 
 Streams (`step_kernel`): one call advances every layer of a unidirectional model by one timestep
 for chosen rows of a state table, with no allocation; StreamPool and Stream both use it.
-`batched_step_kernel` does the same for BLAS_MIN_BATCH rows or more, each layer's products as two
-BLAS matrix products into buffers the caller allocates once.
+`batched_step` does the same for BLAS_MIN_BATCH rows or more, each layer's products as two
+numpy (BLAS) matrix products into buffers the caller allocates once, the cells in `cells_kernel`.
 
 Both call `cell_step`, so every cell, option and activation runs through the same code. Kernels
 trust their inputs: fastrnn.model validates before calling.
@@ -19,15 +19,18 @@ from fastrnn.cells.common import add_scaled_rows
 from fastrnn.jit import kernel
 
 
-# From this many rows on, the recurrent product of a step is one BLAS matrix product for the whole
-# batch; below it, row by row in Numba, where a call into BLAS costs more than it saves.
+# From this many rows on, the products of a step are BLAS matrix products for the whole batch,
+# made by numpy between kernel calls; below it, row by row in Numba, where a call into BLAS costs
+# more than it saves. (Not np.dot inside a kernel: that calls SciPy's BLAS, whose thread pool then
+# fights numpy's for the two cores and slowed steps down 20x when measured.)
 BLAS_MIN_BATCH = 16
 
 
 @kernel
 def sequence_kernel(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole, w_proj_t,
-                    codes, alphas, betas, clip, flag, out, out_offset, scratch):
-    """Run one layer in one direction over a padded batch, in place.
+                    codes, alphas, betas, clip, flag, out, out_offset, scratch, recurrent,
+                    first_step, stop_step, recurrent_ready):
+    """Run one layer in one direction over steps first_step..stop_step-1 of a padded batch, in place.
 
     xproj (T, B, G*H): W x + b_ih for every step, consumed as gate scratch.
     lengths (B,): row b is valid for t < lengths[b]; its reverse pass starts at lengths[b] - 1, and
@@ -36,21 +39,19 @@ def sequence_kernel(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole,
     out (T, B, D*H_out): this direction writes columns out_offset : out_offset + H_out; steps past a
       row's length are not written (the caller zeroes them).
     scratch: (PackedWeights.scratch_size,) work space for the cells.
+    recurrent (B, G*H): R h of each row; made here row by row, or by the caller for the whole
+      batch (one step per call) when recurrent_ready.
     """
-    steps, batch, gate_rows = xproj.shape
+    batch = xproj.shape[1]
     output_size = h.shape[1]
-    recurrent = np.empty((batch, gate_rows), xproj.dtype)  # R h of every row, once per call
-    batched = batch >= BLAS_MIN_BATCH
-    for step in range(steps):
-        if batched:
-            np.dot(h, w_hh_t, recurrent)
+    for step in range(first_step, stop_step):
         for row in range(batch):
             length = lengths[row]
             if step >= length:
                 continue
             t = length - 1 - step if reverse else step
             row_recurrent = recurrent[row]
-            if not batched:
+            if not recurrent_ready:
                 row_recurrent[:] = 0.0
                 add_scaled_rows(row_recurrent, h[row], w_hh_t, 0)
             cell_step(cell, xproj[t, row], row_recurrent, h[row], c[row], w_hh_t, b_hh, peephole,
@@ -59,6 +60,22 @@ def sequence_kernel(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole,
             source = h[row]
             for j in range(output_size):
                 destination[j] = source[j]
+
+
+def run_direction(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole, w_proj_t, codes,
+                  alphas, betas, clip, flag, out, out_offset, scratch):
+    """sequence_kernel over the whole sequence: one call for small batches; for BLAS_MIN_BATCH
+    rows or more, a numpy product R h for the whole batch, then the kernel, once per step."""
+    steps, batch, gate_rows = xproj.shape
+    recurrent = np.empty((batch, gate_rows), xproj.dtype)
+    arguments = (cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole, w_proj_t, codes,
+                 alphas, betas, clip, flag, out, out_offset, scratch, recurrent)
+    if batch < BLAS_MIN_BATCH:
+        sequence_kernel(*arguments, 0, steps, False)
+        return
+    for step in range(steps):
+        np.matmul(h, w_hh_t, out=recurrent)
+        sequence_kernel(*arguments, step, step + 1, True)
 
 
 def run_sequence(config, packed, x, h, c, lengths):
@@ -80,11 +97,11 @@ def run_sequence(config, packed, x, h, c, lengths):
             ld = layer * directions + direction
             xproj = flat_input @ packed.w_ih_t[ld]
             xproj += packed.b_ih[ld]
-            sequence_kernel(config.cell, xproj.reshape(steps, batch, xproj.shape[1]), lengths,
-                            direction == 1, h[ld], c[ld], packed.w_hh_t[ld], packed.b_hh[ld],
-                            packed.peephole[ld], packed.w_proj_t[ld], packed.codes[ld],
-                            packed.alphas[ld], packed.betas[ld], config.clip, _cell_flag(config),
-                            out, direction * output_size, scratch)
+            run_direction(config.cell, xproj.reshape(steps, batch, xproj.shape[1]), lengths,
+                          direction == 1, h[ld], c[ld], packed.w_hh_t[ld], packed.b_hh[ld],
+                          packed.peephole[ld], packed.w_proj_t[ld], packed.codes[ld],
+                          packed.alphas[ld], packed.betas[ld], config.clip, _cell_flag(config),
+                          out, direction * output_size, scratch)
         layer_input = out
     return layer_input
 
@@ -130,54 +147,47 @@ def step_kernel(cell, x, rows, w_ih_flat, w_ih_offset, w_hh_t, b_ih, b_hh, peeph
 
 
 @kernel
-def batched_step_kernel(cell, x, rows, w_ih_flat, w_ih_offset, w_hh_t, b_ih, b_hh, peephole,
-                        w_proj_t, codes, alphas, betas, clip, flag, h, c, y, layer_input,
-                        previous_h, gates, recurrent, scratch):
-    """step_kernel for many rows at once: each layer's products are two BLAS matrix products.
+def cells_kernel(cell, rows, gates, recurrent, b_ih, h, c, w_hh_t, b_hh, peephole, w_proj_t,
+                 codes, alphas, betas, clip, flag, work):
+    """One layer's cells for the state rows `rows`, given gates (N, G*H) = W x and recurrent
+    (N, G*H) = R h made by batched_step; h (capacity, H_out) and c are that layer's table."""
+    gate_rows = gates.shape[1]
+    for n in range(rows.shape[0]):
+        row = rows[n]
+        row_gates = gates[n]
+        for j in range(gate_rows):
+            row_gates[j] += b_ih[j]
+        cell_step(cell, row_gates, recurrent[n], h[row], c[row], w_hh_t, b_hh, peephole,
+                  w_proj_t, codes, alphas, betas, clip, flag, h[row], c[row], work)
+
+
+def batched_step(cell, x, rows, w_ih_flat, w_ih_offset, w_hh_t, b_ih, b_hh, peephole, w_proj_t,
+                 codes, alphas, betas, clip, flag, h, c, y, layer_input, previous_h, gates,
+                 recurrent, scratch):
+    """step_kernel for many rows at once: each layer's products are two numpy (BLAS) products.
 
     Arguments as step_kernel's, with work buffers for up to M >= N rows instead of one:
     layer_input (M, H_out) and previous_h (M, H_out) gather the rows' layer input (above layer 0)
     and state; gates (M, G*H) and recurrent (M, G*H) receive W x and R h; scratch as step_kernel's.
     Worth it from BLAS_MIN_BATCH rows on; below that step_kernel's row-by-row products are faster.
+    Nothing is allocated but array views.
     """
     count = rows.shape[0]
-    layers = h.shape[0]
     gate_rows = gates.shape[1]
-    output_size = h.shape[2]
+    row_gates, row_recurrent = gates[:count], recurrent[:count]
+    below, state = x, previous_h[:count]
     work = scratch[gate_rows:]
-    row_gates = gates[:count]
-    row_recurrent = recurrent[:count]
-    below = layer_input[:count]
-    state = previous_h[:count]
-    for layer in range(layers):
-        for n in range(count):
-            source = h[layer, rows[n]]
-            for j in range(output_size):
-                state[n, j] = source[j]
+    for layer in range(h.shape[0]):
         start = w_ih_offset[layer]
-        if layer == 0:
-            w_ih_t = w_ih_flat[start:start + x.shape[1] * gate_rows].reshape(
-                (x.shape[1], gate_rows))
-            np.dot(x, w_ih_t, row_gates)
-        else:
-            for n in range(count):
-                source = h[layer - 1, rows[n]]
-                for j in range(output_size):
-                    below[n, j] = source[j]
-            w_ih_t = w_ih_flat[start:start + output_size * gate_rows].reshape(
-                (output_size, gate_rows))
-            np.dot(below, w_ih_t, row_gates)
-        np.dot(state, w_hh_t[layer], row_recurrent)
-        bias = b_ih[layer]
-        for n in range(count):
-            row = rows[n]
-            row_gate = row_gates[n]
-            for j in range(gate_rows):
-                row_gate[j] += bias[j]
-            cell_step(cell, row_gate, row_recurrent[n], h[layer, row], c[layer, row],
-                      w_hh_t[layer], b_hh[layer], peephole[layer], w_proj_t[layer], codes[layer],
-                      alphas[layer], betas[layer], clip, flag, h[layer, row], c[layer, row], work)
-    for n in range(count):
-        top = h[layers - 1, rows[n]]
-        for j in range(output_size):
-            y[n, j] = top[j]
+        inputs = below.shape[1]
+        w_ih_t = w_ih_flat[start:start + inputs * gate_rows].reshape(inputs, gate_rows)
+        np.matmul(below, w_ih_t, out=row_gates)
+        # mode="clip" lets numpy write straight into `out`; the slots were checked by the caller.
+        np.take(h[layer], rows, axis=0, out=state, mode="clip")
+        np.matmul(state, w_hh_t[layer], out=row_recurrent)
+        cells_kernel(cell, rows, row_gates, row_recurrent, b_ih[layer], h[layer], c[layer],
+                     w_hh_t[layer], b_hh[layer], peephole[layer], w_proj_t[layer], codes[layer],
+                     alphas[layer], betas[layer], clip, flag, work)
+        below = layer_input[:count]
+        np.take(h[layer], rows, axis=0, out=below, mode="clip")
+    y[:] = below

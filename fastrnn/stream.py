@@ -28,7 +28,7 @@ import zlib
 import numba
 import numpy as np
 
-from fastrnn.driver import BLAS_MIN_BATCH, batched_step_kernel, run_sequence, step_kernel
+from fastrnn.driver import BLAS_MIN_BATCH, batched_step, run_sequence, step_kernel
 from fastrnn.jit import kernel
 from fastrnn.model import Model
 from fastrnn.state import State
@@ -176,7 +176,7 @@ class _StateTable:
 
     h (L, rows, H_out); c (L, rows, H), or (L, rows, 0) for cells without one. Fewer than
     BLAS_MIN_BATCH rows step through `kernel` (step_kernel, row by row), more through
-    `batched_kernel` (batched_step_kernel, BLAS products), when the table is that large:
+    `batched_kernel` (batched_step, BLAS products), when the table is that large:
 
         kernel(cell, x, rows, *middle, y, *tail)
         batched_kernel(cell, x, rows, *middle, y, *batched_tail)
@@ -209,7 +209,7 @@ class _StateTable:
                                  np.empty((rows, config.output_size), dtype),
                                  np.empty((rows, gate_rows), dtype),
                                  np.empty((rows, gate_rows), dtype), scratch)
-            self.batched_kernel = self._compiled(batched_step_kernel, model, self.batched_tail)
+            self.batched_kernel = batched_step
 
     def _compiled(self, step_kernel, model, tail):
         """The kernel's compiled entry point for this table's argument types, ready now.

@@ -2,7 +2,7 @@
 
 Each node is translated once, when the graph is loaded, into a one-layer fastrnn Config and
 PackedWeights (the gate permutation is in this package's docstring). Every run then calls the
-engine's `sequence_kernel` once per direction, or `step_kernel` for a one-step forward call.
+engine's `run_direction` once per direction, or `step_kernel` for a one-step forward call.
 
 ONNX conventions handled here (X and Y axes for layout 0; layout 1 swaps the first two of X, Y,
 initial_h, initial_c, Y_h and Y_c):
@@ -22,7 +22,7 @@ import numpy as np
 
 from fastrnn.activations import ACTIVATION_CODES, activation_code
 from fastrnn.cells import DEFAULT_ACTIVATIONS
-from fastrnn.driver import sequence_kernel, step_kernel
+from fastrnn.driver import run_direction, step_kernel
 from fastrnn.converters.onnx.registry import register
 from fastrnn.weights import Config, LayerWeights, PackedWeights, check_layers
 
@@ -240,11 +240,11 @@ class RecurrentNode:
         for d in range(directions):
             xproj = flat @ packed.w_ih_t[d]
             xproj += packed.b_ih[d]
-            sequence_kernel(self.cell, xproj.reshape(steps, batch, -1), kernel_lengths,
-                            self.reverse_flags[d], h[d], c[d], packed.w_hh_t[d], packed.b_hh[d],
-                            packed.peephole[d], packed.w_proj_t[d], packed.codes[d],
-                            packed.alphas[d], packed.betas[d], self.config.clip, self.flag, out,
-                            d * hidden, scratch)
+            run_direction(self.cell, xproj.reshape(steps, batch, -1), kernel_lengths,
+                          self.reverse_flags[d], h[d], c[d], packed.w_hh_t[d], packed.b_hh[d],
+                          packed.peephole[d], packed.w_proj_t[d], packed.codes[d],
+                          packed.alphas[d], packed.betas[d], self.config.clip, self.flag, out,
+                          d * hidden, scratch)
         if lengths is not None:
             empty = lengths == 0
             if empty.any():
