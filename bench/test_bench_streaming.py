@@ -25,12 +25,9 @@ CHUNK = 128               # the `process` workload's chunk length
 POOL_STREAMS = 256        # live streams in the pool workload
 THREAD_STEPS = 400        # steps per stream in the threads workload
 
-STEP_SPECS = [
-    ModelSpec("lstm", input_size=64, hidden_size=128),
-    ModelSpec("gru", input_size=64, hidden_size=128),
-    ModelSpec("lstm", input_size=1, hidden_size=32),
-    ModelSpec("lstm", input_size=64, hidden_size=512),
-]
+STEP_SPECS = [ModelSpec(kind, input_size=inputs, hidden_size=hidden)
+              for kind in ("lstm", "gru")
+              for inputs, hidden in ((64, 128), (1, 32), (64, 512), (256, 1024))]
 POOL_SPECS = [ModelSpec("lstm", input_size=1, hidden_size=32),
               ModelSpec("lstm", input_size=64, hidden_size=128)]
 

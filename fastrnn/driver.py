@@ -21,9 +21,9 @@ from fastrnn.jit import kernel
 
 # From this many rows on, the products of a step are BLAS matrix products for the whole batch,
 # made by numpy between kernel calls; below it, row by row in Numba, where a call into BLAS costs
-# more than it saves. (Not np.dot inside a kernel: that calls SciPy's BLAS, whose thread pool then
+# more than it saves (the crossover measured at H = 128 to 512). (Not np.dot inside a kernel: that calls SciPy's BLAS, whose thread pool then
 # fights numpy's for the two cores and slowed steps down 20x when measured.)
-BLAS_MIN_BATCH = 16
+BLAS_MIN_BATCH = 8
 
 
 @kernel
