@@ -17,6 +17,9 @@ import numpy as np
 from fastrnn.cells import cell_step
 from fastrnn.cells.common import add_scaled_rows
 from fastrnn.jit import kernel
+from fastrnn.weights import (STEP_B_HH, STEP_B_IH, STEP_CODES, STEP_GATE_ROWS, STEP_INPUTS,
+                             STEP_PEEPHOLE, STEP_PEEPHOLE_WIDTH, STEP_PROJ_COLUMNS, STEP_PROJ_ROWS,
+                             STEP_W_HH, STEP_W_IH, STEP_W_PROJ)
 
 
 # From this many rows on, the products of a step are BLAS matrix products for the whole batch,
@@ -111,36 +114,59 @@ def _cell_flag(config):
 
 
 @kernel
-def step_kernel(cell, x, rows, w_ih_flat, w_ih_offset, w_hh_t, b_ih, b_hh, peephole, w_proj_t,
-                codes, alphas, betas, clip, flag, h, c, y, gates, scratch):
+def layer_weights(weights, layout, activation_parameters, layer):
+    """Views of one layer's blocks in PackedWeights.step_tables(): (w_ih_t, w_hh_t, b_ih, b_hh,
+    peephole, w_proj_t, codes, alphas, betas), shaped as PackedWeights' own arrays."""
+    table = layout[layer]
+    inputs, gate_rows = table[STEP_INPUTS], table[STEP_GATE_ROWS]
+    width = table[STEP_PEEPHOLE_WIDTH]
+    proj_rows, proj_columns = table[STEP_PROJ_ROWS], table[STEP_PROJ_COLUMNS]
+    start = table[STEP_W_IH]
+    w_ih_t = weights[start:start + inputs * gate_rows].reshape((inputs, gate_rows))
+    start = table[STEP_W_HH]
+    size = table[STEP_B_IH] - start
+    w_hh_t = weights[start:start + size].reshape((size // gate_rows, gate_rows))
+    b_ih = weights[table[STEP_B_IH]:table[STEP_B_IH] + gate_rows]
+    b_hh = weights[table[STEP_B_HH]:table[STEP_B_HH] + gate_rows]
+    start = table[STEP_PEEPHOLE]
+    peephole = weights[start:start + 3 * width].reshape((3, width))
+    start = table[STEP_W_PROJ]
+    w_proj_t = weights[start:start + proj_rows * proj_columns].reshape((proj_rows, proj_columns))
+    codes = table[STEP_CODES:STEP_CODES + 3]
+    return (w_ih_t, w_hh_t, b_ih, b_hh, peephole, w_proj_t, codes,
+            activation_parameters[layer, :3], activation_parameters[layer, 3:])
+
+
+@kernel
+def step_kernel(cell, x, rows, weights, layout, activation_parameters, clip, flag, h, c, y,
+                scratch):
     """Advance a unidirectional stack by one timestep for the state rows `rows`, in place.
 
     x (N, I): one input per row; rows (N,): indices into the state table.
+    weights, layout, activation_parameters: PackedWeights.step_tables().
     h (L, capacity, H_out), c (L, capacity, H) or (L, capacity, 0): the state table.
     y (N, H_out): the top layer's new h for each row.
-    gates (G*H,) and scratch (PackedWeights.scratch_size,): work buffers; scratch holds R h in
-    its first G*H values and the cells' work space after them.
+    scratch (PackedWeights.step_scratch_size,): W x (G*H), R h (G*H), then the cells' work space.
     """
     layers = h.shape[0]
-    gate_rows = gates.shape[0]
-    recurrent = scratch[:gate_rows]
-    work = scratch[gate_rows:]
+    gate_rows = layout[0, STEP_GATE_ROWS]
+    gates = scratch[:gate_rows]
+    recurrent = scratch[gate_rows:2 * gate_rows]
+    work = scratch[2 * gate_rows:]
     for n in range(rows.shape[0]):
         row = rows[n]
         for layer in range(layers):
+            w_ih_t, w_hh_t, b_ih, b_hh, peephole, w_proj_t, codes, alphas, betas = \
+                layer_weights(weights, layout, activation_parameters, layer)
             below = x[n] if layer == 0 else h[layer - 1, row]
-            start = w_ih_offset[layer]
-            w_ih_t = w_ih_flat[start:start + below.shape[0] * gate_rows].reshape(
-                (below.shape[0], gate_rows))
-            bias = b_ih[layer]
             for j in range(gate_rows):
-                gates[j] = bias[j]
+                gates[j] = b_ih[j]
                 recurrent[j] = 0.0
             add_scaled_rows(gates, below, w_ih_t, 0)
-            add_scaled_rows(recurrent, h[layer, row], w_hh_t[layer], 0)
-            cell_step(cell, gates, recurrent, h[layer, row], c[layer, row], w_hh_t[layer],
-                      b_hh[layer], peephole[layer], w_proj_t[layer], codes[layer], alphas[layer],
-                      betas[layer], clip, flag, h[layer, row], c[layer, row], work)
+            add_scaled_rows(recurrent, h[layer, row], w_hh_t, 0)
+            cell_step(cell, gates, recurrent, h[layer, row], c[layer, row], w_hh_t, b_hh, peephole,
+                      w_proj_t, codes, alphas, betas, clip, flag, h[layer, row], c[layer, row],
+                      work)
         top = h[layers - 1, row]
         for j in range(top.shape[0]):
             y[n, j] = top[j]
@@ -161,14 +187,13 @@ def cells_kernel(cell, rows, gates, recurrent, b_ih, h, c, w_hh_t, b_hh, peephol
                   w_proj_t, codes, alphas, betas, clip, flag, h[row], c[row], work)
 
 
-def batched_step(cell, x, rows, w_ih_flat, w_ih_offset, w_hh_t, b_ih, b_hh, peephole, w_proj_t,
-                 codes, alphas, betas, clip, flag, h, c, y, layer_input, previous_h, gates,
-                 recurrent, scratch):
+def batched_step(cell, x, rows, weights, layout, activation_parameters, clip, flag, h, c, y,
+                 layer_input, previous_h, gates, recurrent, scratch):
     """step_kernel for many rows at once: each layer's products are two numpy (BLAS) products.
 
-    Arguments as step_kernel's, with work buffers for up to M >= N rows instead of one:
-    layer_input (M, H_out) and previous_h (M, H_out) gather the rows' layer input (above layer 0)
-    and state; gates (M, G*H) and recurrent (M, G*H) receive W x and R h; scratch as step_kernel's.
+    Arguments as step_kernel's, with work buffers for up to M >= N rows: layer_input (M, H_out)
+    and previous_h (M, H_out) gather the rows' layer input (above layer 0) and state; gates
+    (M, G*H) and recurrent (M, G*H) receive W x and R h; scratch as step_kernel's.
     Worth it from BLAS_MIN_BATCH rows on; below that step_kernel's row-by-row products are faster.
     Nothing is allocated but array views.
     """
@@ -176,18 +201,16 @@ def batched_step(cell, x, rows, w_ih_flat, w_ih_offset, w_hh_t, b_ih, b_hh, peep
     gate_rows = gates.shape[1]
     row_gates, row_recurrent = gates[:count], recurrent[:count]
     below, state = x, previous_h[:count]
-    work = scratch[gate_rows:]
+    work = scratch[2 * gate_rows:]
     for layer in range(h.shape[0]):
-        start = w_ih_offset[layer]
-        inputs = below.shape[1]
-        w_ih_t = w_ih_flat[start:start + inputs * gate_rows].reshape(inputs, gate_rows)
+        w_ih_t, w_hh_t, b_ih, b_hh, peephole, w_proj_t, codes, alphas, betas = layer_weights(
+            weights, layout, activation_parameters, layer)
         np.matmul(below, w_ih_t, out=row_gates)
         # mode="clip" lets numpy write straight into `out`; the slots were checked by the caller.
         np.take(h[layer], rows, axis=0, out=state, mode="clip")
-        np.matmul(state, w_hh_t[layer], out=row_recurrent)
-        cells_kernel(cell, rows, row_gates, row_recurrent, b_ih[layer], h[layer], c[layer],
-                     w_hh_t[layer], b_hh[layer], peephole[layer], w_proj_t[layer], codes[layer],
-                     alphas[layer], betas[layer], clip, flag, work)
+        np.matmul(state, w_hh_t, out=row_recurrent)
+        cells_kernel(cell, rows, row_gates, row_recurrent, b_ih, h[layer], c[layer], w_hh_t, b_hh,
+                     peephole, w_proj_t, codes, alphas, betas, clip, flag, work)
         below = layer_input[:count]
         np.take(h[layer], rows, axis=0, out=below, mode="clip")
     y[:] = below

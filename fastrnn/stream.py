@@ -192,19 +192,16 @@ class _StateTable:
         self.c = np.zeros((layers, rows, config.hidden_size if config.kind == "lstm" else 0),
                           dtype)
         flag = config.input_forget if config.kind == "lstm" else config.linear_before_reset
-        gates = np.empty(config.num_gates * config.hidden_size, dtype)
-        scratch = np.empty(packed.scratch_size, dtype)
-        # step_kernel(cell, x, rows, <weights...>, clip, flag, h, c, y, gates, scratch)
-        self.weights = (packed.w_ih_flat, packed.w_ih_offset, packed.w_hh_t, packed.b_ih,
-                        packed.b_hh, packed.peephole, packed.w_proj_t, packed.codes, packed.alphas,
-                        packed.betas, float(config.clip), bool(flag))
+        gate_rows = config.num_gates * config.hidden_size
+        scratch = np.empty(packed.step_scratch_size, dtype)
+        # step_kernel(cell, x, rows, <weights...>, clip, flag, h, c, y, scratch)
+        self.weights = (*packed.step_tables(), float(config.clip), bool(flag))
         self.cell = config.cell
         self.middle = (*self.weights, self.h, self.c)
-        self.tail = (gates, scratch)
+        self.tail = (scratch,)
         self.kernel = self._compiled(step_kernel, model, self.tail)
         self.batched_kernel = None
         if rows >= BLAS_MIN_BATCH:
-            gate_rows = gates.shape[0]
             self.batched_tail = (np.empty((rows, config.output_size), dtype),
                                  np.empty((rows, config.output_size), dtype),
                                  np.empty((rows, gate_rows), dtype),

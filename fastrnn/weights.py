@@ -274,3 +274,38 @@ class PackedWeights:
         assert self.codes.shape[0] == count == config.num_layers * directions
         # Work space of the kernels: R h of one row (G*H) and the GRU's r * h and R_n (r * h) (2H).
         self.scratch_size = (config.num_gates + 2) * hidden
+        # The streaming step's: W x (G*H) before that.
+        self.step_scratch_size = config.num_gates * hidden + self.scratch_size
+        self._step_tables = None
+
+    def step_tables(self):
+        """(weights, layout, activation_parameters): what driver.step_kernel reads, in three arrays.
+
+        A per-call kernel pays ~70 ns for every array argument, so the streaming step takes one
+        flat array of every layer's blocks instead of ten stacked ones (built on first use):
+            weights      per layer: W_ih^T, W_hh^T, b_ih, b_hh, peephole, W_proj^T, back to back
+            layout       (L*D, STEP_COLUMNS) int64: where each block starts, the sizes needed to
+                         view them (see the STEP_* column names), the three activation codes
+            activation_parameters  (L*D, 6) float64: alphas then betas
+        """
+        if self._step_tables is None:
+            blocks, layout, start = [], [], 0
+            for ld, w_ih_t in enumerate(self.w_ih_t):
+                parts = (w_ih_t, self.w_hh_t[ld], self.b_ih[ld], self.b_hh[ld], self.peephole[ld],
+                         self.w_proj_t[ld])
+                row = []
+                for part in parts:
+                    row.append(start)
+                    blocks.append(part.ravel())
+                    start += part.size
+                row += [w_ih_t.shape[0], w_ih_t.shape[1], self.peephole.shape[2],
+                        self.w_proj_t.shape[1], self.w_proj_t.shape[2], *self.codes[ld]]
+                layout.append(row)
+            self._step_tables = (np.concatenate(blocks), np.array(layout, np.int64),
+                                 np.ascontiguousarray(np.hstack([self.alphas, self.betas])))
+        return self._step_tables
+
+
+# Columns of PackedWeights.step_tables()'s layout.
+(STEP_W_IH, STEP_W_HH, STEP_B_IH, STEP_B_HH, STEP_PEEPHOLE, STEP_W_PROJ, STEP_INPUTS,
+ STEP_GATE_ROWS, STEP_PEEPHOLE_WIDTH, STEP_PROJ_ROWS, STEP_PROJ_COLUMNS, STEP_CODES) = range(12)

@@ -281,7 +281,7 @@ def _lean_call(node):
     step = node._step
     dtype, input_size, hidden = node.dtype, node.input_size, node.hidden_size
     has_c = node.has_c
-    gate_rows, scratch_size = node.gate_rows, node.scratch_size
+    step_scratch_size = node.packed.step_scratch_size
     rows_by_batch = node._rows
     wants_y, wants_h, wants_c = node.wants_y, node.wants_h, node.wants_c and has_c
     count = node.num_outputs
@@ -314,7 +314,7 @@ def _lean_call(node):
         if not (flags.c_contiguous and flags.aligned):
             step_input = np.array(step_input, order="C")
         y = empty((batch, hidden), dtype)
-        step(step_input, rows, h, c, y, empty(gate_rows, dtype), empty(scratch_size, dtype))
+        step(step_input, rows, h, c, y, empty(step_scratch_size, dtype))
         if count == 3:
             return (y.reshape(1, 1, batch, hidden) if wants_y else None,
                     h if wants_h else None, c if wants_c else None)
@@ -324,7 +324,7 @@ def _lean_call(node):
 
 
 def _bind_step_kernel(node):
-    """step_kernel with this node's weights bound: step(x, rows, h, c, y, gates, scratch).
+    """step_kernel with this node's weights bound: step(x, rows, h, c, y, scratch).
 
     A one-direction node's state (1, B, H) is the streaming kernel's state table for one layer.
     The kernel's specialisation for the node's dtype is compiled (or loaded from numba's cache)
@@ -333,17 +333,14 @@ def _bind_step_kernel(node):
     if node.num_directions != 1:
         return None
     packed = node.packed
-    weights = (packed.w_ih_flat, packed.w_ih_offset, packed.w_hh_t, packed.b_ih, packed.b_hh,
-               packed.peephole, packed.w_proj_t, packed.codes, packed.alphas, packed.betas,
-               float(node.config.clip), bool(node.flag))
+    weights = (*packed.step_tables(), float(node.config.clip), bool(node.flag))
     dtype, hidden, cell = node.dtype, node.hidden_size, node.cell
     step_kernel(cell, np.zeros((1, node.input_size), dtype), np.zeros(1, np.int64), *weights,
                 np.zeros((1, 1, hidden), dtype), np.zeros((1, 1, node.state_width_c), dtype),
-                np.zeros((1, hidden), dtype), np.zeros(node.gate_rows, dtype),
-                np.zeros(node.scratch_size, dtype))
+                np.zeros((1, hidden), dtype), np.zeros(packed.step_scratch_size, dtype))
 
-    def step(x, rows, h, c, y, gates, scratch):
-        step_kernel(cell, x, rows, *weights, h, c, y, gates, scratch)
+    def step(x, rows, h, c, y, scratch):
+        step_kernel(cell, x, rows, *weights, h, c, y, scratch)
     return step
 
 
