@@ -134,14 +134,19 @@ class Model:
     # -- running -----------------------------------------------------------------------------
 
     def __call__(self, x, state=None, lengths=None):
+        x, h, c, row_lengths, unbatched = self.check_call(x, state, lengths)
+        y = run_sequence(self.config, self._packed, x, h, c, row_lengths)
+        return self._package(y, h, c, unbatched)
+
+    def check_call(self, x, state, lengths):
+        """The arguments of a call, checked: (x (T, B, I), h, c, lengths, unbatched), for kernels."""
         x, unbatched = self._check_input(x)
         steps, batch = x.shape[0], x.shape[1]
         if unbatched and lengths is not None:
             raise ValueError("lengths need a batched input (T, B, I)")
         row_lengths = as_lengths(lengths, batch, steps)
         h, c = self.check_state(state, batch, unbatched)
-        y = run_sequence(self.config, self._packed, x, h, c, row_lengths)
-        return self._package(y, h, c, unbatched)
+        return x, h, c, row_lengths, unbatched
 
     def _check_input(self, x):
         """x as a contiguous time-major (T, B, I) array of the model's dtype, and whether it was 2-D."""

@@ -17,7 +17,6 @@ from numba import cuda
 
 from fastrnn.cuda import driver
 from fastrnn.state import State
-from fastrnn.validation import as_lengths
 
 DEFAULT_THREADS_PER_BLOCK = 256
 DEFAULT_TILE = 16
@@ -181,12 +180,8 @@ class CudaModel:
     def __call__(self, x, state=None, lengths=None):
         """y, state = model(x, state, lengths), as fastrnn.Model; numpy results on the host."""
         cpu = self._cpu
-        x, unbatched = cpu._check_input(x)
+        x, h, c, row_lengths, unbatched = cpu.check_call(x, state, lengths)
         steps, batch = x.shape[0], x.shape[1]
-        if unbatched and lengths is not None:
-            raise ValueError("lengths need a batched input (T, B, I)")
-        row_lengths = as_lengths(lengths, batch, steps)
-        h, c = cpu.check_state(state, batch, unbatched)
         if batch == 0:  # nothing to launch: an empty grid is an error on the device
             y = np.zeros((steps, 0, self.output_size), self.dtype)
             return cpu._package(y, h, c, unbatched)
