@@ -211,8 +211,8 @@ class _StateTable:
     def _compiled(self, step_kernel, model, tail):
         """The kernel's compiled entry point for this table's argument types, ready now.
 
-        Numba's dispatcher spends a few hundred ns per call matching the 12 arguments' types to a compiled
-        version; the entry point skips that (it still converts each argument and refuses a wrong
+        Numba's dispatcher spends a few hundred ns per call matching the 12 arguments' types to a
+        compiled version; the entry point skips that (it still converts each argument and refuses a wrong
         dtype). Callers pass x, rows and y of exactly the types used here: C-contiguous, aligned
         arrays of the model's dtype (int64 rows). A call with no rows compiles, or loads from the
         cache, now rather than at the first step, and touches no state.
