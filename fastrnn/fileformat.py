@@ -145,4 +145,4 @@ def _read_array(entry, data, dtype):
     if offset + count * dtype.itemsize > len(data):
         raise ValueError(f"array {entry['name']!r} runs past the end of the data section")
     stored = np.frombuffer(data, dtype.newbyteorder("<"), count, offset).reshape(shape)
-    return entry["name"].partition(".")[2], stored.astype(dtype)
+    return entry["name"].partition(".")[2], stored.astype(dtype, copy=False)  # packing copies it

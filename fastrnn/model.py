@@ -51,8 +51,8 @@ class Model:
             dtype = np.float64 if first is not None and first.dtype == np.float64 else np.float32
         self.config = config
         self.dtype = np.dtype(dtype)
-        self.layers = check_layers(config, layers, self.dtype)
-        self._packed = PackedWeights(config, self.layers, self.dtype)
+        self._packed = PackedWeights(config, check_layers(config, layers, self.dtype), self.dtype)
+        self.layers = self._packed.layer_weights()  # (views: the weights are held once)
 
     # -- description -------------------------------------------------------------------------
 

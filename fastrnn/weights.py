@@ -249,16 +249,16 @@ class PackedWeights:
     def __init__(self, config, layers, dtype):
         count = len(layers)
         hidden = config.hidden_size
-        self.w_ih_flat = np.concatenate([w.w_ih.T.ravel() for w in layers]).astype(dtype)
+        self.w_ih_flat = np.concatenate([w.w_ih.T.ravel() for w in layers]).astype(dtype, copy=False)
         sizes = [w.w_ih.size for w in layers]
         self.w_ih_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.w_ih_t = [self.w_ih_flat[start:start + size].reshape(w.w_ih.shape[1], -1)
                        for start, size, w in zip(self.w_ih_offset, sizes, layers)]
         self.w_hh_t = np.ascontiguousarray(np.stack([w.w_hh.T for w in layers]), dtype=dtype)
-        self.b_ih = np.stack([w.b_ih for w in layers]).astype(dtype)
-        self.b_hh = np.stack([w.b_hh for w in layers]).astype(dtype)
+        self.b_ih = np.stack([w.b_ih for w in layers]).astype(dtype, copy=False)
+        self.b_hh = np.stack([w.b_hh for w in layers]).astype(dtype, copy=False)
         if layers[0].peephole is not None:
-            self.peephole = np.stack([w.peephole for w in layers]).astype(dtype)
+            self.peephole = np.stack([w.peephole for w in layers]).astype(dtype, copy=False)
         else:
             self.peephole = np.zeros((count, 3, 0), dtype)
         if layers[0].w_proj is not None:
@@ -277,6 +277,17 @@ class PackedWeights:
         # The streaming step's: W x (G*H) before that.
         self.step_scratch_size = config.num_gates * hidden + self.scratch_size
         self._step_tables = None
+
+    def layer_weights(self):
+        """The weights in fastrnn's layout, as LayerWeights of views into these packed arrays, so
+        that a model holds its weights once."""
+        has_peephole = self.peephole.shape[2] > 0
+        has_projection = self.w_proj_t.shape[1] > 0
+        return [LayerWeights(w_ih=w_ih_t.T, w_hh=self.w_hh_t[ld].T, b_ih=self.b_ih[ld],
+                             b_hh=self.b_hh[ld],
+                             peephole=self.peephole[ld] if has_peephole else None,
+                             w_proj=self.w_proj_t[ld].T if has_projection else None)
+                for ld, w_ih_t in enumerate(self.w_ih_t)]
 
     def step_tables(self):
         """(weights, layout, activation_parameters): what driver.step_kernel reads, in three arrays.
