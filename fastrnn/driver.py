@@ -15,7 +15,7 @@ trust their inputs: fastrnn.model validates before calling.
 import numpy as np
 
 from fastrnn.cells import cell_step
-from fastrnn.cells.common import add_scaled_rows
+from fastrnn.cells.common import add_scaled_rows, add_scaled_rows_batch
 from fastrnn.jit import kernel
 from fastrnn.weights import (STEP_B_HH, STEP_B_IH, STEP_CODES, STEP_GATE_ROWS, STEP_INPUTS,
                              STEP_PEEPHOLE, STEP_PEEPHOLE_WIDTH, STEP_PROJ_COLUMNS, STEP_PROJ_ROWS,
@@ -23,10 +23,11 @@ from fastrnn.weights import (STEP_B_HH, STEP_B_IH, STEP_CODES, STEP_GATE_ROWS, S
 
 
 # From this many rows on, the products of a step are BLAS matrix products for the whole batch,
-# made by numpy between kernel calls; below it, row by row in Numba, where a call into BLAS costs
-# more than it saves (the crossover measured at H = 128 to 512). (Not np.dot inside a kernel: that calls SciPy's BLAS, whose thread pool then
-# fights numpy's for the two cores and slowed steps down 20x when measured.)
-BLAS_MIN_BATCH = 8
+# made by numpy between kernel calls; below it they are made in Numba (add_scaled_rows_batch for
+# sequences, row by row for streams), where a call into BLAS costs more than it saves (crossover
+# measured at H = 128 to 512). Not np.dot inside a kernel: that calls SciPy's BLAS, whose thread
+# pool then fights numpy's for the two cores and slowed steps down 20x when measured.
+BLAS_MIN_BATCH = 16
 
 
 @kernel
@@ -48,16 +49,15 @@ def sequence_kernel(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole,
     batch = xproj.shape[1]
     output_size = h.shape[1]
     for step in range(first_step, stop_step):
+        if not recurrent_ready:  # every row's, finished ones too: they are not read
+            recurrent[:] = 0.0
+            add_scaled_rows_batch(recurrent, h, w_hh_t)
         for row in range(batch):
             length = lengths[row]
             if step >= length:
                 continue
             t = length - 1 - step if reverse else step
-            row_recurrent = recurrent[row]
-            if not recurrent_ready:
-                row_recurrent[:] = 0.0
-                add_scaled_rows(row_recurrent, h[row], w_hh_t, 0)
-            cell_step(cell, xproj[t, row], row_recurrent, h[row], c[row], w_hh_t, b_hh, peephole,
+            cell_step(cell, xproj[t, row], recurrent[row], h[row], c[row], w_hh_t, b_hh, peephole,
                       w_proj_t, codes, alphas, betas, clip, flag, h[row], c[row], scratch)
             destination = out[t, row, out_offset:out_offset + output_size]
             source = h[row]

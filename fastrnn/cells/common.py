@@ -39,6 +39,37 @@ def add_scaled_rows(out, vector, rows, column):
 
 
 @kernel
+def add_scaled_rows_batch(out, vectors, rows):
+    """out[b] += vectors[b] @ rows for every b   (out (B, N), vectors (B, K), rows (K, N)).
+
+    add_scaled_rows for a small batch with the loops turned inside out: four weight rows are
+    applied to every batch row before the next four are read, so each weight is read from memory
+    once a step and then from L1, instead of once per batch row.
+    """
+    width = out.shape[1]
+    count = rows.shape[0]
+    batch = out.shape[0]
+    k = 0
+    while k + 4 <= count:
+        r0, r1, r2, r3 = rows[k], rows[k + 1], rows[k + 2], rows[k + 3]
+        for b in range(batch):
+            target = out[b]
+            vector = vectors[b]
+            s0, s1, s2, s3 = vector[k], vector[k + 1], vector[k + 2], vector[k + 3]
+            for j in range(width):
+                target[j] += s0 * r0[j] + s1 * r1[j] + s2 * r2[j] + s3 * r3[j]
+        k += 4
+    while k < count:
+        row = rows[k]
+        for b in range(batch):
+            target = out[b]
+            scale = vectors[b, k]
+            for j in range(width):
+                target[j] += scale * row[j]
+        k += 1
+
+
+@kernel
 def clip_range(values, start, stop, clip):
     """Bound values[start:stop] to [-clip, clip]; NaN passes through. clip <= 0 means no clip."""
     if clip > 0:
