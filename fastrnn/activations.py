@@ -15,14 +15,14 @@
 Sigmoid and Tanh are the hot path of every cell. In float64 they are the exact functions (libm's
 tanh and exp, within 2 units in the last place of numpy's). In float32 `tanh` is a rational
 approximation (odd degree-13 numerator over even degree-6 denominator, clamped at |x| = 7.9053,
-identity below |x| = 4e-4); sigmoid is derived from it as 0.5 + 0.5 * tanh(x / 2). Measured against the exact function on every float32 with |x| < 18 (the
-output is constant beyond), the absolute error is below 3e-7 for tanh (worst 2.92e-7, near
-|x| = 5.13, where the result's own float32 rounding is 3e-8) and below 1.7e-7 for sigmoid (worst
-1.69e-7); tests/test_activations.py checks both bounds on a dense grid. At that scale they are
-not monotone (near the clamp tanh steps back by up to 3.6e-7). Unlike a call to libm the
-approximation vectorises, which is what makes small-model steps fast. NaN passes through both,
-and every activation maps +-inf to its limit (NaN where the formula itself has none, such as
-Affine with alpha = 0).
+identity below |x| = 4e-4); sigmoid is derived from it as 0.5 + 0.5 * tanh(x / 2). Measured against
+the exact function on every float32 with |x| < 18 (the output is constant beyond), the absolute
+error is below 3e-7 for tanh (worst 2.92e-7, near |x| = 5.13, where the result's own float32
+rounding is 3e-8) and below 1.7e-7 for sigmoid (worst 1.69e-7); tests/test_activations.py checks
+both bounds on a dense grid. At that scale they are not monotone (near the clamp tanh steps back by
+up to 3.6e-7). Unlike a call to libm the approximation vectorises, which is what makes small-model
+steps fast. NaN passes through both, and every activation maps +-inf to its limit (NaN where the
+formula itself has none, such as Affine with alpha = 0).
 """
 
 import math
