@@ -14,23 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numba.core import config as numba_config
 
 import fastrnn
+from fastrnn.cuda import cuda_usable
 
 ROOT = Path(__file__).resolve().parent.parent
-SIMULATOR = bool(numba_config.ENABLE_CUDASIM)
-
-
-def gpu_available():
-    from numba import cuda
-    try:
-        return cuda.is_available()
-    except Exception:
-        return False
-
-
-needs_no_gpu = pytest.mark.skipif(SIMULATOR or gpu_available(),
+needs_no_gpu = pytest.mark.skipif(cuda_usable(),
                                   reason="CUDA is usable in this process: tests/cuda runs here")
 
 

@@ -10,6 +10,6 @@ Without a GPU, setting NUMBA_ENABLE_CUDASIM=1 before numba is imported runs all 
 CUDA simulator (slow, for tests); otherwise model.to("cuda") raises CudaUnavailableError.
 """
 
-from fastrnn.cuda.model import CudaModel, CudaUnavailableError, to_cuda
+from fastrnn.cuda.model import CudaModel, CudaUnavailableError, cuda_usable, to_cuda
 
-__all__ = ["CudaModel", "CudaUnavailableError", "to_cuda"]
+__all__ = ["CudaModel", "CudaUnavailableError", "cuda_usable", "to_cuda"]

@@ -40,6 +40,14 @@ def parse_device(device):
     return int(index)
 
 
+def cuda_usable():
+    """Whether numba.cuda can run kernels in this process: a GPU with its driver, or the simulator."""
+    try:
+        return bool(cuda.is_available())  # True under NUMBA_ENABLE_CUDASIM
+    except Exception:  # a broken driver install can raise instead of answering
+        return False
+
+
 def check_gpu(index):
     """Raise CudaUnavailableError unless GPU `index` can run kernels (or the simulator is on)."""
     if not cuda.is_available():

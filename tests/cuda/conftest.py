@@ -17,18 +17,10 @@ from pathlib import Path
 
 from numba.core import config as numba_config
 
+from fastrnn.cuda import cuda_usable
+
 SIMULATOR = bool(numba_config.ENABLE_CUDASIM)
-
-
-def gpu_available():
-    from numba import cuda
-    try:
-        return cuda.is_available()
-    except Exception:
-        return False
-
-
-RUN_HERE = SIMULATOR or gpu_available()
+RUN_HERE = cuda_usable()
 
 if SIMULATOR:
     sys.setswitchinterval(0.0005)
