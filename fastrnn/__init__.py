@@ -10,6 +10,7 @@ from fastrnn.state import State
 from fastrnn.weights import Config, LayerWeights
 from fastrnn.builders import from_numpy
 from fastrnn.fileformat import load
+from fastrnn.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,5 @@ def __getattr__(name):
 
 
 __all__ = ["Model", "State", "Config", "LayerWeights", "from_numpy", "from_torch", "from_onnx",
-           "load", "InferenceSession", "Stream", "StreamPool"]
+           "load", "InferenceSession", "Stream", "StreamPool", "set_num_threads",
+           "get_num_threads"]

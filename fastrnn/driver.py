@@ -17,6 +17,7 @@ import numpy as np
 from fastrnn.cells import cell_step
 from fastrnn.cells.common import add_scaled_rows, add_scaled_rows_batch
 from fastrnn.jit import kernel
+from fastrnn.threads import barrier, get_num_threads, new_sync, run_pair
 from fastrnn.weights import (STEP_B_HH, STEP_B_IH, STEP_CODES, STEP_GATE_ROWS, STEP_INPUTS,
                              STEP_PEEPHOLE, STEP_PEEPHOLE_WIDTH, STEP_PROJ_COLUMNS, STEP_PROJ_ROWS,
                              STEP_W_HH, STEP_W_IH, STEP_W_PROJ)
@@ -28,6 +29,12 @@ from fastrnn.weights import (STEP_B_HH, STEP_B_IH, STEP_CODES, STEP_GATE_ROWS, S
 # measured at H = 128 to 512). Not np.dot inside a kernel: that calls SciPy's BLAS, whose thread
 # pool then fights numpy's for the two cores and slowed steps down 20x when measured.
 BLAS_MIN_BATCH = 16
+
+# Below these a sequence runs on one core (see pair_split); measured in bench/ on two cores.
+PAIR_MIN_WEIGHT_BYTES = 32 * 1024
+PAIR_MIN_STEPS = 16
+# Rows of a sequence's input projection made together on two cores (pair_sequence_kernel).
+PROJECTION_ROWS = 8
 
 
 @kernel
@@ -51,7 +58,7 @@ def sequence_kernel(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole,
     for step in range(first_step, stop_step):
         if not recurrent_ready:  # every row's, finished ones too: they are not read
             recurrent[:] = 0.0
-            add_scaled_rows_batch(recurrent, h, w_hh_t)
+            add_scaled_rows_batch(recurrent, h, w_hh_t, 0, 0, recurrent.shape[1])
         for row in range(batch):
             length = lengths[row]
             if step >= length:
@@ -65,10 +72,73 @@ def sequence_kernel(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole,
                 destination[j] = source[j]
 
 
+@kernel
+def pair_sequence_kernel(part, cell, x, lengths, reverse, h, h_spare, c, input_weights,
+                         recurrent_weights, input_bias, recurrent_bias, w_hh_t, peephole,
+                         w_proj_t, codes, alphas, betas, clip, flag, out, out_offset, split, sync):
+    """One layer in one direction over a whole sequence, as one of two parts run at once.
+
+    Part 0 owns hidden units [0, split), part 1 [split, H) (fastrnn.threads). Each makes, from its
+    own blocks of the weights (the pairs input_weights, recurrent_weights, input_bias,
+    recurrent_bias: PackedWeights.pair_blocks), its units' input projection for every step, then
+    at each step its units' recurrent products, reading the whole previous h, and their cells;
+    then both meet at the barrier. h and h_spare take turns as the previous and the new h, so
+    that no part writes a unit the other may still be reading; the final h ends in h.
+
+    x (T, B, I): the layer input. Other arguments as sequence_kernel's, for a cell whose units are
+    independent given R h (no projection; the GRU with the reset after the product). The input
+    projection is made here rather than by numpy: BLAS threads left spinning after a numpy product
+    take the core the partner needs. Returns False if the partner failed.
+    """
+    steps, batch, inputs = x.shape
+    hidden = h.shape[1]
+    start = 0 if part == 0 else split
+    stop = split if part == 0 else hidden
+    units = stop - start
+    width = recurrent_bias[part].shape[0]  # G * units
+    dtype = h.dtype
+    # W x + b_ih of this part's gates for every step, made a few rows at a time so that the rows
+    # being summed into stay in L1 while the weights stream past.
+    flat_input = x.reshape((steps * batch, inputs))
+    projection = np.empty((steps * batch, width), dtype)
+    for r in range(steps * batch):
+        projection[r, :] = input_bias[part]
+    for first in range(0, steps * batch, PROJECTION_ROWS):
+        last = min(first + PROJECTION_ROWS, steps * batch)
+        add_scaled_rows_batch(projection[first:last], flat_input[first:last], input_weights[part],
+                              0, 0, width)
+    recurrent = np.empty((batch, width), dtype)
+    part_peephole = np.empty((3, units if peephole.shape[1] > 0 else 0), dtype)
+    if peephole.shape[1] > 0:
+        part_peephole[:, :] = peephole[:, start:stop]
+    work = np.empty(2 * units, dtype)
+    for step in range(steps):
+        previous = h if step % 2 == 0 else h_spare
+        new = h_spare if step % 2 == 0 else h
+        recurrent[:, :] = 0.0
+        add_scaled_rows_batch(recurrent, previous, recurrent_weights[part], 0, 0, width)
+        for row in range(batch):
+            length = lengths[row]
+            if step >= length:  # finished: its state carries over unchanged
+                new[row, start:stop] = previous[row, start:stop]
+                continue
+            t = length - 1 - step if reverse else step
+            cell_step(cell, projection[t * batch + row], recurrent[row],
+                      previous[row, start:stop], c[row, start:stop], w_hh_t,
+                      recurrent_bias[part], part_peephole, w_proj_t, codes, alphas, betas, clip,
+                      flag, new[row, start:stop], c[row, start:stop], work)
+            out[t, row, out_offset + start:out_offset + stop] = new[row, start:stop]
+        if not barrier(sync, part, step + 1):
+            return False
+    if steps % 2 == 1:
+        h[:, start:stop] = h_spare[:, start:stop]
+    return barrier(sync, part, steps + 1)
+
+
 def run_direction(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole, w_proj_t, codes,
                   alphas, betas, clip, flag, out, out_offset, scratch):
-    """sequence_kernel over the whole sequence: one call for small batches; for BLAS_MIN_BATCH
-    rows or more, a numpy product R h for the whole batch, then the kernel, once per step."""
+    """sequence_kernel over the whole sequence: one call for small batches; for BLAS_MIN_BATCH rows or more, a numpy product R h for the whole batch, then the
+    kernel, once per step."""
     steps, batch, gate_rows = xproj.shape
     recurrent = np.empty((batch, gate_rows), xproj.dtype)
     arguments = (cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole, w_proj_t, codes,
@@ -94,19 +164,55 @@ def run_sequence(config, packed, x, h, c, lengths):
     layer_input = x
     for layer in range(config.num_layers):
         out = np.zeros((steps, batch, directions * output_size), x.dtype)
-        # Sizes spelt out rather than -1, which numpy cannot infer for an empty batch.
-        flat_input = layer_input.reshape(steps * batch, layer_input.shape[2])
         for direction in range(directions):
             ld = layer * directions + direction
-            xproj = flat_input @ packed.w_ih_t[ld]
-            xproj += packed.b_ih[ld]
-            run_direction(config.cell, xproj.reshape(steps, batch, xproj.shape[1]), lengths,
-                          direction == 1, h[ld], c[ld], packed.w_hh_t[ld], packed.b_hh[ld],
-                          packed.peephole[ld], packed.w_proj_t[ld], packed.codes[ld],
-                          packed.alphas[ld], packed.betas[ld], config.clip, _cell_flag(config),
-                          out, direction * output_size, scratch)
+            run_layer_direction(config, packed, ld, layer_input, lengths, direction == 1, h[ld],
+                                c[ld], out, direction * output_size, scratch)
         layer_input = out
     return layer_input
+
+
+def run_layer_direction(config, packed, ld, layer_input, lengths, reverse, h, c, out, out_offset,
+                        scratch):
+    """Layer-direction ld of `packed` over a whole sequence: layer_input (T, B, I) -> columns
+    out_offset : out_offset + H_out of out (T, B, D*H_out); h (B, H_out) and c (B, H) or (B, 0)
+    in place, lengths (B,) int64. On two cores when pair_split says it pays and the partner is
+    free; else the input projection of every step as one numpy product, then run_direction.
+    """
+    steps, batch, inputs = layer_input.shape
+    split = pair_split(config, packed, steps, batch)
+    flag = _cell_flag(config)
+    if split and run_pair(pair_sequence_kernel, (
+            config.cell, np.ascontiguousarray(layer_input), lengths, reverse, h,
+            np.empty_like(h), c, *packed.pair_blocks(ld, split), packed.w_hh_t[ld],
+            packed.peephole[ld], packed.w_proj_t[ld], packed.codes[ld], packed.alphas[ld],
+            packed.betas[ld], config.clip, flag, out, out_offset, split, new_sync())):
+        return
+    # Sizes spelt out rather than -1, which numpy cannot infer for an empty batch.
+    xproj = layer_input.reshape(steps * batch, inputs) @ packed.w_ih_t[ld]
+    xproj += packed.b_ih[ld]
+    run_direction(config.cell, xproj.reshape(steps, batch, xproj.shape[1]), lengths, reverse, h,
+                  c, packed.w_hh_t[ld], packed.b_hh[ld], packed.peephole[ld], packed.w_proj_t[ld],
+                  packed.codes[ld], packed.alphas[ld], packed.betas[ld], config.clip, flag, out,
+                  out_offset, scratch)
+
+
+def pair_split(config, packed, steps, batch):
+    """Where a sequence's hidden units split between two cores, or 0 to run it on one.
+
+    Two cores pay when each step reads enough weights and the sequence is long enough to repay
+    waking the partner (tens of microseconds). Cells whose units depend on each other within a
+    step cannot split: an LSTM projection mixes every unit, and so does the GRU's reset applied
+    before its product.
+    """
+    hidden = config.hidden_size
+    if (config.proj_size or (config.kind == "gru" and not config.linear_before_reset)
+            or steps < PAIR_MIN_STEPS or batch >= BLAS_MIN_BATCH or get_num_threads() < 2
+            or packed.w_hh_t[0].nbytes < PAIR_MIN_WEIGHT_BYTES or hidden < 2):
+        return 0
+    # Each half starts on a 64-byte boundary of a gate row where the size allows.
+    line = 64 // packed.w_hh_t.itemsize
+    return max(1, min(hidden - 1, (hidden // 2 + line // 2) // line * line))
 
 
 def _cell_flag(config):

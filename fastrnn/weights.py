@@ -276,7 +276,9 @@ class PackedWeights:
         self.scratch_size = (config.num_gates + 2) * hidden
         # The streaming step's: W x (G*H) before that.
         self.step_scratch_size = config.num_gates * hidden + self.scratch_size
+        self.num_gates = config.num_gates
         self._step_tables = None
+        self._pair_blocks = {}
 
     def layer_weights(self):
         """The weights in fastrnn's layout, as LayerWeights of views into these packed arrays, so
@@ -288,6 +290,34 @@ class PackedWeights:
                              peephole=self.peephole[ld] if has_peephole else None,
                              w_proj=self.w_proj_t[ld].T if has_projection else None)
                 for ld, w_ih_t in enumerate(self.w_ih_t)]
+
+    def pair_blocks(self, ld, split):
+        """Layer-direction ld's weights as the two cores of fastrnn.threads read them.
+
+        Core 0 takes hidden units [0, split), core 1 [split, H). Returns four pairs, (core 0's,
+        core 1's): W_ih^T (I, G*U) and W_hh^T (H_out, G*U) as contiguous matrices holding the
+        core's units' columns of every gate side by side (gate-major, as a cell of U units reads
+        them), and b_ih, b_hh (G*U,) in the same order.
+
+        Built on first use and kept: a model run on two cores holds its weights twice. Each core
+        streams its own contiguous blocks from its own cache; windows of the shared layout, read
+        at a stride, were slower than one core reading it all.
+        """
+        key = (ld, split)
+        if key not in self._pair_blocks:
+            gates = self.num_gates
+            hidden = self.b_ih.shape[1] // gates
+            halves = (slice(0, split), slice(split, hidden))
+
+            def split_columns(matrix):
+                by_gate = matrix.reshape(matrix.shape[:-1] + (gates, hidden))
+                return tuple(np.ascontiguousarray(by_gate[..., half])
+                             .reshape(matrix.shape[:-1] + (-1,)) for half in halves)
+
+            self._pair_blocks[key] = (split_columns(self.w_ih_t[ld]),
+                                      split_columns(self.w_hh_t[ld]),
+                                      split_columns(self.b_ih[ld]), split_columns(self.b_hh[ld]))
+        return self._pair_blocks[key]
 
     def step_tables(self):
         """(weights, layout, activation_parameters): what driver.step_kernel reads, in three arrays.

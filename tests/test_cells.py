@@ -9,11 +9,27 @@ import numpy as np
 import pytest
 
 import fastrnn
+import fastrnn.driver
+import fastrnn.threads
 import reference
 from fastrnn import Config, LayerWeights
 from reference import cast_layers, random_layers
 
 STEPS, BATCH, INPUT, HIDDEN = 7, 3, 5, 6
+
+
+@pytest.fixture(autouse=True, params=["one_core", "two_cores"])
+def cores(request, monkeypatch):
+    """Every test here runs on one core and on two: with two, every sequence the two-core path
+    can take (fastrnn.driver.pair_split), however small, takes it (tests/test_threads.py checks
+    that it does)."""
+    if request.param == "one_core":
+        monkeypatch.setattr(fastrnn.threads, "_num_threads", 1)
+    else:
+        monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
+        monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_WEIGHT_BYTES", 0)
+        monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_STEPS", 1)
+    return request.param
 
 
 def run_both(kind, layers, x, dtype, *, lengths=None, h0=None, c0=None, **options):

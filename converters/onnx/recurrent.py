@@ -2,7 +2,7 @@
 
 Each node is translated once, when the graph is loaded, into a one-layer fastrnn Config and
 PackedWeights (the gate permutation is in this package's docstring). Every run then calls the
-engine's `run_direction` once per direction, or `step_kernel` for a one-step forward call.
+engine's `run_layer_direction` once per direction, or `step_kernel` for a one-step forward call.
 
 ONNX conventions handled here (X and Y axes for layout 0; layout 1 swaps the first two of X, Y,
 initial_h, initial_c, Y_h and Y_c):
@@ -22,7 +22,7 @@ import numpy as np
 
 from fastrnn.activations import ACTIVATION_CODES, activation_code
 from fastrnn.cells import DEFAULT_ACTIVATIONS
-from fastrnn.driver import run_direction, step_kernel
+from fastrnn.driver import run_layer_direction, step_kernel
 from fastrnn.converters.onnx.registry import register
 from fastrnn.weights import Config, LayerWeights, PackedWeights, check_layers
 
@@ -236,15 +236,9 @@ class RecurrentNode:
             kernel_lengths = lengths
         out = np.zeros((steps, batch, directions * hidden), self.dtype)
         scratch = np.empty(self.scratch_size, self.dtype)  # per call: sessions may run in threads
-        flat = x.reshape(steps * batch, self.input_size)
         for d in range(directions):
-            xproj = flat @ packed.w_ih_t[d]
-            xproj += packed.b_ih[d]
-            run_direction(self.cell, xproj.reshape(steps, batch, -1), kernel_lengths,
-                          self.reverse_flags[d], h[d], c[d], packed.w_hh_t[d], packed.b_hh[d],
-                          packed.peephole[d], packed.w_proj_t[d], packed.codes[d],
-                          packed.alphas[d], packed.betas[d], self.config.clip, self.flag, out,
-                          d * hidden, scratch)
+            run_layer_direction(self.config, packed, d, x, kernel_lengths, self.reverse_flags[d],
+                                h[d], c[d], out, d * hidden, scratch)
         if lengths is not None:
             empty = lengths == 0
             if empty.any():

@@ -1,11 +1,13 @@
 """Pieces every cell uses: the weight product, the clip, and the denormal flush."""
 
+import numpy as np
+
 from fastrnn.jit import kernel
 
 # State values smaller than this are stored as zero. A stream fed silence decays towards zero; left
 # alone its state would turn denormal after a few thousand steps and every multiply on it would cost
 # ~100x more. 1e-30 is far below any tolerance and far above float32's smallest normal (1.2e-38).
-DENORMAL_FLUSH = 1e-30
+DENORMAL_FLUSH = np.float32(1e-30)  # float32, so float32 state is compared without conversion
 
 
 @kernel
@@ -39,30 +41,34 @@ def add_scaled_rows(out, vector, rows, column):
 
 
 @kernel
-def add_scaled_rows_batch(out, vectors, rows):
-    """out[b] += vectors[b] @ rows for every b   (out (B, N), vectors (B, K), rows (K, N)).
+def add_scaled_rows_batch(out, vectors, rows, out_column, column, width):
+    """out[b, out_column:+width] += vectors[b] @ rows[:, column:+width] for every row b
+    (out (B, >= out_column + width), vectors (B, K), rows (K, >= column + width)).
 
     add_scaled_rows for a small batch with the loops turned inside out: four weight rows are
     applied to every batch row before the next four are read, so each weight is read from memory
-    once a step and then from L1, instead of once per batch row.
+    once a step and then from L1, instead of once per batch row. The column windows let each of
+    two cores make its own share of the gate columns (fastrnn.threads).
     """
-    width = out.shape[1]
     count = rows.shape[0]
     batch = out.shape[0]
     k = 0
     while k + 4 <= count:
-        r0, r1, r2, r3 = rows[k], rows[k + 1], rows[k + 2], rows[k + 3]
+        r0 = rows[k, column:column + width]
+        r1 = rows[k + 1, column:column + width]
+        r2 = rows[k + 2, column:column + width]
+        r3 = rows[k + 3, column:column + width]
         for b in range(batch):
-            target = out[b]
+            target = out[b, out_column:out_column + width]
             vector = vectors[b]
             s0, s1, s2, s3 = vector[k], vector[k + 1], vector[k + 2], vector[k + 3]
             for j in range(width):
                 target[j] += s0 * r0[j] + s1 * r1[j] + s2 * r2[j] + s3 * r3[j]
         k += 4
     while k < count:
-        row = rows[k]
+        row = rows[k, column:column + width]
         for b in range(batch):
-            target = out[b]
+            target = out[b, out_column:out_column + width]
             scale = vectors[b, k]
             for j in range(width):
                 target[j] += scale * row[j]
@@ -71,20 +77,25 @@ def add_scaled_rows_batch(out, vectors, rows):
 
 @kernel
 def clip_range(values, start, stop, clip):
-    """Bound values[start:stop] to [-clip, clip]; NaN passes through. clip <= 0 means no clip."""
+    """Bound values[start:stop] to [-clip, clip]; NaN passes through. clip <= 0 means no clip.
+
+    Every value is stored, clipped or not: a store under a condition becomes a masked store, which
+    is slow on some x86 cores.
+    """
     if clip > 0:
         window = values[start:stop]
         for j in range(window.shape[0]):
             v = window[j]
-            if v > clip:
-                window[j] = clip
-            elif v < -clip:
-                window[j] = -clip
+            window[j] = clip if v > clip else (-clip if v < -clip else v)
 
 
 @kernel
 def flush_tiny(values):
-    """Store tiny state values as exact zero (see DENORMAL_FLUSH)."""
+    """Store tiny state values as exact zero (see DENORMAL_FLUSH).
+
+    A multiply by the comparison (0 or 1) rather than a store under a condition, which vectorises
+    into masked stores that are slow on some x86 cores (6x slower here). NaN and inf pass through.
+    """
     for j in range(values.shape[0]):
-        if abs(values[j]) < DENORMAL_FLUSH:
-            values[j] = 0.0 * values[j]
+        v = values[j]
+        values[j] = v * (abs(v) >= DENORMAL_FLUSH)

@@ -1,0 +1,201 @@
+"""Two cores on one recurrence: a partner thread, and the barrier its kernels meet at.
+
+A recurrence is sequential in time, so a second core can only help inside each step: the step's
+hidden units are split in two, each core makes the weight products and the cells of its half, and
+both wait at a barrier before the next step reads the whole new state. Two cores then read half the
+weights each, from their own caches, which is what a batch-1 step is bound by.
+
+The partner is one daemon thread per process, started on first use. `run_pair(kernel, args)` hands
+it `kernel(1, *args)` and runs `kernel(0, *args)` itself; the kernels release the GIL, so the two
+run at once, and meet at `barrier` after every step: a counter per side in a shared int64 array,
+written and read with atomic release/acquire operations (Numba has none on the CPU, so they are
+LLVM intrinsics here). Only one pair job runs at a time: a caller that finds the partner busy, or
+a process limited to one core or to one thread (`set_num_threads(1)`), runs the single-core kernel.
+"""
+
+import os
+import platform
+import queue
+import threading
+
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from fastrnn.jit import kernel
+
+# Slots of the sync array, 16 int64 (128 bytes, two cache lines) apart so that the two sides'
+# counters never share a line (a shared line would bounce between the cores at every write).
+SYNC_STRIDE = 16
+SYNC_ABORT = 2 * SYNC_STRIDE
+SYNC_SIZE = 3 * SYNC_STRIDE
+# Spins between calls to sched_yield while waiting: long enough that a running partner is met
+# without a system call, short enough that on an oversubscribed machine the wait gives way.
+SPINS_BEFORE_YIELD = 4096
+
+
+@intrinsic
+def atomic_load(typingctx, array, index):
+    """array[index] read with acquire ordering (an int64 array), so the write it pairs with, and
+    everything before that write on the other core, is seen."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]])
+        return builder.load_atomic(pointer, ordering="acquire", align=8)
+    return types.int64(array, index), codegen
+
+
+@intrinsic
+def atomic_store(typingctx, array, index, value):
+    """array[index] = value with release ordering: every write before it is seen first."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]])
+        stored = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(stored, pointer, ordering="release", align=8)
+        return context.get_dummy_value()
+    return types.void(array, index, value), codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+@intrinsic
+def spin_pause(typingctx):
+    """The CPU's spin-wait hint (x86 `pause`), nothing elsewhere."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            pause = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+            builder.call(pause, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def yield_core(typingctx):
+    """sched_yield(): let another thread have this core (a no-op where there is none)."""
+    def codegen(context, builder, signature, args):
+        if os.name == "posix":
+            function_type = ir.FunctionType(ir.IntType(32), [])
+            function = cgutils.get_or_insert_function(builder.module, function_type,
+                                                      "sched_yield")
+            builder.call(function, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@kernel
+def barrier(sync, part, generation):
+    """Wait until both sides have reached `generation` (1, 2, ...); False if the partner gave up.
+
+    Each side publishes its generation, then waits for the other's: writes a side made before its
+    call are seen by the other side after the call returns.
+    """
+    atomic_store(sync, part * SYNC_STRIDE, generation)
+    other = (1 - part) * SYNC_STRIDE
+    spins = 0
+    while atomic_load(sync, other) < generation:
+        if atomic_load(sync, SYNC_ABORT) != 0:
+            return False
+        spin_pause()
+        spins += 1
+        if spins == SPINS_BEFORE_YIELD:
+            spins = 0
+            yield_core()
+    return True
+
+
+def _available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_num_threads = 2 if _available_cores() >= 2 else 1
+if os.environ.get("FASTRNN_NUM_THREADS", "").strip():
+    _num_threads = 1 if int(os.environ["FASTRNN_NUM_THREADS"]) <= 1 else 2
+
+
+def set_num_threads(count):
+    """How many cores one recurrence may use: 1, or 2 (the default where two are available).
+
+    Also read at import from the environment variable FASTRNN_NUM_THREADS.
+    """
+    global _num_threads
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"the thread count must be a positive integer, got {count!r}")
+    _num_threads = 1 if count == 1 else 2
+
+
+def get_num_threads():
+    """The count set_num_threads set: 1 or 2."""
+    return _num_threads
+
+
+class _Partner:
+    """The partner thread: runs `kernel(1, *args)` for each job put in its queue."""
+
+    def __init__(self):
+        self.lock = threading.Lock()  # held by the caller for the whole of a pair job
+        self.jobs = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="fastrnn-partner", daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            kernel_function, args, sync, failures = self.jobs.get()
+            try:
+                kernel_function(1, *args)
+            except BaseException as error:  # noqa: BLE001 -- reported by the caller
+                failures.append(error)
+                sync[SYNC_ABORT] = 1
+
+
+_partner = None
+_partner_lock = threading.Lock()
+
+
+def _get_partner():
+    global _partner
+    with _partner_lock:
+        if _partner is None:
+            _partner = _Partner()
+        return _partner
+
+
+def run_pair(kernel_function, args):
+    """kernel(0, *args) here and kernel(1, *args) on the partner thread, at once.
+
+    The kernel's last argument must be a fresh zeroed int64 sync array of SYNC_SIZE. Returns False
+    without running anything when the pair is not available now (one thread set, or the partner
+    busy with another caller's job): the caller runs its single-core path instead.
+    """
+    if _num_threads < 2:
+        return False
+    partner = _get_partner()
+    if not partner.lock.acquire(blocking=False):
+        return False
+    sync = args[-1]
+    failures = []
+    try:
+        partner.jobs.put((kernel_function, args, sync, failures))
+        try:
+            completed = kernel_function(0, *args)
+        except BaseException:
+            sync[SYNC_ABORT] = 1  # lets the partner's part out of its barrier
+            raise
+        if not completed:  # only the partner sets the abort slot, after recording why
+            raise RuntimeError("fastrnn's partner thread failed") from failures[0]
+    finally:
+        partner.lock.release()
+    return True
+
+
+def new_sync():
+    """A zeroed sync array for one pair job."""
+    return np.zeros(SYNC_SIZE, np.int64)
