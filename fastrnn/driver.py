@@ -17,10 +17,14 @@ import numpy as np
 from fastrnn.cells import cell_step
 from fastrnn.cells.common import add_scaled_rows, add_scaled_rows_batch
 from fastrnn.jit import kernel
-from fastrnn.threads import barrier, get_num_threads, new_sync, run_pair
-from fastrnn.weights import (STEP_B_HH, STEP_B_IH, STEP_CODES, STEP_GATE_ROWS, STEP_INPUTS,
-                             STEP_PEEPHOLE, STEP_PEEPHOLE_WIDTH, STEP_PROJ_COLUMNS, STEP_PROJ_ROWS,
-                             STEP_W_HH, STEP_W_IH, STEP_W_PROJ)
+from fastrnn.threads import (CLOSED, SYNC_CHANNEL, atomic_load, barrier, compare_exchange,
+                             cycle_counter, fetch_rows, get_num_threads, new_sync, run_pair,
+                             spin_pause)
+from fastrnn.weights import (PAIR_B_HH, PAIR_B_IH, PAIR_CODES, PAIR_FIRST_UNIT, PAIR_INPUTS,
+                             PAIR_PEEPHOLE, PAIR_PEEPHOLE_WIDTH, PAIR_STATE_WIDTH, PAIR_UNITS,
+                             PAIR_W_HH, PAIR_W_IH, PAIR_WIDTH, STEP_B_HH, STEP_B_IH, STEP_CODES,
+                             STEP_GATE_ROWS, STEP_INPUTS, STEP_PEEPHOLE, STEP_PEEPHOLE_WIDTH,
+                             STEP_PROJ_COLUMNS, STEP_PROJ_ROWS, STEP_W_HH, STEP_W_IH, STEP_W_PROJ)
 
 
 # From this many rows on, the products of a step are BLAS matrix products for the whole batch,
@@ -33,6 +37,7 @@ BLAS_MIN_BATCH = 16
 # Below these a sequence runs on one core (see pair_split); measured in bench/ on two cores.
 PAIR_MIN_WEIGHT_BYTES = 32 * 1024
 PAIR_MIN_STEPS = 16
+STREAM_PAIR_MIN_WEIGHT_BYTES = 128 * 1024
 # Rows of a sequence's input projection made together on two cores (pair_sequence_kernel).
 PROJECTION_ROWS = 8
 
@@ -135,6 +140,145 @@ def pair_sequence_kernel(part, cell, x, lengths, reverse, h, h_spare, c, input_w
     return barrier(sync, part, steps + 1)
 
 
+# What pair_step tells its caller.
+PAIR_DONE, PAIR_CLOSED, PAIR_FAILED = 0, 1, 2
+
+
+@kernel
+def pair_step(part, cell, x, clip, flag, pair_weights, pair_layout, activation_parameters, h, c,
+              work, y, sync, request):
+    """One timestep of a unidirectional stack for every row of a Stream, as one of two parts.
+
+    Part 0 (the caller) copies x into the work space, asks the step server on the partner thread
+    (pair_step_server, which runs part 1) for step number `request`, does its half and writes y;
+    it returns PAIR_CLOSED, having changed nothing, if the server has closed its channel, and
+    PAIR_FAILED if the partner failed. Each part makes, for each layer, its units' gates from its
+    own weight blocks (pair_weights/pair_layout: PackedWeights.pair_tables) and their cells,
+    writing its units of the new h aside; the parts meet at a barrier after every layer, whose
+    input is the whole new h of the layer below, and once more after copying the new h into h.
+
+    x (B, I), y (B, H), h (L, B, H), c (L, B, H) or (L, B, 0): the Stream's table.
+    activation_parameters (L, 6): PackedWeights.step_tables()'s. work: pair_work_size(...) of the
+    dtype, laid out as pair_work_views says. Few arguments: each costs ~70 ns a call.
+    """
+    layers, batch = h.shape[0], h.shape[1]
+    x_shared, h_new, scratch = pair_work_views(work, pair_layout, h, x.shape[1], part)
+    if part == 0:
+        copy_rows(x_shared, x)
+        if not compare_exchange(sync, SYNC_CHANNEL, request - 1, request):
+            return PAIR_CLOSED
+    generation = (request - 1) * (layers + 1)
+    nothing = pair_weights[:0].reshape((0, 0))  # for the cell's unused matrix arguments
+    start = 0
+    for layer in range(layers):
+        table = pair_layout[layer, part]
+        inputs, units, width = table[PAIR_INPUTS], table[PAIR_UNITS], table[PAIR_WIDTH]
+        rows = table[PAIR_STATE_WIDTH]
+        start = table[PAIR_FIRST_UNIT]
+        stop = start + units
+        w_ih = pair_weights[table[PAIR_W_IH]:table[PAIR_W_IH] + inputs * width].reshape(
+            (inputs, width))
+        w_hh = pair_weights[table[PAIR_W_HH]:table[PAIR_W_HH] + rows * width].reshape(
+            (rows, width))
+        b_ih = pair_weights[table[PAIR_B_IH]:table[PAIR_B_IH] + width]
+        b_hh = pair_weights[table[PAIR_B_HH]:table[PAIR_B_HH] + width]
+        peephole_width = table[PAIR_PEEPHOLE_WIDTH]
+        peephole = pair_weights[table[PAIR_PEEPHOLE]:table[PAIR_PEEPHOLE]
+                                + 3 * peephole_width].reshape((3, peephole_width))
+        codes = table[PAIR_CODES:PAIR_CODES + 3]
+        alphas, betas = activation_parameters[layer, :3], activation_parameters[layer, 3:]
+        gates = scratch[:batch * width].reshape((batch, width))
+        recurrent = scratch[batch * width:2 * batch * width].reshape((batch, width))
+        cell_work = scratch[2 * batch * width:2 * batch * width + 2 * units]
+        below = x_shared if layer == 0 else h_new[layer - 1]
+        fetch_rows(below)  # both were written by the other core too
+        fetch_rows(h[layer])
+        for row in range(batch):
+            row_gates, row_recurrent = gates[row], recurrent[row]
+            for j in range(width):
+                row_gates[j] = b_ih[j]
+                row_recurrent[j] = 0.0
+        add_scaled_rows_batch(gates, below, w_ih, 0, 0, width)
+        add_scaled_rows_batch(recurrent, h[layer], w_hh, 0, 0, width)
+        for row in range(batch):
+            cell_step(cell, gates[row], recurrent[row], h[layer, row, start:stop],
+                      c[layer, row, start:stop], nothing, b_hh, peephole, nothing, codes, alphas,
+                      betas, clip, flag, h_new[layer, row, start:stop], c[layer, row, start:stop],
+                      cell_work)
+        if not barrier(sync, part, generation + layer + 1):
+            return PAIR_FAILED
+    stop = start + pair_layout[0, part, PAIR_UNITS]  # the same units in every layer
+    for layer in range(layers):
+        for row in range(batch):
+            copy_rows(h[layer, row:row + 1, start:stop], h_new[layer, row:row + 1, start:stop])
+    if not barrier(sync, part, generation + layers + 1):
+        return PAIR_FAILED
+    if part == 0:
+        copy_rows(y, h[layers - 1])
+    return PAIR_DONE
+
+
+def pair_work_size(pair_layout, h_shape, input_size):
+    """Elements of pair_step's work space for a state table of h_shape (L, B, H)."""
+    layers, batch, hidden = h_shape
+    size = batch * input_size + layers * batch * hidden
+    for part in range(2):
+        size += 2 * batch * int(pair_layout[0, part, PAIR_WIDTH]) \
+            + 2 * int(pair_layout[0, part, PAIR_UNITS])
+    return size
+
+
+@kernel
+def pair_work_views(work, pair_layout, h, input_size, part):
+    """pair_step's work space as (x_shared (B, I), h_new (L, B, H), this part's scratch): x, the
+    new h made aside, then part 0's and part 1's gates (B, G*U), R h (B, G*U) and cell work (2U)."""
+    layers, batch, hidden = h.shape
+    x_size, h_size = batch * input_size, layers * batch * hidden
+    x_shared = work[:x_size].reshape((batch, input_size))
+    h_new = work[x_size:x_size + h_size].reshape((layers, batch, hidden))
+    start = x_size + h_size
+    for before in range(part):
+        start += 2 * batch * pair_layout[0, before, PAIR_WIDTH] \
+            + 2 * pair_layout[0, before, PAIR_UNITS]
+    size = 2 * batch * pair_layout[0, part, PAIR_WIDTH] + 2 * pair_layout[0, part, PAIR_UNITS]
+    return x_shared, h_new, work[start:start + size]
+
+
+@kernel
+def pair_step_server(part, cell, x, clip, flag, pair_weights, pair_layout, activation_parameters,
+                     h, c, work, idle_cycles, sync):
+    """The partner's side of pair_step: serve steps as the caller asks for them, until none has
+    been asked for in `idle_cycles` CPU cycles or the caller closes the channel. The wait is a
+    spin, so that a step asked for is started within a fraction of a microsecond. x is only
+    looked at for its shape (the step's input is in the work space)."""
+    served = 0
+    idle_since = cycle_counter()
+    while True:
+        requested = atomic_load(sync, SYNC_CHANNEL)
+        if requested == CLOSED:
+            return True
+        if requested > served:
+            served += 1
+            if pair_step(part, cell, x, clip, flag, pair_weights, pair_layout,
+                         activation_parameters, h, c, work, x, sync, served) != PAIR_DONE:
+                return False
+            idle_since = cycle_counter()
+        elif cycle_counter() - idle_since > idle_cycles:
+            if compare_exchange(sync, SYNC_CHANNEL, served, CLOSED):
+                return True
+        else:
+            spin_pause()
+
+
+@kernel
+def copy_rows(destination, source):
+    """destination[:, :] = source, as plain loops (Numba's slice assignment costs more per call)."""
+    for row in range(source.shape[0]):
+        target, values = destination[row], source[row]
+        for j in range(values.shape[0]):
+            target[j] = values[j]
+
+
 def run_direction(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole, w_proj_t, codes,
                   alphas, betas, clip, flag, out, out_offset, scratch):
     """sequence_kernel over the whole sequence: one call for small batches; for BLAS_MIN_BATCH rows or more, a numpy product R h for the whole batch, then the
@@ -213,6 +357,15 @@ def pair_split(config, packed, steps, batch):
     # Each half starts on a 64-byte boundary of a gate row where the size allows.
     line = 64 // packed.w_hh_t.itemsize
     return max(1, min(hidden - 1, (hidden // 2 + line // 2) // line * line))
+
+
+def stream_pair_split(config, packed, batch):
+    """pair_split for a Stream's steps (pair_step): 0 unless each step reads at least
+    STREAM_PAIR_MIN_WEIGHT_BYTES of weights, enough to repay handing half of it to the partner."""
+    step_bytes = sum(w.nbytes for w in packed.w_ih_t) + packed.w_hh_t.nbytes
+    if step_bytes < STREAM_PAIR_MIN_WEIGHT_BYTES:
+        return 0
+    return pair_split(config, packed, PAIR_MIN_STEPS, batch)
 
 
 def _cell_flag(config):

@@ -22,16 +22,21 @@ format: a session can move between them.
 import hashlib
 import json
 import struct
+import time
 import weakref
 import zlib
 
 import numba
 import numpy as np
 
-from fastrnn.driver import BLAS_MIN_BATCH, batched_step, run_sequence, step_kernel
+from fastrnn.driver import (BLAS_MIN_BATCH, PAIR_DONE, PAIR_FAILED, batched_step, pair_step,
+                            pair_step_server, pair_work_size, run_sequence, step_kernel,
+                            stream_pair_split)
 from fastrnn.jit import kernel
 from fastrnn.model import Model
 from fastrnn.state import State
+from fastrnn.threads import (CLOSED, SYNC_CHANNEL, close_server, cycles_per_second, new_sync,
+                             start_server, wait_until_free)
 from fastrnn.validation import as_float_array, check_shape
 
 # -- snapshot format --------------------------------------------------------------------------
@@ -218,13 +223,9 @@ class _StateTable:
         cache, now rather than at the first step, and touches no state.
         """
         input_size, output_size = model.config.input_size, model.config.output_size
-        args = (self.cell, np.zeros((0, input_size), model.dtype), np.zeros(0, np.int64),
-                *self.middle, np.zeros((0, output_size), model.dtype), *tail)
-        step_kernel(*args)
-        try:
-            return step_kernel.overloads[tuple(numba.typeof(arg) for arg in args)].entry_point
-        except (KeyError, AttributeError):  # a Numba without these internals: the dispatcher
-            return step_kernel
+        return _entry_point(step_kernel, (
+            self.cell, np.zeros((0, input_size), model.dtype), np.zeros(0, np.int64),
+            *self.middle, np.zeros((0, output_size), model.dtype), *tail))
 
 
 def _check_out(out, shape, dtype):
@@ -241,6 +242,88 @@ def _check_out(out, shape, dtype):
 def _aligned(array):
     """`array`, copied when its data is not aligned to its itemsize (the kernels assume it is)."""
     return array if array.flags.aligned else array.copy()
+
+
+class _PairSteps:
+    """A Stream's steps on two cores (fastrnn.driver.pair_step), for models and batches where
+    fastrnn.driver.pair_split says two cores pay.
+
+    The partner thread serves this stream's steps (pair_step_server) while they come at least
+    every IDLE_SECONDS; it is asked for the next step through a compare-and-swap on a shared slot,
+    which costs far less than waking a thread. When the steps stop it closes its channel and is
+    free again; the next step then runs on one core, and the one after, if it follows within
+    IDLE_SECONDS, starts the server again. So a stream stepped in bursts spins the second core
+    for at most IDLE_SECONDS after each burst, and a stream stepped rarely never wakes it.
+    """
+
+    IDLE_SECONDS = 0.001
+
+    def __init__(self, model, table, split):
+        config, packed = model.config, model._packed
+        dtype = model.dtype
+        batch = table.h.shape[1]
+        pair_weights, pair_layout = packed.pair_tables(split)
+        _, _, activation_parameters, clip, flag = table.weights
+        self.work = np.empty(pair_work_size(pair_layout, table.h.shape, config.input_size), dtype)
+        self.after_x = (clip, flag, pair_weights, pair_layout, activation_parameters, table.h,
+                        table.c, self.work)
+        self.cell = table.cell
+        self.x_template = np.zeros((batch, config.input_size), dtype)
+        self.sync = None       # the open server's, or None
+        self.requested = 0     # steps asked of it
+        self.failures = None
+        self.last_step = -1.0
+        # Compile (or load from the cache) both kernels now, on a closed channel: nothing runs.
+        closed = new_sync()
+        closed[SYNC_CHANNEL] = CLOSED
+        y = np.zeros((batch, config.output_size), dtype)
+        pair_step_server(1, self.cell, self.x_template, *self.after_x, 0, closed)
+        self.kernel = _entry_point(pair_step, (0, self.cell, self.x_template, *self.after_x, y,
+                                               closed, 1))
+
+    def step(self, x, y):
+        """Advance one step on two cores if the server is open; False (nothing done) if not."""
+        if self.sync is not None:
+            self.requested += 1
+            status = self.kernel(0, self.cell, x, *self.after_x, y, self.sync, self.requested)
+            if status == PAIR_DONE:
+                return True
+            self.sync = None
+            if status == PAIR_FAILED:
+                raise RuntimeError("fastrnn's partner thread failed") from (
+                    self.failures[0] if self.failures else None)
+            self.last_step = time.perf_counter()  # it closed: the steps had paused
+            return False
+        now = time.perf_counter()
+        if now - self.last_step < self.IDLE_SECONDS:
+            self._start()
+        self.last_step = now
+        return False
+
+    def _start(self):
+        sync = new_sync()
+        idle_cycles = int(self.IDLE_SECONDS * cycles_per_second())
+        failures = start_server(pair_step_server, (self.cell, self.x_template, *self.after_x,
+                                                   idle_cycles, sync))
+        if failures is not None:
+            self.sync, self.requested, self.failures = sync, 0, failures
+
+    def close(self):
+        """Let the partner go now (before a chunk, which wants it for itself)."""
+        if self.sync is not None:
+            close_server(self.sync, self.requested)
+            self.sync = None
+            wait_until_free()
+
+
+def _entry_point(kernel_function, args):
+    """kernel_function's compiled entry point for these arguments' types, compiled now by calling
+    it with them (see _StateTable._compiled), or the dispatcher where Numba lacks these internals."""
+    kernel_function(*args)
+    try:
+        return kernel_function.overloads[tuple(numba.typeof(arg) for arg in args)].entry_point
+    except (KeyError, AttributeError):
+        return kernel_function
 
 
 # -- Stream -----------------------------------------------------------------------------------
@@ -279,6 +362,8 @@ class Stream:
             self._kernel, self._tail = self._table.kernel, self._table.tail
         else:
             self._kernel, self._tail = self._table.batched_kernel, self._table.batched_tail
+        split = stream_pair_split(model.config, model._packed, self.batch)
+        self._pair = _PairSteps(model, self._table, split) if split else None
 
     def __repr__(self):
         return f"fastrnn.Stream({self.model!r}, batch={self.batch})"
@@ -300,6 +385,8 @@ class Stream:
         elif not (type(out) is np.ndarray and out.dtype is self._dtype
                   and out.shape == self._y_shape and out.flags.carray):
             out = _check_out(out, self._y_shape, self._dtype)
+        if self._pair is not None and self._pair.step(x, out):
+            return out
         self._kernel(self._cell, x, *self._middle, out, *self._tail)
         return out
 
@@ -333,6 +420,8 @@ class Stream:
         if steps == 0:
             ys = np.zeros((0, self.batch, config.output_size), self._dtype)
         else:
+            if self._pair is not None:
+                self._pair.close()
             lengths = np.full(self.batch, steps, np.int64)
             ys = run_sequence(config, self.model._packed, np.ascontiguousarray(xs),
                               self._table.h, self._table.c, lengths)

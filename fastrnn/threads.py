@@ -17,6 +17,7 @@ import os
 import platform
 import queue
 import threading
+import time
 
 import numpy as np
 from llvmlite import ir
@@ -29,7 +30,10 @@ from fastrnn.jit import kernel
 # counters never share a line (a shared line would bounce between the cores at every write).
 SYNC_STRIDE = 16
 SYNC_ABORT = 2 * SYNC_STRIDE
-SYNC_SIZE = 3 * SYNC_STRIDE
+# A stream's step server (start_server): how many steps the caller has asked of it, or CLOSED.
+SYNC_CHANNEL = 3 * SYNC_STRIDE
+SYNC_SIZE = 4 * SYNC_STRIDE
+CLOSED = -1
 # Spins between calls to sched_yield while waiting: long enough that a running partner is met
 # without a system call, short enough that on an oversubscribed machine the wait gives way.
 SPINS_BEFORE_YIELD = 4096
@@ -58,6 +62,59 @@ def atomic_store(typingctx, array, index, value):
         builder.store_atomic(stored, pointer, ordering="release", align=8)
         return context.get_dummy_value()
     return types.void(array, index, value), codegen
+
+
+@intrinsic
+def compare_exchange(typingctx, array, index, expected, value):
+    """If array[index] == expected, set it to value and return True; else False. One atomic,
+    sequentially consistent step, so two threads racing to change the slot cannot both win."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]])
+        old = context.cast(builder, args[2], signature.args[2], types.int64)
+        new = context.cast(builder, args[3], signature.args[3], types.int64)
+        result = builder.cmpxchg(pointer, old, new, "seq_cst", "seq_cst")
+        return builder.extract_value(result, 1)
+    return types.boolean(array, index, expected, value), codegen
+
+
+@intrinsic
+def cycle_counter(typingctx):
+    """The CPU's cycle counter (x86 rdtsc): a cheap clock for spin limits."""
+    def codegen(context, builder, signature, args):
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(64), []), "llvm.readcyclecounter")
+        return builder.call(function, [])
+    return types.int64(), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Start loading the cache line of array[index] (1-D, C-contiguous) without waiting for it."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]])
+        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()] +
+                                            [ir.IntType(32)] * 3), "llvm.prefetch.p0i8")
+        # read, keep in all cache levels, data cache
+        builder.call(function, [byte_pointer, ir.Constant(ir.IntType(32), 0),
+                                ir.Constant(ir.IntType(32), 3), ir.Constant(ir.IntType(32), 1)])
+        return context.get_dummy_value()
+    return types.void(array, index), codegen
+
+
+@kernel
+def fetch_rows(rows):
+    """Prefetch every cache line of a 2-D C-contiguous array: the rows another core has just
+    written arrive together, instead of one stall per line as a loop reaches them."""
+    flat = rows.reshape(rows.size)
+    step = max(1, 64 // flat.itemsize)
+    for index in range(0, flat.shape[0], step):
+        prefetch(flat, index)
 
 
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
@@ -138,7 +195,8 @@ def get_num_threads():
 
 
 class _Partner:
-    """The partner thread: runs `kernel(1, *args)` for each job put in its queue."""
+    """The partner thread: runs `kernel(1, *args)` for each job put in its queue; releases the
+    lock after a job that asks it to (a stream's step server, whose caller does not wait)."""
 
     def __init__(self):
         self.lock = threading.Lock()  # held by the caller for the whole of a pair job
@@ -148,12 +206,15 @@ class _Partner:
 
     def _serve(self):
         while True:
-            kernel_function, args, sync, failures = self.jobs.get()
+            kernel_function, args, sync, failures, release = self.jobs.get()
             try:
                 kernel_function(1, *args)
             except BaseException as error:  # noqa: BLE001 -- reported by the caller
                 failures.append(error)
                 sync[SYNC_ABORT] = 1
+            finally:
+                if release:
+                    self.lock.release()
 
 
 _partner = None
@@ -183,7 +244,7 @@ def run_pair(kernel_function, args):
     sync = args[-1]
     failures = []
     try:
-        partner.jobs.put((kernel_function, args, sync, failures))
+        partner.jobs.put((kernel_function, args, sync, failures, False))
         try:
             completed = kernel_function(0, *args)
         except BaseException:
@@ -194,6 +255,69 @@ def run_pair(kernel_function, args):
     finally:
         partner.lock.release()
     return True
+
+
+def start_server(server_kernel, args):
+    """Have the partner run server_kernel(1, *args) until the server closes its channel, and
+    return its failures list (empty while all is well), or None when the partner is not available
+    now (one thread set, or busy).
+
+    A step server (fastrnn.driver.pair_step_server) waits at the channel slot of its sync array
+    (the last argument, fresh from new_sync) for steps that the caller asks for with
+    compare_exchange, and closes the channel when it has waited long enough for none.
+    The partner is the server's until then.
+    """
+    if _num_threads < 2:
+        return None
+    partner = _get_partner()
+    if not partner.lock.acquire(blocking=False):
+        return None
+    failures = []
+    partner.jobs.put((server_kernel, args, args[-1], failures, True))
+    return failures
+
+
+def close_server(sync, requested):
+    """Close a step server's channel from the caller's side, once its `requested` steps are done.
+
+    Returns True if this call closed it (False: the server had closed it already). Either way the
+    server leaves at its next look at the channel; the partner is free a moment later.
+    """
+    return _close_channel(sync, requested)
+
+
+@kernel
+def _close_channel(sync, requested):
+    return compare_exchange(sync, SYNC_CHANNEL, requested, CLOSED)
+
+
+@kernel
+def _read_cycle_counter():
+    return cycle_counter()
+
+
+_cycles_per_second = None
+
+
+def cycles_per_second():
+    """The rate of cycle_counter, measured once (over about 2 ms) on first use."""
+    global _cycles_per_second
+    if _cycles_per_second is None:
+        _read_cycle_counter()  # compiled before timing
+        start_time, start_cycles = time.perf_counter(), _read_cycle_counter()
+        while time.perf_counter() - start_time < 0.002:
+            pass
+        elapsed, cycles = time.perf_counter() - start_time, _read_cycle_counter() - start_cycles
+        _cycles_per_second = max(cycles / elapsed, 1e6)  # a counter that does not count: 1 MHz
+    return _cycles_per_second
+
+
+def wait_until_free():
+    """Wait (up to 50 ms) until the partner has no job: after close_server, so that the caller's
+    next sequence can have it."""
+    partner = _get_partner()
+    if partner.lock.acquire(timeout=0.05):
+        partner.lock.release()
 
 
 def new_sync():

@@ -278,7 +278,7 @@ class PackedWeights:
         self.step_scratch_size = config.num_gates * hidden + self.scratch_size
         self.num_gates = config.num_gates
         self._step_tables = None
-        self._pair_blocks = {}
+        self._pair_tables = {}
 
     def layer_weights(self):
         """The weights in fastrnn's layout, as LayerWeights of views into these packed arrays, so
@@ -291,33 +291,63 @@ class PackedWeights:
                              w_proj=self.w_proj_t[ld].T if has_projection else None)
                 for ld, w_ih_t in enumerate(self.w_ih_t)]
 
-    def pair_blocks(self, ld, split):
-        """Layer-direction ld's weights as the two cores of fastrnn.threads read them.
+    def pair_tables(self, split):
+        """Every layer-direction's weights as the two cores of fastrnn.threads read them.
 
-        Core 0 takes hidden units [0, split), core 1 [split, H). Returns four pairs, (core 0's,
-        core 1's): W_ih^T (I, G*U) and W_hh^T (H_out, G*U) as contiguous matrices holding the
-        core's units' columns of every gate side by side (gate-major, as a cell of U units reads
-        them), and b_ih, b_hh (G*U,) in the same order.
+        Core 0 takes hidden units [0, split), core 1 [split, H). Returns (flat, layout): flat
+        holds each core's blocks of every layer-direction, core 0's then core 1's, each block
+        starting on a 64-byte boundary; layout (L*D, 2, PAIR_COLUMNS) int64 says where they start
+        and their sizes (see the PAIR_* column names), and holds the activation codes. A core's
+        blocks: W_ih^T (I, G*U) and W_hh^T (H, G*U) holding its units' columns of every gate side by
+        side (gate-major, as a cell of U units reads them), b_ih and b_hh (G*U,) in the same
+        order, and its units' peepholes (3, U) (or (3, 0)).
 
         Built on first use and kept: a model run on two cores holds its weights twice. Each core
         streams its own contiguous blocks from its own cache; windows of the shared layout, read
         at a stride, were slower than one core reading it all.
         """
-        key = (ld, split)
-        if key not in self._pair_blocks:
+        if split not in self._pair_tables:
             gates = self.num_gates
             hidden = self.b_ih.shape[1] // gates
+            has_peephole = self.peephole.shape[2] > 0
             halves = (slice(0, split), slice(split, hidden))
+            blocks, layout, start = [], [[None, None] for _ in self.w_ih_t], 0
+            for part, half in enumerate(halves):
+                units = half.stop - half.start
+                for ld, w_ih_t in enumerate(self.w_ih_t):
+                    parts = [w_ih_t.reshape(-1, gates, hidden)[:, :, half],
+                             self.w_hh_t[ld].reshape(-1, gates, hidden)[:, :, half],
+                             self.b_ih[ld].reshape(gates, hidden)[:, half],
+                             self.b_hh[ld].reshape(gates, hidden)[:, half],
+                             self.peephole[ld][:, half] if has_peephole else
+                             np.zeros((3, 0), self.b_ih.dtype)]
+                    row = []
+                    for block in parts:
+                        row.append(start)
+                        blocks.append((start, block))
+                        start += -(-block.size // _ALIGN) * _ALIGN
+                    row += [w_ih_t.shape[0], half.start, units, units if has_peephole else 0,
+                            self.w_hh_t.shape[1], gates * units, *self.codes[ld]]
+                    layout[ld][part] = row
+            flat = _aligned_zeros(start, self.b_ih.dtype)
+            for block_start, block in blocks:
+                flat[block_start:block_start + block.size] = block.ravel()
+            self._pair_tables[split] = (flat, np.array(layout, np.int64))
+        return self._pair_tables[split]
 
-            def split_columns(matrix):
-                by_gate = matrix.reshape(matrix.shape[:-1] + (gates, hidden))
-                return tuple(np.ascontiguousarray(by_gate[..., half])
-                             .reshape(matrix.shape[:-1] + (-1,)) for half in halves)
-
-            self._pair_blocks[key] = (split_columns(self.w_ih_t[ld]),
-                                      split_columns(self.w_hh_t[ld]),
-                                      split_columns(self.b_ih[ld]), split_columns(self.b_hh[ld]))
-        return self._pair_blocks[key]
+    def pair_blocks(self, ld, split):
+        """Layer-direction ld's blocks of pair_tables(split), as four pairs (core 0's, core 1's):
+        W_ih^T (I, G*U), W_hh^T (H, G*U), b_ih (G*U,), b_hh (G*U,); views, not copies."""
+        flat, layout = self.pair_tables(split)
+        pairs = ([], [], [], [])
+        for part in range(2):
+            table = layout[ld, part]
+            inputs, rows, width = table[PAIR_INPUTS], table[PAIR_STATE_WIDTH], table[PAIR_WIDTH]
+            pairs[0].append(flat[table[PAIR_W_IH]:][:inputs * width].reshape(inputs, width))
+            pairs[1].append(flat[table[PAIR_W_HH]:][:rows * width].reshape(rows, width))
+            pairs[2].append(flat[table[PAIR_B_IH]:][:width])
+            pairs[3].append(flat[table[PAIR_B_HH]:][:width])
+        return tuple(tuple(pair) for pair in pairs)
 
     def step_tables(self):
         """(weights, layout, activation_parameters): what driver.step_kernel reads, in three arrays.
@@ -350,3 +380,20 @@ class PackedWeights:
 # Columns of PackedWeights.step_tables()'s layout.
 (STEP_W_IH, STEP_W_HH, STEP_B_IH, STEP_B_HH, STEP_PEEPHOLE, STEP_W_PROJ, STEP_INPUTS,
  STEP_GATE_ROWS, STEP_PEEPHOLE_WIDTH, STEP_PROJ_ROWS, STEP_PROJ_COLUMNS, STEP_CODES) = range(12)
+
+# pair_tables() starts every block on a 64-byte boundary (in elements of either dtype: 16 covers both).
+_ALIGN = 16
+
+
+def _aligned_zeros(size, dtype):
+    """Zeros of `size` elements whose data starts on a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    raw = np.zeros(size * dtype.itemsize + 64, np.uint8)
+    offset = -raw.ctypes.data % 64
+    return raw[offset:offset + size * dtype.itemsize].view(dtype)
+
+
+# Columns of PackedWeights.pair_tables()'s layout: where each block of a core starts in its flat
+# array, then the sizes needed to view them.
+(PAIR_W_IH, PAIR_W_HH, PAIR_B_IH, PAIR_B_HH, PAIR_PEEPHOLE, PAIR_INPUTS, PAIR_FIRST_UNIT,
+ PAIR_UNITS, PAIR_PEEPHOLE_WIDTH, PAIR_STATE_WIDTH, PAIR_WIDTH, PAIR_CODES) = range(12)

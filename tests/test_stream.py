@@ -2,6 +2,7 @@
 refusals, real-time hygiene (no allocation, no denormals) and threads."""
 
 import threading
+import time
 import tracemalloc
 
 import numpy as np
@@ -9,9 +10,26 @@ import pytest
 import torch
 
 import fastrnn
+import fastrnn.driver
+import fastrnn.threads
 from fastrnn.stream import SNAPSHOT_VERSION, decode_snapshot, encode_snapshot, model_fingerprint
 
 STREAM_TOLERANCE = 1e-6  # DESIGN.md: streaming equals the whole-sequence run to 1e-6
+
+
+@pytest.fixture(autouse=True, params=["one_core", "two_cores"])
+def cores(request, monkeypatch):
+    """Every test here runs on one core and on two: with two, every stream and chunk that the
+    two-core paths can take (fastrnn.driver.stream_pair_split, pair_split), however small, takes
+    them. A stream's steps go to the partner from its third step, once it is stepping steadily."""
+    if request.param == "one_core":
+        monkeypatch.setattr(fastrnn.threads, "_num_threads", 1)
+    else:
+        monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
+        monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_WEIGHT_BYTES", 0)
+        monkeypatch.setattr(fastrnn.driver, "STREAM_PAIR_MIN_WEIGHT_BYTES", 0)
+        monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_STEPS", 1)
+    return request.param
 
 
 def make_model(kind="lstm", input_size=3, hidden_size=5, num_layers=1, proj_size=0,
@@ -391,7 +409,7 @@ def test_nan_in_one_row_stays_in_that_row():
     assert_close(ys[:, [0, 2]], expected_y[:, [0, 2]])
 
 
-def test_threads_each_driving_a_stream_give_the_one_thread_answers():
+def test_threads_each_driving_a_stream_give_the_one_thread_answers(cores):
     model = make_model(kind="lstm", hidden_size=16, num_layers=2)
     streams_inputs = [inputs(200, 1, 3, seed=seed) for seed in range(4)]
 
@@ -411,7 +429,10 @@ def test_threads_each_driving_a_stream_give_the_one_thread_answers():
     for thread in threads:
         thread.join()
     for got, want in zip(results, expected):
-        np.testing.assert_array_equal(got, want)
+        if cores == "one_core":
+            np.testing.assert_array_equal(got, want)
+        else:  # one stream at a time has the partner: sums in another order, to rounding
+            assert_close(got, want)
 
 
 def test_readonly_and_unaligned_inputs_are_read_correctly():
@@ -431,3 +452,69 @@ def test_readonly_and_unaligned_inputs_are_read_correctly():
     unaligned_out = np.frombuffer(bytearray(1 + 40), np.float32, count=10, offset=1).reshape(2, 5)
     with pytest.raises(ValueError, match="aligned"):
         stream.step(xs[0], out=unaligned_out)
+
+
+# -- two cores -----------------------------------------------------------------------------------
+
+def steady_stream(cores, kind="lstm"):
+    if cores == "one_core":
+        pytest.skip("about the two-core steps")
+    model = make_model(kind=kind, input_size=4, hidden_size=40, num_layers=2)
+    return model, model.stream(batch=2)
+
+
+def test_steady_steps_run_on_two_cores_and_agree(cores):
+    model, stream = steady_stream(cores)
+    xs = inputs(50, 2, 4)
+    ys = np.stack([stream.step(x) for x in xs])
+    pair = stream._pair
+    assert pair.sync is not None and pair.requested == 48  # all but the first two steps
+    expected_y, expected_state = model(xs)
+    assert_close(ys, expected_y)
+    assert_close(stream.state.h, expected_state.h)
+    assert_close(stream.state.c, expected_state.c)
+
+
+def test_partner_leaves_when_steps_pause_and_comes_back(cores):
+    model, stream = steady_stream(cores, kind="gru")
+    xs = inputs(30, 2, 4)
+    ys = [stream.step(x) for x in xs[:10]]
+    first_sync = stream._pair.sync
+    assert first_sync is not None
+    deadline = time.perf_counter() + 1.0
+    while first_sync[fastrnn.threads.SYNC_CHANNEL] != fastrnn.threads.CLOSED:
+        assert time.perf_counter() < deadline, "the idle server never closed"
+        time.sleep(0.001)
+    fastrnn.threads.wait_until_free()
+    assert fastrnn.threads.run_pair(lambda part, sync: True, (fastrnn.threads.new_sync(),))
+    ys += [stream.step(x) for x in xs[10:]]  # one core, then the server again
+    assert stream._pair.sync is not None and stream._pair.sync is not first_sync
+    assert_close(np.stack(ys), model(xs)[0])
+
+
+def test_chunks_and_state_changes_between_two_core_steps(cores):
+    model, stream = steady_stream(cores)
+    xs = inputs(40, 2, 4)
+    expected_y, _ = model(xs)
+    ys = [stream.step(x) for x in xs[:10]]
+    ys += list(stream.process(xs[10:20]))       # the chunk takes the partner back
+    ys += [stream.step(x) for x in xs[20:30]]
+    blob = stream.snapshot()
+    stream.reset()
+    stream.restore(blob)
+    ys += [stream.step(x) for x in xs[30:]]
+    assert_close(np.stack(ys), expected_y)
+
+
+def test_a_partner_failure_is_raised(cores):
+    model, stream = steady_stream(cores)
+    xs = inputs(10, 2, 4)
+    for x in xs[:5]:
+        stream.step(x)
+    stream._pair.sync[fastrnn.threads.SYNC_ABORT] = 1
+    with pytest.raises(RuntimeError, match="partner thread failed"):
+        stream.step(xs[5])
+    fastrnn.threads.wait_until_free()
+    stream.reset()
+    again = [stream.step(x) for x in xs]  # a new server
+    assert_close(np.stack(again), model(xs)[0])
