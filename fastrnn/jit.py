@@ -9,6 +9,9 @@ check Python's model puts on every division keeps LLVM from vectorising a loop t
 (the float32 tanh does).
 """
 
+import importlib.util
+import sys
+
 import numba
 
 FASTMATH = frozenset({"contract", "arcp", "nsz", "reassoc", "afn"})
@@ -17,3 +20,24 @@ FASTMATH = frozenset({"contract", "arcp", "nsz", "reassoc", "afn"})
 def kernel(function):
     """Compile a CPU kernel: nopython, no GIL, cached, with fastmath minus the NaN/inf assumptions."""
     return numba.njit(fastmath=set(FASTMATH), error_model="numpy", nogil=True, cache=True)(function)
+
+
+def _import_numba_arraymath_without_scipy():
+    """Import numba.np.arraymath, which Numba loads before running any compiled function, without
+    its check for SciPy's BLAS: that check imports scipy.linalg, about 0.45 s of a 1 s cold start.
+
+    The check only picks how a few numpy functions fastrnn never calls are compiled; where SciPy
+    is installed the answer is the same, and np.dot and friends still import it when compiled.
+    """
+    if "numba.np.arraymath" in sys.modules or importlib.util.find_spec("scipy") is None:
+        return
+    import numba.np.linalg as linalg
+    check = linalg.ensure_blas
+    linalg.ensure_blas = lambda: None
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        linalg.ensure_blas = check
+
+
+_import_numba_arraymath_without_scipy()
