@@ -33,6 +33,8 @@ from fastrnn.weights import (PAIR_B_HH, PAIR_B_IH, PAIR_CODES, PAIR_FIRST_UNIT, 
 # measured at H = 128 to 512). Not np.dot inside a kernel: that calls SciPy's BLAS, whose thread
 # pool then fights numpy's for the two cores and slowed steps down 20x when measured.
 BLAS_MIN_BATCH = 16
+# ... and from this many inputs per row (below it, the step's input product is product_kernel's).
+BLAS_MIN_INPUTS = 8
 
 # Below these a sequence runs on one core (see pair_split); measured in bench/ on two cores.
 PAIR_MIN_WEIGHT_BYTES = 32 * 1024
@@ -446,6 +448,17 @@ def cells_kernel(cell, rows, gates, recurrent, b_ih, h, c, w_hh_t, b_hh, peephol
                   w_proj_t, codes, alphas, betas, clip, flag, h[row], c[row], work)
 
 
+@kernel
+def product_kernel(out, vectors, rows):
+    """out = vectors @ rows, for the products BLAS is slow at (a few input features: 5 us here
+    where numpy's matmul took 50 us for (256, 1) @ (1, 128))."""
+    for b in range(out.shape[0]):
+        target = out[b]
+        for j in range(target.shape[0]):
+            target[j] = 0.0
+    add_scaled_rows_batch(out, vectors, rows, 0, 0, out.shape[1])
+
+
 def batched_step(cell, x, rows, weights, layout, activation_parameters, clip, flag, h, c, y,
                  layer_input, previous_h, gates, recurrent, scratch):
     """step_kernel for many rows at once: each layer's products are two numpy (BLAS) products.
@@ -464,7 +477,10 @@ def batched_step(cell, x, rows, weights, layout, activation_parameters, clip, fl
     for layer in range(h.shape[0]):
         w_ih_t, w_hh_t, b_ih, b_hh, peephole, w_proj_t, codes, alphas, betas = layer_weights(
             weights, layout, activation_parameters, layer)
-        np.matmul(below, w_ih_t, out=row_gates)
+        if below.shape[1] < BLAS_MIN_INPUTS:
+            product_kernel(row_gates, below, w_ih_t)
+        else:
+            np.matmul(below, w_ih_t, out=row_gates)
         # mode="clip" lets numpy write straight into `out`; the slots were checked by the caller.
         np.take(h[layer], rows, axis=0, out=state, mode="clip")
         np.matmul(state, w_hh_t, out=row_recurrent)
