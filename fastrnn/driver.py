@@ -336,9 +336,13 @@ def run_layer_direction(config, packed, ld, layer_input, lengths, reverse, h, c,
         return
     # Sizes spelt out rather than -1, which numpy cannot infer for an empty batch.
     xproj = layer_input.reshape(steps * batch, inputs) @ packed.w_ih_t[ld]
-    xproj += packed.b_ih[ld]
+    if config.kind == "gru":  # b_in stays apart from b_hn, which the reset gate scales
+        xproj += packed.b_ih[ld]
+        b_hh = packed.b_hh[ld]
+    else:  # both biases are added to the same sums: once, in the cell, not over all of xproj
+        b_hh = packed.b_sum[ld]
     run_direction(config.cell, xproj.reshape(steps, batch, xproj.shape[1]), lengths, reverse, h,
-                  c, packed.w_hh_t[ld], packed.b_hh[ld], packed.peephole[ld], packed.w_proj_t[ld],
+                  c, packed.w_hh_t[ld], b_hh, packed.peephole[ld], packed.w_proj_t[ld],
                   packed.codes[ld], packed.alphas[ld], packed.betas[ld], config.clip, flag, out,
                   out_offset, scratch)
 

@@ -240,7 +240,7 @@ class PackedWeights:
         w_ih_flat    all of w_ih_t, back to back, for the streaming step kernel
         w_ih_offset  (L*D,) start of each block in w_ih_flat
         w_hh_t       (L*D, H_out, G*H)
-        b_ih, b_hh   (L*D, G*H)
+        b_ih, b_hh   (L*D, G*H); b_sum = b_ih + b_hh
         peephole     (L*D, 3, H), or (L*D, 3, 0) without peepholes
         w_proj_t     (L*D, H, H_out), or (L*D, 0, 0) without projection
         codes        (L*D, 3) int64; alphas, betas (L*D, 3) float64
@@ -257,6 +257,7 @@ class PackedWeights:
         self.w_hh_t = np.ascontiguousarray(np.stack([w.w_hh.T for w in layers]), dtype=dtype)
         self.b_ih = np.stack([w.b_ih for w in layers]).astype(dtype, copy=False)
         self.b_hh = np.stack([w.b_hh for w in layers]).astype(dtype, copy=False)
+        self.b_sum = self.b_ih + self.b_hh  # what an LSTM or RNN adds to its gates
         if layers[0].peephole is not None:
             self.peephole = np.stack([w.peephole for w in layers]).astype(dtype, copy=False)
         else:
