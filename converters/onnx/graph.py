@@ -8,6 +8,7 @@ slots, calls each step's function and reads the output slots: no lookups by name
 of what loading already checked.
 """
 
+import collections
 import os
 
 import numpy as np
@@ -82,13 +83,18 @@ class ValueInfo:
 
 
 class Step:
-    """One node of the plan: its function and the slots it reads and writes."""
+    """One node of the plan: its function and the slots it reads and writes.
 
-    __slots__ = ("function", "inputs", "outputs", "node", "op_type")
+    squeeze_y: a recurrent node writes Y without its direction axis, into the slot of the Squeeze
+    that followed it (fused when loading; see Graph._fuse_direction_squeezes).
+    """
+
+    __slots__ = ("function", "inputs", "outputs", "node", "op_type", "squeeze_y")
 
     def __init__(self, function, inputs, outputs, node, op_type):
         self.function, self.inputs, self.outputs = function, inputs, outputs
         self.node, self.op_type = node, op_type  # the node's name and op type, for messages
+        self.squeeze_y = False
 
 
 class Graph:
@@ -105,6 +111,7 @@ class Graph:
         self.outputs = [ValueInfo(v) for v in _with_inferred_shapes(model).graph.output]
         slots = {"": 0}
         self.steps = []
+        step_protos = []             # the node proto of each step
         self.recurrent_nodes = []    # (RecurrentNode, step) in graph order
         self.producers = {}          # value name -> (node proto, output index) for runtime values
         may_alias = set(constants) | {v.name for v in self.inputs}
@@ -133,10 +140,10 @@ class Graph:
             for value_name in list(node.input) + list(node.output):
                 if value_name not in slots:
                     slots[value_name] = len(slots)
-            step = Step(function.run if is_recurrent else function,
-                        tuple(slots[v] for v in node.input),
+            step = Step(function, tuple(slots[v] for v in node.input),
                         tuple(slots[v] for v in node.output), name, node.op_type)
             self.steps.append(step)
+            step_protos.append(node)
             for position, value_name in enumerate(node.output):
                 self.producers[value_name] = (node, position)
             if is_recurrent:
@@ -144,6 +151,7 @@ class Graph:
             elif node.op_type in VIEW_OPS and node.input and node.input[0] in may_alias:
                 may_alias.update(node.output)
         self.constants = constants
+        self._fuse_direction_squeezes(step_protos, slots)
         for value in self.inputs:
             slots.setdefault(value.name, len(slots))
         for value in self.outputs:
@@ -158,6 +166,47 @@ class Graph:
             if value_name in constants:
                 self.template[slot] = constants[value_name]
         self.copy_outputs = {v.name for v in self.outputs if v.name in may_alias}
+        # Outputs a recurrent step writes: fresh C-contiguous arrays, handed over as they are.
+        recurrent_slots = {slot for step in self.steps
+                           if isinstance(step.function, recurrent.RecurrentNode)
+                           for slot in step.outputs}
+        self.fresh_outputs = {v.name for v in self.outputs
+                              if slots[v.name] in recurrent_slots and v.name not in may_alias}
+
+
+    def _fuse_direction_squeezes(self, step_protos, slots):
+        """Fuse the Squeeze of axis 1 that torch puts after every one-direction LSTM/GRU/RNN into
+        the recurrent step, which then writes Y (T, 1, B, H) as (T, B, H) into the Squeeze's slot:
+        one plan step and one array view fewer a run. Only where nothing else reads that Y."""
+        graph = self.model.graph
+        readers = collections.Counter(value for node in graph.node for value in node.input)
+        readers.update(value.name for value in graph.output)
+        recurrent_by_y = {proto.output[0]: step for step, proto in zip(self.steps, step_protos)
+                          if isinstance(step.function, recurrent.RecurrentNode)
+                          and proto.output and proto.output[0]}
+        fused = set()
+        for step, proto in zip(self.steps, step_protos):
+            if proto.op_type != "Squeeze" or readers[proto.input[0]] != 1:
+                continue
+            producer = recurrent_by_y.get(proto.input[0])
+            if producer is None or producer.function.num_directions != 1 or \
+                    producer.function.layout != 0 or producer.squeeze_y:
+                continue
+            axes = self._squeeze_axes(proto)
+            if axes is None or [axis + 4 if axis < 0 else axis for axis in axes] != [1]:
+                continue
+            producer.outputs = (slots[proto.output[0]], *producer.outputs[1:])
+            producer.squeeze_y = True
+            fused.add(id(step))
+        self.steps = [step for step in self.steps if id(step) not in fused]
+
+    def _squeeze_axes(self, proto):
+        """A Squeeze node's axes if known when loading (attribute, or constant input from 13)."""
+        if self.opset < 13:
+            return next((list(a.ints) for a in proto.attribute if a.name == "axes"), None)
+        if len(proto.input) < 2 or proto.input[1] not in self.constants:
+            return None
+        return [int(axis) for axis in np.asarray(self.constants[proto.input[1]]).reshape(-1)]
 
 
 def _with_inferred_shapes(model):

@@ -18,6 +18,8 @@ initial_h, initial_c, Y_h and Y_c):
   weights fed at run time are refused with an error naming the node.
 """
 
+import threading
+
 import numpy as np
 
 from fastrnn.activations import ACTIVATION_CODES, activation_code
@@ -159,14 +161,12 @@ class RecurrentNode:
         self.reverse_flags = (direction == "reverse",) if directions == 1 else (False, True)
         self.scratch_size = self.packed.scratch_size
         self.gate_rows = gates * hidden
-        self._rows = {}  # batch size -> arange(batch): the state rows step_kernel updates
-        self._step = _bind_step_kernel(self)
         outputs = node.outputs + [""] * (3 - len(node.outputs))
         self.wants_y, self.wants_h, self.wants_c = (name != "" for name in outputs[:3])
         self.num_outputs = len(node.outputs)
-        # The function the execution plan calls: run(X, W, R, B, sequence_lens, initial_h, ...).
-        self.run = _lean_call(self) if self._step is not None and self.layout == 0 else \
-            self._run_general
+        # One timestep of a one-direction node at layout 0 runs the streaming step kernel.
+        self.step_arguments = _step_arguments(self) if directions == 1 and self.layout == 0 \
+            else None
 
     # -- run time ------------------------------------------------------------------------------
 
@@ -192,11 +192,15 @@ class RecurrentNode:
 
     def __call__(self, x, w=None, r=None, b=None, sequence_lens=None, initial_h=None,
                  initial_c=None, p=None):
-        return self.run(x, w, r, b, sequence_lens, initial_h, initial_c, p)
+        """The node's outputs for its inputs (W, R, B and P were taken when loading)."""
+        return self._general(x, sequence_lens, initial_h, initial_c)[:self.num_outputs]
 
-    def _run_general(self, x, w=None, r=None, b=None, sequence_lens=None, initial_h=None,
-                     initial_c=None, p=None):
-        return self._general(x, sequence_lens, initial_h, initial_c)
+    def bind(self, inputs, outputs, squeeze_y=False, known=None):
+        """This node as a step of the execution plan: step(slots) reads the input slots and writes
+        the output slots. squeeze_y: Y is written without its direction axis (the graph's Squeeze
+        of it is fused into this step). known: {slot: (dtype, shape)} for slots that hold, on
+        every run, an ndarray of that dtype and shape (constants, feeds the session checks)."""
+        return _plan_step(self, inputs, outputs, squeeze_y, known or {})
 
     def _general(self, x, sequence_lens, initial_h, initial_c):
         if not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim != 3:
@@ -247,7 +251,7 @@ class RecurrentNode:
         return out
 
     def _outputs(self, y, h, c, steps, batch):
-        """Y, Y_h, Y_c as the node declares them, from y (T, B, D*H), h, c (D, B, .)."""
+        """(Y, Y_h, Y_c), None for those the node leaves out, from y (T, B, D*H), h, c (D, B, .)."""
         results = []
         if self.wants_y:
             y = y.reshape(steps, batch, self.num_directions, self.hidden_size)
@@ -262,80 +266,132 @@ class RecurrentNode:
             c = np.ascontiguousarray(c.transpose(1, 0, 2))
         results.append(h if self.wants_h else None)
         results.append(c if self.wants_c and self.has_c else None)
-        return tuple(results[:self.num_outputs])
+        return tuple(results)
 
 
-def _lean_call(node):
-    """The node's run function with a lean path for one timestep (one direction, layout 0).
+def _plan_step(node, inputs, outputs, squeeze_y, known):
+    """RecurrentNode.bind, with a lean path for one timestep (one direction, layout 0).
 
-    Everything the step needs is bound here, once; a call checks only what can change between
-    runs (the types and shapes of X and the states) and takes the general path for the rest.
+    Everything the step needs is bound here, once; a run checks only what can change between runs
+    (the types and shapes of X and the states) and takes the general path for the rest. Where X
+    and the states are values whose dtype and shape are known (`known`), a run checks nothing.
+    Y, Y_h and Y_c are fresh arrays on every run: the caller keeps them, the session never writes
+    them again.
     """
-    general = node._general
-    step = node._step
-    dtype, input_size, hidden = node.dtype, node.input_size, node.hidden_size
-    has_c = node.has_c
-    step_scratch_size = node.packed.step_scratch_size
-    rows_by_batch = node._rows
-    wants_y, wants_h, wants_c = node.wants_y, node.wants_h, node.wants_c and has_c
-    count = node.num_outputs
-    empty = np.empty
+    inputs = (*inputs, *(0,) * (8 - len(inputs)))  # slot 0 holds None: an omitted input
+    x_slot, lens_slot = inputs[X], inputs[SEQUENCE_LENS]
+    h_slot, c_slot = inputs[INITIAL_H], inputs[INITIAL_C]
+    # Slot 0 stands for an omitted output: it is never written.
+    y_out, h_out, c_out = (*outputs, 0, 0)[:3]
+    if not node.has_c:
+        c_out = 0
 
-    def run(x, w=None, r=None, b=None, sequence_lens=None, initial_h=None, initial_c=None,
-            p=None):
-        if (sequence_lens is not None or type(x) is not np.ndarray or x.dtype != dtype
-                or x.ndim != 3 or x.shape[0] != 1 or x.shape[2] != input_size):
-            return general(x, sequence_lens, initial_h, initial_c)
-        batch = x.shape[1]
-        state_shape = (1, batch, hidden)
-        if (type(initial_h) is np.ndarray and initial_h.dtype == dtype
+    def general(slots):
+        y, h, c = node._general(slots[x_slot], slots[lens_slot], slots[h_slot], slots[c_slot])
+        if y_out:
+            slots[y_out] = y[:, 0] if squeeze_y else y
+        if h_out:
+            slots[h_out] = h
+        if c_out:
+            slots[c_out] = c
+
+    if node.step_arguments is None:
+        return general
+
+    cell, weights, layout, parameters, clip, flag = node.step_arguments
+    dtype, input_size, hidden, has_c = node.dtype, node.input_size, node.hidden_size, node.has_c
+    step_scratch_size = node.packed.step_scratch_size
+    y_rows_index = (0,) if squeeze_y else (0, 0)   # Y's (B, H) block, where the kernel writes
+    by_x_shape = {}
+    per_thread = threading.local()   # each thread's kernel scratch: sessions may run in threads
+    ndarray, empty = np.ndarray, np.empty
+
+    def shapes_for(x_shape):
+        """(state rows, state shape, Y shape, empty c) for an X of one timestep, else None."""
+        if len(x_shape) != 3 or x_shape[0] != 1 or x_shape[2] != input_size:
+            return None
+        batch = x_shape[1]
+        shapes = (np.arange(batch, dtype=np.int64), (1, batch, hidden),
+                  (1, batch, hidden) if squeeze_y else (1, 1, batch, hidden),
+                  empty((1, batch, 0), dtype))   # GRU/RNN: no c; nothing writes it
+        if len(by_x_shape) < 64:
+            by_x_shape[x_shape] = shapes
+        return shapes
+
+    def advance(slots, x, h, c, rows, y_shape):
+        """One kernel step from x (1, B, I), into h and c (fresh copies of the initial state)."""
+        step_input = x[0]
+        if not step_input.flags.carray:  # numba would compile another specialisation for it
+            step_input = np.array(step_input, order="C")
+        y = empty(y_shape, dtype)
+        try:
+            scratch = per_thread.scratch
+        except AttributeError:
+            scratch = per_thread.scratch = empty(step_scratch_size, dtype)
+        step_kernel(cell, step_input, rows, weights, layout, parameters, clip, flag, h, c,
+                    y[y_rows_index], scratch)
+        if y_out:
+            slots[y_out] = y
+        if h_out:
+            slots[h_out] = h
+        if c_out:
+            slots[c_out] = c
+
+    def checked_step(slots):
+        x = slots[x_slot]
+        if type(x) is not ndarray or x.dtype is not dtype or slots[lens_slot] is not None:
+            return general(slots)
+        shapes = by_x_shape.get(x.shape) or shapes_for(x.shape)
+        if shapes is None:
+            return general(slots)
+        rows, state_shape, y_shape, no_c = shapes
+        initial_h = slots[h_slot]
+        if (type(initial_h) is ndarray and initial_h.dtype is dtype
                 and initial_h.shape == state_shape):
             h = initial_h.copy()  # the kernel writes the final state into it
         else:
-            h = node._state(initial_h, "initial_h", hidden, batch)
+            h = node._state(initial_h, "initial_h", hidden, state_shape[1])
         if not has_c:
-            c = empty((1, batch, 0), dtype)
-        elif (type(initial_c) is np.ndarray and initial_c.dtype == dtype
-                and initial_c.shape == state_shape):
-            c = initial_c.copy()
+            c = no_c
         else:
-            c = node._state(initial_c, "initial_c", hidden, batch)
-        rows = rows_by_batch.get(batch)
-        if rows is None:
-            rows = rows_by_batch[batch] = np.arange(batch, dtype=np.int64)
-        step_input = x[0]
-        flags = step_input.flags
-        if not (flags.c_contiguous and flags.aligned):
-            step_input = np.array(step_input, order="C")
-        y = empty((batch, hidden), dtype)
-        step(step_input, rows, h, c, y, empty(step_scratch_size, dtype))
-        if count == 3:
-            return (y.reshape(1, 1, batch, hidden) if wants_y else None,
-                    h if wants_h else None, c if wants_c else None)
-        results = (y.reshape(1, 1, batch, hidden) if wants_y else None, h if wants_h else None)
-        return results[:count]
-    return run
+            initial_c = slots[c_slot]
+            if (type(initial_c) is ndarray and initial_c.dtype is dtype
+                    and initial_c.shape == state_shape):
+                c = initial_c.copy()
+            else:
+                c = node._state(initial_c, "initial_c", hidden, state_shape[1])
+        advance(slots, x, h, c, rows, y_shape)
+
+    x_known = known.get(x_slot)
+    shapes = shapes_for(x_known[1]) if x_known and x_known[0] == dtype else None
+    if shapes is None or lens_slot:
+        return checked_step
+    rows, state_shape, y_shape, no_c = shapes
+    if known.get(h_slot) != (dtype, state_shape) or \
+            (has_c and known.get(c_slot) != (dtype, state_shape)):
+        return checked_step
+
+    def known_step(slots):
+        c = slots[c_slot].copy() if has_c else no_c
+        advance(slots, slots[x_slot], slots[h_slot].copy(), c, rows, y_shape)
+    return known_step
 
 
-def _bind_step_kernel(node):
-    """step_kernel with this node's weights bound: step(x, rows, h, c, y, scratch).
+def _step_arguments(node):
+    """step_kernel's arguments that are fixed for the node: (cell, *step_tables, clip, flag).
 
     A one-direction node's state (1, B, H) is the streaming kernel's state table for one layer.
     The kernel's specialisation for the node's dtype is compiled (or loaded from numba's cache)
-    here, when the graph is loaded, not on the first run. Bidirectional nodes have no step path.
+    here, when the graph is loaded, not on the first run.
     """
-    if node.num_directions != 1:
-        return None
     packed = node.packed
-    weights = (*packed.step_tables(), float(node.config.clip), bool(node.flag))
-    dtype, hidden, cell = node.dtype, node.hidden_size, node.cell
-    step_kernel(cell, np.zeros((1, node.input_size), dtype), np.zeros(1, np.int64), *weights,
-                np.zeros((1, 1, hidden), dtype), np.zeros((1, 1, node.state_width_c), dtype),
-                np.zeros((1, hidden), dtype), np.zeros(packed.step_scratch_size, dtype))
-
-    def step(x, rows, h, c, y, scratch):
-        step_kernel(cell, x, rows, *weights, h, c, y, scratch)
-    return step
+    arguments = (node.cell, *packed.step_tables(), float(node.config.clip), bool(node.flag))
+    dtype, hidden = node.dtype, node.hidden_size
+    step_kernel(arguments[0], np.zeros((1, node.input_size), dtype), np.zeros(1, np.int64),
+                *arguments[1:], np.zeros((1, 1, hidden), dtype),
+                np.zeros((1, 1, node.state_width_c), dtype), np.zeros((1, hidden), dtype),
+                np.zeros(packed.step_scratch_size, dtype))
+    return arguments
 
 
 def _handler(family):

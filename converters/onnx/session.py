@@ -1,8 +1,12 @@
 """fastrnn.InferenceSession: onnxruntime's InferenceSession interface over a loaded plan."""
 
+import operator
+
 import numpy as np
 
 from fastrnn.converters.onnx.graph import Graph
+
+ndarray = np.ndarray
 
 
 class InferenceSession:
@@ -22,18 +26,29 @@ class InferenceSession:
         self._graph = graph = Graph(path_or_bytes)
         slots = graph.slots
         self._template = graph.template
-        self._plan = [_bind(step.function, step.inputs, step.outputs) for step in graph.steps]
-        self._step_nodes = [step.node for step in graph.steps]
-        # (name, slot, dtype, the full shape when every size is fixed, rank, fixed sizes)
-        self._feeds = []
+        # Feeds whose dtype and every size are declared: (name, slot, dtype, shape), checked by
+        # identity and one comparison; the others: (name, slot, dtype, rank, fixed sizes).
+        self._static_feeds, self._other_feeds = [], []
         for v in graph.inputs:
             fixed = tuple((axis, size) for axis, size in enumerate(v.shape or ())
                           if isinstance(size, int) and size > 0)
-            static = tuple(v.shape) if v.shape is not None and len(fixed) == v.rank else None
-            self._feeds.append((v.name, slots[v.name], v.dtype, static, v.rank, fixed))
+            if v.dtype is not None and v.shape is not None and len(fixed) == v.rank:
+                self._static_feeds.append((v.name, slots[v.name], v.dtype, tuple(v.shape)))
+            else:
+                self._other_feeds.append((v.name, slots[v.name], v.dtype, v.rank, fixed))
+        # Slots that hold an ndarray of one dtype and shape on every run: what a step need not
+        # check. A static feed reaches the plan as an ndarray of its declared dtype and shape.
+        known = {slot: (value.dtype, value.shape) for slot, value in enumerate(self._template)
+                 if type(value) is ndarray}
+        known.update((slot, (dtype, shape)) for _, slot, dtype, shape in self._static_feeds)
+        self._plan = [step.function.bind(step.inputs, step.outputs, step.squeeze_y, known)
+                      if hasattr(step.function, "bind") else
+                      _bind(step.function, step.inputs, step.outputs) for step in graph.steps]
+        self._step_nodes = [step.node for step in graph.steps]
         self._input_names = frozenset(v.name for v in graph.inputs)
-        self._output_slots = {v.name: slots[v.name] for v in graph.outputs}
-        self._all_outputs = [(slots[v.name], v.name in graph.copy_outputs) for v in graph.outputs]
+        # output name -> (slot, what is applied to it before it is handed over)
+        self._outputs = {v.name: (slots[v.name], _finisher(v.name, graph)) for v in graph.outputs}
+        self._all_outputs = _output_taker([self._outputs[v.name] for v in graph.outputs])
 
     def get_inputs(self):
         return list(self._graph.inputs)
@@ -46,17 +61,23 @@ class InferenceSession:
 
     def run(self, output_names, input_feed, run_options=None):
         """The outputs named (None: all, in the graph's order) for the feeds, as numpy arrays."""
-        slots = self._template.copy()
-        if input_feed.keys() != self._input_names:
+        try:
+            names_match = input_feed.keys() == self._input_names
+        except AttributeError:
+            names_match = False
+        if not names_match:
             self._bad_feed_names(input_feed)
-        for name, slot, dtype, static_shape, rank, fixed_sizes in self._feeds:
+        slots = self._template.copy()
+        for name, slot, dtype, shape in self._static_feeds:
             value = input_feed[name]
-            if type(value) is not np.ndarray or value.dtype is not dtype:
+            if type(value) is not ndarray or value.dtype is not dtype or value.shape != shape:
+                value = self._checked_feed(name, value)
+            slots[slot] = value
+        for name, slot, dtype, rank, fixed_sizes in self._other_feeds:
+            value = input_feed[name]
+            if type(value) is not ndarray or value.dtype is not dtype:
                 value = self._check_feed(name, value, dtype, rank)
-            if static_shape is not None:
-                if value.shape != static_shape:
-                    self._bad_shape(name, value)
-            elif rank is not None:
+            if rank is not None:
                 if value.ndim != rank:
                     self._bad_shape(name, value)
                 for axis, size in fixed_sizes:
@@ -73,20 +94,17 @@ class InferenceSession:
                 raise
             raise type(error)(f"node {node!r}: {error}") from error
         if output_names is None:
-            wanted = self._all_outputs
-        else:
-            wanted = [(self._output_slot(name), False) for name in output_names]
-        return [np.array(slots[slot]) if copy else np.ascontiguousarray(slots[slot])
-                for slot, copy in wanted]
+            return self._all_outputs(slots)
+        return _output_taker([self._output(name) for name in output_names])(slots)
 
     # -- errors ----------------------------------------------------------------------------------
 
-    def _output_slot(self, name):
+    def _output(self, name):
         try:
-            return self._output_slots[name]
+            return self._outputs[name]
         except KeyError:
             raise ValueError(f"unknown output {name!r}; the graph's outputs are "
-                             f"{list(self._output_slots)}") from None
+                             f"{list(self._outputs)}") from None
 
     def _bad_feed_names(self, input_feed):
         if not hasattr(input_feed, "keys"):
@@ -101,6 +119,16 @@ class InferenceSession:
                              f"are {expected}")
         raise ValueError(f"missing input(s) {missing} in the feeds; the graph's inputs are "
                          f"{expected}")
+
+    def _checked_feed(self, name, value):
+        """A feed that failed the quick check of a fully declared input: accepted (as a plain
+        ndarray) if it is a list or the like, an ndarray subclass or of an equal dtype, else a
+        clear error."""
+        info = next(v for v in self._graph.inputs if v.name == name)
+        value = self._check_feed(name, value, info.dtype, info.rank)
+        if value.shape != tuple(info.shape):
+            self._bad_shape(name, value)
+        return np.asarray(value)  # an ndarray subclass as a plain ndarray, as steps expect
 
     def _check_feed(self, name, value, dtype, rank):
         info = next(v for v in self._graph.inputs if v.name == name)
@@ -124,6 +152,29 @@ class InferenceSession:
             if isinstance(size, int) and size > 0 and value.shape[axis] != size:
                 raise ValueError(f"input {name!r} must have size {size} on axis {axis} (shape "
                                  f"{info.shape}), got shape {value.shape}")
+
+
+def _finisher(name, graph):
+    """What a run applies to an output before handing it over: a copy for an output that may be a
+    graph input or constant (or a view of one), nothing for one a recurrent step wrote (always a
+    fresh C-contiguous array), else np.ascontiguousarray."""
+    if name in graph.copy_outputs:
+        return np.array
+    if name in graph.fresh_outputs:
+        return None
+    return np.ascontiguousarray
+
+
+def _output_taker(outputs):
+    """take(slots) -> the list of outputs, from (slot, finisher) pairs in the graph's order."""
+    if all(finish is None for _, finish in outputs):
+        if len(outputs) == 1:
+            ((only, _),) = outputs
+            return lambda slots: [slots[only]]
+        take_all = operator.itemgetter(*(slot for slot, _ in outputs))
+        return lambda slots: [*take_all(slots)]
+    return lambda slots: [slots[slot] if finish is None else finish(slots[slot])
+                          for slot, finish in outputs]
 
 
 def _bind(function, inputs, outputs):
