@@ -132,16 +132,30 @@ def _squeeze(x, axes):
 
 @register("Unsqueeze", opsets=(1, 12))
 def unsqueeze_attribute(node):
-    axes = node.attribute("axes")
-    return lambda x: _unsqueeze(x, axes)
+    return _unsqueeze_fixed(node.attribute("axes"))
 
 
 @register("Unsqueeze", opsets=(13, MAX_OPSET))
 def unsqueeze_input(node):
     axes = as_ints(node.constant_input(1))
     if axes is not None:
-        return lambda x, _=None: _unsqueeze(x, axes)
+        return _unsqueeze_fixed(axes)  # axes known when loading (torch exports)
     return lambda x, axes: _unsqueeze(x, as_ints(axes))
+
+
+def _unsqueeze_fixed(axes):
+    """Unsqueeze with axes fixed at load time; the output shape is remembered per input shape."""
+    shapes = {}
+
+    def run(x, _=None):
+        shape = x.shape
+        unsqueezed = shapes.get(shape)
+        if unsqueezed is None:
+            unsqueezed = _unsqueeze(x, axes).shape
+            if len(shapes) < 64:
+                shapes[shape] = unsqueezed
+        return x.reshape(unsqueezed)
+    return run
 
 
 def _unsqueeze(x, axes):
@@ -156,12 +170,15 @@ def _unsqueeze(x, axes):
 @register("Transpose", opsets=(1, MAX_OPSET))
 def transpose(node):
     perm = node.attribute("perm")
-    return lambda x: np.transpose(x, perm)
+    return lambda x: x.transpose(perm)  # perm None: the axes reversed, as ONNX's default
 
 
 @register("Reshape", opsets=(5, MAX_OPSET))
 def reshape(node):
     allow_zero = node.attribute("allowzero", 0)
+    fixed_shape = as_ints(node.constant_input(1))
+    if fixed_shape is not None and (allow_zero or 0 not in fixed_shape):
+        return lambda x, _: x.reshape(fixed_shape)  # shape known when loading, no 0 in it
 
     def run(x, shape):
         shape = list(as_ints(shape))
@@ -192,24 +209,43 @@ def concat(node):
 @register("Slice", opsets=(1, 9))
 def slice_attribute(node):
     starts, ends = node.attribute("starts"), node.attribute("ends")
-    axes = node.attribute("axes")
-    return lambda x: _slice(x, starts, ends, axes, None)
+    return _slice_fixed(starts, ends, node.attribute("axes"), None)
 
 
 @register("Slice", opsets=(10, MAX_OPSET))
 def slice_input(node):
+    given = [node.has_input(k) for k in range(1, 5)]
+    known = [as_ints(node.constant_input(k)) for k in range(1, 5)]
+    if all(value is not None or not present for value, present in zip(known, given)):
+        return _slice_fixed(*known)  # starts, ends, axes, steps known when loading (torch)
     return lambda x, starts, ends, axes=None, steps=None: _slice(
         x, as_ints(starts), as_ints(ends), as_ints(axes), as_ints(steps))
 
 
+def _slice_fixed(starts, ends, axes, steps):
+    """Slice with every bound fixed at load time; the index is remembered per input rank."""
+    indices = {}
+
+    def run(x, *_):
+        index = indices.get(x.ndim)
+        if index is None:
+            index = indices[x.ndim] = _slice_index(x.ndim, starts, ends, axes, steps)
+        return x[index]
+    return run
+
+
 def _slice(x, starts, ends, axes, steps):
+    return x[_slice_index(x.ndim, starts, ends, axes, steps)]
+
+
+def _slice_index(rank, starts, ends, axes, steps):
     axes = range(len(starts)) if axes is None else axes
     steps = (1,) * len(starts) if steps is None else steps
-    index = [slice(None)] * x.ndim
+    index = [slice(None)] * rank
     for start, end, axis, step in zip(starts, ends, axes, steps):
         # Python slicing clamps as ONNX does, including INT64_MAX ends.
-        index[axis + x.ndim if axis < 0 else axis] = slice(start, end, step)
-    return x[tuple(index)]
+        index[axis + rank if axis < 0 else axis] = slice(start, end, step)
+    return tuple(index)
 
 
 @register("Gather", opsets=(1, MAX_OPSET))

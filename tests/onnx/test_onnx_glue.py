@@ -63,17 +63,23 @@ CASES = [
 ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
 
 
-def single_node(op_type, inputs, attributes, opset, outputs):
+def single_node(op_type, inputs, attributes, opset, outputs, constant_from=None):
+    """The node's graph; inputs from position `constant_from` on are initializers, not fed."""
     names = [f"in{k}" for k in range(len(inputs))]
     out_names = [f"out{k}" for k in range(outputs)]
     node = helper.make_node(op_type, names, out_names, name=f"the_{op_type.lower()}", **attributes)
+    fed = len(inputs) if constant_from is None else constant_from
+    shapes = [list(np.shape(v)) for v in inputs[:fed]]
+    if constant_from is not None and shapes[0]:
+        shapes[0][0] = "n"  # the leading size left open: runs may feed others
     graph = helper.make_graph(
         [node], "glue",
-        [helper.make_tensor_value_info(n, ELEM[np.asarray(v).dtype], np.shape(v))
-         for n, v in zip(names, inputs)],
-        [helper.make_empty_tensor_value_info(n) for n in out_names])
+        [helper.make_tensor_value_info(n, ELEM[np.asarray(v).dtype], shape)
+         for n, v, shape in zip(names[:fed], inputs[:fed], shapes)],
+        [helper.make_empty_tensor_value_info(n) for n in out_names],
+        [numpy_helper.from_array(np.asarray(v), n) for n, v in zip(names[fed:], inputs[fed:])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    return model, {n: np.asarray(v) for n, v in zip(names, inputs)}
+    return model, {n: np.asarray(v) for n, v in zip(names[:fed], inputs[:fed])}
 
 
 @pytest.mark.parametrize("op_type, inputs, attributes, opset, outputs", CASES,
@@ -83,6 +89,28 @@ def test_op_matches_onnxruntime(op_type, inputs, attributes, opset, outputs):
     ours = fastrnn.InferenceSession(model).run(None, feeds)
     theirs = onnxruntime_session(model).run(None, feeds)
     assert_outputs_close(ours, theirs, 1e-6)
+
+
+# Ops whose later inputs (axes, shape, bounds) torch exports as constants: taken when loading.
+CONSTANT_INPUT_CASES = [case for case in CASES if len(case[1]) > 1 and
+                        case[0] in ("Squeeze", "Unsqueeze", "Reshape", "Slice", "Split", "Gather",
+                                    "Expand")]
+
+
+@pytest.mark.parametrize("op_type, inputs, attributes, opset, outputs", CONSTANT_INPUT_CASES,
+                         ids=[f"{case[0]}-{index}" for index, case in
+                              enumerate(CONSTANT_INPUT_CASES)])
+def test_op_with_constant_inputs_matches_onnxruntime(op_type, inputs, attributes, opset,
+                                                      outputs):
+    model, feeds = single_node(op_type, inputs, attributes, opset, outputs, constant_from=1)
+    session = fastrnn.InferenceSession(model)
+    theirs = onnxruntime_session(model).run(None, feeds)
+    for _ in range(2):  # the second run takes what the first remembered
+        assert_outputs_close(session.run(None, feeds), theirs, 1e-6)
+    if op_type in ("Squeeze", "Unsqueeze", "Slice", "Gather", "Split"):
+        other = {"in0": np.concatenate([feeds["in0"]] * 2)}  # another shape, remembered apart
+        assert_outputs_close(session.run(None, other),
+                             onnxruntime_session(model).run(None, other), 1e-6)
 
 
 def test_folded_constants_are_not_handed_out():
