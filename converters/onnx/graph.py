@@ -173,7 +173,6 @@ class Graph:
         self.fresh_outputs = {v.name for v in self.outputs
                               if slots[v.name] in recurrent_slots and v.name not in may_alias}
 
-
     def _fuse_direction_squeezes(self, step_protos, slots):
         """Fuse the Squeeze of axis 1 that torch puts after every one-direction LSTM/GRU/RNN into
         the recurrent step, which then writes Y (T, 1, B, H) as (T, B, H) into the Squeeze's slot:
