@@ -17,9 +17,9 @@ import numpy as np
 from fastrnn.cells import cell_step
 from fastrnn.cells.common import add_scaled_rows, add_scaled_rows_batch
 from fastrnn.jit import kernel
-from fastrnn.threads import (CLOSED, SYNC_CHANNEL, atomic_load, barrier, compare_exchange,
-                             cycle_counter, fetch_rows, get_num_threads, new_sync, run_pair,
-                             spin_pause)
+from fastrnn.threads import (CLOSED, PARTNER_FAILED, SPINS_BEFORE_YIELD, SYNC_CHANNEL,
+                             atomic_load, barrier, compare_exchange, cycle_counter, fetch_rows, get_num_threads, new_sync, run_pair,
+                             spin_pause, yield_core)
 from fastrnn.weights import (PAIR_B_HH, PAIR_B_IH, PAIR_CODES, PAIR_FIRST_UNIT, PAIR_INPUTS,
                              PAIR_PEEPHOLE, PAIR_PEEPHOLE_WIDTH, PAIR_STATE_WIDTH, PAIR_UNITS,
                              PAIR_W_HH, PAIR_W_IH, PAIR_WIDTH, STEP_B_HH, STEP_B_IH, STEP_CODES,
@@ -95,7 +95,8 @@ def pair_sequence_kernel(part, cell, x, lengths, reverse, h, h_spare, c, input_w
     x (T, B, I): the layer input. Other arguments as sequence_kernel's, for a cell whose units are
     independent given R h (no projection; the GRU with the reset after the product). The input
     projection is made here rather than by numpy: BLAS threads left spinning after a numpy product
-    take the core the partner needs. Returns False if the partner failed.
+    take the core the partner needs. Returns how many waits at the barrier were late
+    (fastrnn.threads.MET_LATE), or -1 if the partner failed.
     """
     steps, batch, inputs = x.shape
     hidden = h.shape[1]
@@ -119,6 +120,7 @@ def pair_sequence_kernel(part, cell, x, lengths, reverse, h, h_spare, c, input_w
     if peephole.shape[1] > 0:
         part_peephole[:, :] = peephole[:, start:stop]
     work = np.empty(2 * units, dtype)
+    late_waits = 0
     for step in range(steps):
         previous = h if step % 2 == 0 else h_spare
         new = h_spare if step % 2 == 0 else h
@@ -135,15 +137,19 @@ def pair_sequence_kernel(part, cell, x, lengths, reverse, h, h_spare, c, input_w
                       recurrent_bias[part], part_peephole, w_proj_t, codes, alphas, betas, clip,
                       flag, new[row, start:stop], c[row, start:stop], work)
             out[t, row, out_offset + start:out_offset + stop] = new[row, start:stop]
-        if not barrier(sync, part, step + 1):
-            return False
+        met = barrier(sync, part, step + 1)
+        if met == PARTNER_FAILED:
+            return -1
+        late_waits += met
     if steps % 2 == 1:
         h[:, start:stop] = h_spare[:, start:stop]
-    return barrier(sync, part, steps + 1)
+    met = barrier(sync, part, steps + 1)
+    return -1 if met == PARTNER_FAILED else late_waits + met
 
 
-# What pair_step tells its caller.
-PAIR_DONE, PAIR_CLOSED, PAIR_FAILED = 0, 1, 2
+# What pair_step tells its caller: done, done but the parts waited late for each other (see
+# fastrnn.threads.MET_LATE), nothing done (the server had closed), the partner failed.
+PAIR_DONE, PAIR_LATE, PAIR_CLOSED, PAIR_FAILED = 0, 1, 2, 3
 
 
 @kernel
@@ -153,8 +159,8 @@ def pair_step(part, cell, x, clip, flag, pair_weights, pair_layout, activation_p
 
     Part 0 (the caller) copies x into the work space, asks the step server on the partner thread
     (pair_step_server, which runs part 1) for step number `request`, does its half and writes y;
-    it returns PAIR_CLOSED, having changed nothing, if the server has closed its channel, and
-    PAIR_FAILED if the partner failed. Each part makes, for each layer, its units' gates from its
+    it returns PAIR_DONE or PAIR_LATE; PAIR_CLOSED, having changed nothing, if the server has
+    closed its channel; PAIR_FAILED if the partner failed. Each part makes, for each layer, its units' gates from its
     own weight blocks (pair_weights/pair_layout: PackedWeights.pair_tables) and their cells,
     writing its units of the new h aside; the parts meet at a barrier after every layer, whose
     input is the whole new h of the layer below, and once more after copying the new h into h.
@@ -170,6 +176,7 @@ def pair_step(part, cell, x, clip, flag, pair_weights, pair_layout, activation_p
         if not compare_exchange(sync, SYNC_CHANNEL, request - 1, request):
             return PAIR_CLOSED
     generation = (request - 1) * (layers + 1)
+    late_waits = 0
     nothing = pair_weights[:0].reshape((0, 0))  # for the cell's unused matrix arguments
     start = 0
     for layer in range(layers):
@@ -207,17 +214,20 @@ def pair_step(part, cell, x, clip, flag, pair_weights, pair_layout, activation_p
                       c[layer, row, start:stop], nothing, b_hh, peephole, nothing, codes, alphas,
                       betas, clip, flag, h_new[layer, row, start:stop], c[layer, row, start:stop],
                       cell_work)
-        if not barrier(sync, part, generation + layer + 1):
+        met = barrier(sync, part, generation + layer + 1)
+        if met == PARTNER_FAILED:
             return PAIR_FAILED
+        late_waits += met
     stop = start + pair_layout[0, part, PAIR_UNITS]  # the same units in every layer
     for layer in range(layers):
         for row in range(batch):
             copy_rows(h[layer, row:row + 1, start:stop], h_new[layer, row:row + 1, start:stop])
-    if not barrier(sync, part, generation + layers + 1):
+    met = barrier(sync, part, generation + layers + 1)
+    if met == PARTNER_FAILED:
         return PAIR_FAILED
     if part == 0:
         copy_rows(y, h[layers - 1])
-    return PAIR_DONE
+    return PAIR_DONE if late_waits + met == 0 else PAIR_LATE
 
 
 def pair_work_size(pair_layout, h_shape, input_size):
@@ -255,6 +265,7 @@ def pair_step_server(part, cell, x, clip, flag, pair_weights, pair_layout, activ
     looked at for its shape (the step's input is in the work space)."""
     served = 0
     idle_since = cycle_counter()
+    spins = 0
     while True:
         requested = atomic_load(sync, SYNC_CHANNEL)
         if requested == CLOSED:
@@ -262,14 +273,18 @@ def pair_step_server(part, cell, x, clip, flag, pair_weights, pair_layout, activ
         if requested > served:
             served += 1
             if pair_step(part, cell, x, clip, flag, pair_weights, pair_layout,
-                         activation_parameters, h, c, work, x, sync, served) != PAIR_DONE:
+                         activation_parameters, h, c, work, x, sync, served) == PAIR_FAILED:
                 return False
             idle_since = cycle_counter()
+            spins = 0
         elif cycle_counter() - idle_since > idle_cycles:
             if compare_exchange(sync, SYNC_CHANNEL, served, CLOSED):
                 return True
-        else:
+        elif spins < SPINS_BEFORE_YIELD:
             spin_pause()
+            spins += 1
+        else:  # a pause in the steps: let any other thread that wants this core have it
+            yield_core()
 
 
 @kernel

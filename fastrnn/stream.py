@@ -29,14 +29,15 @@ import zlib
 import numba
 import numpy as np
 
-from fastrnn.driver import (BLAS_MIN_BATCH, PAIR_DONE, PAIR_FAILED, batched_step, pair_step,
-                            pair_step_server, pair_work_size, run_sequence, step_kernel,
+from fastrnn.driver import (BLAS_MIN_BATCH, PAIR_DONE, PAIR_FAILED, PAIR_LATE, batched_step,
+                            pair_step, pair_step_server, pair_work_size, run_sequence, step_kernel,
                             stream_pair_split)
 from fastrnn.jit import kernel
 from fastrnn.model import Model
 from fastrnn.state import State
-from fastrnn.threads import (CLOSED, SYNC_CHANNEL, close_server, cycles_per_second, new_sync,
-                             start_server, wait_until_free)
+from fastrnn.threads import (CLOSED, LATE_WAITS_LIMIT, SYNC_CHANNEL, close_server,
+                             cycles_per_second, new_sync, report_late_waits, start_server,
+                             wait_until_free)
 from fastrnn.validation import as_float_array, check_shape
 
 # -- snapshot format --------------------------------------------------------------------------
@@ -244,6 +245,11 @@ def _aligned(array):
     return array if array.flags.aligned else array.copy()
 
 
+# Steps in a row whose halves met late (fastrnn.driver.PAIR_LATE) before a stream lets the partner
+# go (and two-core runs pause: fastrnn.threads.report_late_waits).
+LATE_STEPS_LIMIT = 3
+
+
 class _PairSteps:
     """A Stream's steps on two cores (fastrnn.driver.pair_step), for models and batches where
     fastrnn.driver.pair_split says two cores pay.
@@ -273,6 +279,7 @@ class _PairSteps:
         self.requested = 0     # steps asked of it
         self.failures = None
         self.last_step = -1.0
+        self.late_steps = 0
         # Compile (or load from the cache) both kernels now, on a closed channel: nothing runs.
         closed = new_sync()
         closed[SYNC_CHANNEL] = CLOSED
@@ -287,6 +294,13 @@ class _PairSteps:
             self.requested += 1
             status = self.kernel(0, self.cell, x, *self.after_x, y, self.sync, self.requested)
             if status == PAIR_DONE:
+                self.late_steps = 0
+                return True
+            if status == PAIR_LATE:  # the machine is busy: a few of these in a row, let go
+                self.late_steps += 1
+                if self.late_steps >= LATE_STEPS_LIMIT:
+                    report_late_waits(LATE_WAITS_LIMIT + 1)
+                    self.close()
                 return True
             self.sync = None
             if status == PAIR_FAILED:

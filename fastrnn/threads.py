@@ -34,9 +34,11 @@ SYNC_ABORT = 2 * SYNC_STRIDE
 SYNC_CHANNEL = 3 * SYNC_STRIDE
 SYNC_SIZE = 4 * SYNC_STRIDE
 CLOSED = -1
-# Spins between calls to sched_yield while waiting: long enough that a running partner is met
-# without a system call, short enough that on an oversubscribed machine the wait gives way.
-SPINS_BEFORE_YIELD = 4096
+# Spins (about 25 us) before a wait starts calling sched_yield at every look: long enough that a
+# running partner is met without a system call, short enough that when the machine has more
+# runnable threads than cores the waiting thread gives its core to one that can make progress
+# (at 4096 spins between yields a step took 240 us there instead of 10).
+SPINS_BEFORE_YIELD = 1024
 
 
 @intrinsic
@@ -145,9 +147,14 @@ def yield_core(typingctx):
     return types.void(), codegen
 
 
+# What barrier returns: met while spinning, met after giving the core away (the partner was not
+# running: the machine is busy), or the partner failed.
+MET, MET_LATE, PARTNER_FAILED = 0, 1, -1
+
+
 @kernel
 def barrier(sync, part, generation):
-    """Wait until both sides have reached `generation` (1, 2, ...); False if the partner gave up.
+    """Wait until both sides have reached `generation` (1, 2, ...): MET, MET_LATE or PARTNER_FAILED.
 
     Each side publishes its generation, then waits for the other's: writes a side made before its
     call are seen by the other side after the call returns.
@@ -157,13 +164,14 @@ def barrier(sync, part, generation):
     spins = 0
     while atomic_load(sync, other) < generation:
         if atomic_load(sync, SYNC_ABORT) != 0:
-            return False
-        spin_pause()
-        spins += 1
-        if spins == SPINS_BEFORE_YIELD:
-            spins = 0
+            return PARTNER_FAILED
+        if spins < SPINS_BEFORE_YIELD:
+            spin_pause()
+            spins += 1
+        else:
             yield_core()
-    return True
+            spins += 1
+    return MET if spins <= SPINS_BEFORE_YIELD else MET_LATE
 
 
 def _available_cores():
@@ -194,6 +202,20 @@ def get_num_threads():
     return _num_threads
 
 
+PIN_PARTNER = os.environ.get("FASTRNN_PIN", "1") == "1"
+
+
+def _pin_to_last_core():
+    """Keep the partner thread on one core (the last this process may use), so that the weights
+    it streams stay in that core's cache instead of following the thread around."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) >= 2:
+            os.sched_setaffinity(0, {cores[-1]})  # 0: this thread, on Linux
+    except (AttributeError, OSError):  # not Linux, or not allowed: unpinned
+        pass
+
+
 class _Partner:
     """The partner thread: runs `kernel(1, *args)` for each job put in its queue; releases the
     lock after a job that asks it to (a stream's step server, whose caller does not wait)."""
@@ -205,6 +227,8 @@ class _Partner:
         self.thread.start()
 
     def _serve(self):
+        if PIN_PARTNER:
+            _pin_to_last_core()
         while True:
             kernel_function, args, sync, failures, release = self.jobs.get()
             try:
@@ -229,14 +253,35 @@ def _get_partner():
         return _partner
 
 
+# A pair job whose waits gave the core away this often (see MET_LATE) says the machine has more
+# runnable threads than cores; two-core runs then pause for CONTENDED_SECONDS, since a spinning
+# pair there is far slower than one core (a 10 us step took 70-240 us).
+LATE_WAITS_LIMIT = 8
+CONTENDED_SECONDS = 0.2
+_contended_until = 0.0
+
+
+def report_late_waits(count):
+    """Note a pair job's late waits; past LATE_WAITS_LIMIT, pause two-core runs for a while."""
+    global _contended_until
+    if count > LATE_WAITS_LIMIT:
+        _contended_until = time.monotonic() + CONTENDED_SECONDS
+
+
+def _pair_available():
+    return _num_threads >= 2 and time.monotonic() >= _contended_until
+
+
 def run_pair(kernel_function, args):
     """kernel(0, *args) here and kernel(1, *args) on the partner thread, at once.
 
-    The kernel's last argument must be a fresh zeroed int64 sync array of SYNC_SIZE. Returns False
-    without running anything when the pair is not available now (one thread set, or the partner
-    busy with another caller's job): the caller runs its single-core path instead.
+    The kernel's last argument must be a fresh zeroed int64 sync array of SYNC_SIZE; it returns how
+    many of its waits were late (MET_LATE), or a negative number if the partner failed. Returns
+    False without running anything when the pair is not available now (one thread set, the
+    partner busy with another caller's job, or the machine found busy a moment ago): the caller
+    runs its single-core path instead.
     """
-    if _num_threads < 2:
+    if not _pair_available():
         return False
     partner = _get_partner()
     if not partner.lock.acquire(blocking=False):
@@ -246,12 +291,13 @@ def run_pair(kernel_function, args):
     try:
         partner.jobs.put((kernel_function, args, sync, failures, False))
         try:
-            completed = kernel_function(0, *args)
+            late_waits = kernel_function(0, *args)
         except BaseException:
             sync[SYNC_ABORT] = 1  # lets the partner's part out of its barrier
             raise
-        if not completed:  # only the partner sets the abort slot, after recording why
+        if late_waits < 0:  # only the partner sets the abort slot, after recording why
             raise RuntimeError("fastrnn's partner thread failed") from failures[0]
+        report_late_waits(late_waits)
     finally:
         partner.lock.release()
     return True
@@ -267,7 +313,7 @@ def start_server(server_kernel, args):
     compare_exchange, and closes the channel when it has waited long enough for none.
     The partner is the server's until then.
     """
-    if _num_threads < 2:
+    if not _pair_available():
         return None
     partner = _get_partner()
     if not partner.lock.acquire(blocking=False):

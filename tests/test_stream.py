@@ -11,6 +11,7 @@ import torch
 
 import fastrnn
 import fastrnn.driver
+import fastrnn.stream
 import fastrnn.threads
 from fastrnn.stream import SNAPSHOT_VERSION, decode_snapshot, encode_snapshot, model_fingerprint
 
@@ -26,9 +27,12 @@ def cores(request, monkeypatch):
         monkeypatch.setattr(fastrnn.threads, "_num_threads", 1)
     else:
         monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
+        monkeypatch.setattr(fastrnn.threads, "LATE_WAITS_LIMIT", 1 << 62)  # busy machine or not
+        monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
         monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_WEIGHT_BYTES", 0)
         monkeypatch.setattr(fastrnn.driver, "STREAM_PAIR_MIN_WEIGHT_BYTES", 0)
         monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_STEPS", 1)
+        monkeypatch.setattr(fastrnn.stream, "LATE_STEPS_LIMIT", 1 << 62)
     return request.param
 
 
@@ -486,7 +490,7 @@ def test_partner_leaves_when_steps_pause_and_comes_back(cores):
         assert time.perf_counter() < deadline, "the idle server never closed"
         time.sleep(0.001)
     fastrnn.threads.wait_until_free()
-    assert fastrnn.threads.run_pair(lambda part, sync: True, (fastrnn.threads.new_sync(),))
+    assert fastrnn.threads.run_pair(lambda part, sync: 0, (fastrnn.threads.new_sync(),))
     ys += [stream.step(x) for x in xs[10:]]  # one core, then the server again
     assert stream._pair.sync is not None and stream._pair.sync is not first_sync
     assert_close(np.stack(ys), model(xs)[0])

@@ -6,6 +6,7 @@ realistic sizes, and that a failure on either side is reported and leaves the pa
 """
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import fastrnn.driver
 import fastrnn.threads
 import reference
 from fastrnn.jit import kernel
-from fastrnn.threads import SYNC_STRIDE, barrier, new_sync, run_pair
+from fastrnn.threads import PARTNER_FAILED, SYNC_STRIDE, barrier, new_sync, run_pair
 from reference import cast_layers, random_layers
 
 
@@ -23,17 +24,24 @@ from reference import cast_layers, random_layers
 def exchange(part, values, seen, sync):
     """Each side writes its generation's value, meets the other, and records what it wrote."""
     other = 1 - part
+    late = 0
     for generation in range(1, values.shape[1] + 1):
         values[part, generation - 1] = generation * (part + 1)
-        if not barrier(sync, part, generation):
-            return False
+        met = barrier(sync, part, generation)
+        if met == PARTNER_FAILED:
+            return -1
+        late += met
         seen[part, generation - 1] = values[other, generation - 1]
-    return True
+    return late
 
 
 @pytest.fixture
 def two_threads(monkeypatch):
+    """Two threads, and no pause for a busy machine (a loaded test machine must not change which
+    path the tests take; test_a_busy_machine_pauses_two_core_runs tests the pause)."""
     monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
+    monkeypatch.setattr(fastrnn.threads, "LATE_WAITS_LIMIT", 1 << 62)
+    monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
 
 
 def run_exchange(generations=500):
@@ -74,6 +82,18 @@ def test_busy_partner_means_one_core(two_threads):
         ran, values, _ = run_exchange()
     assert not ran and not values.any()
     assert run_exchange()[0]
+
+
+def test_a_busy_machine_pauses_two_core_runs(monkeypatch):
+    monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
+    monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.05)
+    fastrnn.threads.report_late_waits(fastrnn.threads.LATE_WAITS_LIMIT)  # at the limit: no pause
+    assert run_exchange(10)[0]
+    fastrnn.threads.report_late_waits(fastrnn.threads.LATE_WAITS_LIMIT + 1)
+    ran, values, _ = run_exchange(10)
+    assert not ran and not values.any()
+    time.sleep(0.06)
+    assert run_exchange(10)[0]
 
 
 def test_partner_failure_is_raised_and_the_partner_recovers(two_threads):
@@ -161,6 +181,7 @@ def test_two_cores_match_the_reference_and_one_core(kind, hidden, options, dtype
     """At sizes where the two-core path is chosen by default (unequal halves), with unequal
     lengths and a batch of 3."""
     monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
+    monkeypatch.setattr(fastrnn.threads, "LATE_WAITS_LIMIT", 1 << 62)
     spy = PairSpy(monkeypatch)
     model, layers = make_model(kind, hidden, dtype, **options)
     bidirectional = model.config.bidirectional
