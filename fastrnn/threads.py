@@ -147,9 +147,11 @@ def yield_core(typingctx):
     return types.void(), codegen
 
 
-# What barrier returns: met while spinning, met after giving the core away (the partner was not
-# running: the machine is busy), or the partner failed.
+# What barrier returns: met, met after a wait of over LATE_WAIT_CYCLES (about 0.3 ms: far longer
+# than the halves of a step differ by, so the partner was not running: the machine is busier than
+# its cores), or the partner failed.
 MET, MET_LATE, PARTNER_FAILED = 0, 1, -1
+LATE_WAIT_CYCLES = 1_000_000
 
 
 @kernel
@@ -161,6 +163,9 @@ def barrier(sync, part, generation):
     """
     atomic_store(sync, part * SYNC_STRIDE, generation)
     other = (1 - part) * SYNC_STRIDE
+    if atomic_load(sync, other) >= generation:
+        return MET
+    started = cycle_counter()
     spins = 0
     while atomic_load(sync, other) < generation:
         if atomic_load(sync, SYNC_ABORT) != 0:
@@ -170,8 +175,7 @@ def barrier(sync, part, generation):
             spins += 1
         else:
             yield_core()
-            spins += 1
-    return MET if spins <= SPINS_BEFORE_YIELD else MET_LATE
+    return MET if cycle_counter() - started <= LATE_WAIT_CYCLES else MET_LATE
 
 
 def _available_cores():
