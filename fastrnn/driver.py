@@ -17,9 +17,9 @@ import numpy as np
 from fastrnn.cells import cell_step
 from fastrnn.cells.common import add_scaled_rows, add_scaled_rows_batch
 from fastrnn.jit import kernel
-from fastrnn.threads import (CLOSED, PARTNER_FAILED, SPINS_BEFORE_YIELD, SYNC_CHANNEL,
-                             atomic_load, barrier, compare_exchange, cycle_counter, fetch_rows, get_num_threads, new_sync, run_pair,
-                             spin_pause, yield_core)
+from fastrnn.threads import (CLOSED, PARTNER_FAILED, SPINS_BEFORE_YIELD, SYNC_CHANNEL, SYNC_STOP,
+                             atomic_load, barrier, compare_exchange, cycle_counter, fetch_rows,
+                             get_num_threads, new_sync, run_pair, spin_pause, yield_core)
 from fastrnn.weights import (PAIR_B_HH, PAIR_B_IH, PAIR_CODES, PAIR_FIRST_UNIT, PAIR_INPUTS,
                              PAIR_PEEPHOLE, PAIR_PEEPHOLE_WIDTH, PAIR_STATE_WIDTH, PAIR_UNITS,
                              PAIR_W_HH, PAIR_W_IH, PAIR_WIDTH, STEP_B_HH, STEP_B_IH, STEP_CODES,
@@ -260,7 +260,8 @@ def pair_work_views(work, pair_layout, h, input_size, part):
 def pair_step_server(part, cell, x, clip, flag, pair_weights, pair_layout, activation_parameters,
                      h, c, work, idle_cycles, sync):
     """The partner's side of pair_step: serve steps as the caller asks for them, until none has
-    been asked for in `idle_cycles` CPU cycles or the caller closes the channel. The wait is a
+    been asked for in `idle_cycles` CPU cycles, another thread asks for the partner (SYNC_STOP),
+    or the caller closes the channel. The wait is a
     spin, so that a step asked for is started within a fraction of a microsecond. x is only
     looked at for its shape (the step's input is in the work space)."""
     served = 0
@@ -277,7 +278,8 @@ def pair_step_server(part, cell, x, clip, flag, pair_weights, pair_layout, activ
                 return False
             idle_since = cycle_counter()
             spins = 0
-        elif cycle_counter() - idle_since > idle_cycles:
+        elif (cycle_counter() - idle_since > idle_cycles
+              or atomic_load(sync, SYNC_STOP) != 0):
             if compare_exchange(sync, SYNC_CHANNEL, served, CLOSED):
                 return True
         elif spins < SPINS_BEFORE_YIELD:

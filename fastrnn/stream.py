@@ -35,9 +35,8 @@ from fastrnn.driver import (BLAS_MIN_BATCH, PAIR_DONE, PAIR_FAILED, PAIR_LATE, b
 from fastrnn.jit import kernel
 from fastrnn.model import Model
 from fastrnn.state import State
-from fastrnn.threads import (CLOSED, LATE_WAITS_LIMIT, SYNC_CHANNEL, close_server,
-                             cycles_per_second, new_sync, report_late_waits, start_server,
-                             wait_until_free)
+from fastrnn.threads import (CLOSED, SYNC_CHANNEL, close_server, cycles_per_second, new_sync,
+                             pause_pairs, start_server, wait_until_free)
 from fastrnn.validation import as_float_array, check_shape
 
 # -- snapshot format --------------------------------------------------------------------------
@@ -299,7 +298,7 @@ class _PairSteps:
             if status == PAIR_LATE:  # the machine is busy: a few of these in a row, let go
                 self.late_steps += 1
                 if self.late_steps >= LATE_STEPS_LIMIT:
-                    report_late_waits(LATE_WAITS_LIMIT + 1)
+                    pause_pairs()
                     self.close()
                 return True
             self.sync = None

@@ -32,7 +32,9 @@ SYNC_STRIDE = 16
 SYNC_ABORT = 2 * SYNC_STRIDE
 # A stream's step server (start_server): how many steps the caller has asked of it, or CLOSED.
 SYNC_CHANNEL = 3 * SYNC_STRIDE
-SYNC_SIZE = 4 * SYNC_STRIDE
+# Set by another thread that wanted the partner: the server leaves at its next pause.
+SYNC_STOP = 4 * SYNC_STRIDE
+SYNC_SIZE = 5 * SYNC_STRIDE
 CLOSED = -1
 # Spins (about 25 us) before a wait starts calling sched_yield at every look: long enough that a
 # running partner is met without a system call, short enough that when the machine has more
@@ -267,13 +269,31 @@ _contended_until = 0.0
 
 def report_late_waits(count):
     """Note a pair job's late waits; past LATE_WAITS_LIMIT, pause two-core runs for a while."""
-    global _contended_until
     if count > LATE_WAITS_LIMIT:
-        _contended_until = time.monotonic() + CONTENDED_SECONDS
+        pause_pairs()
+
+
+def pause_pairs():
+    """No new two-core run for CONTENDED_SECONDS (the machine is busy)."""
+    global _contended_until
+    _contended_until = time.monotonic() + CONTENDED_SECONDS
 
 
 def _pair_available():
     return _num_threads >= 2 and time.monotonic() >= _contended_until
+
+
+_server_sync = None  # the sync array of the step server last started
+
+
+def _partner_wanted_elsewhere():
+    """Another thread holds the partner while this one wants it: more threads are running fastrnn
+    than there are cores for pairs. Pause two-core runs (the server holding it leaves), so that
+    each thread runs on a core of its own."""
+    pause_pairs()
+    server_sync = _server_sync
+    if server_sync is not None:
+        server_sync[SYNC_STOP] = 1
 
 
 def run_pair(kernel_function, args):
@@ -289,6 +309,7 @@ def run_pair(kernel_function, args):
         return False
     partner = _get_partner()
     if not partner.lock.acquire(blocking=False):
+        _partner_wanted_elsewhere()
         return False
     sync = args[-1]
     failures = []
@@ -317,11 +338,14 @@ def start_server(server_kernel, args):
     compare_exchange, and closes the channel when it has waited long enough for none.
     The partner is the server's until then.
     """
+    global _server_sync
     if not _pair_available():
         return None
     partner = _get_partner()
     if not partner.lock.acquire(blocking=False):
+        _partner_wanted_elsewhere()
         return None
+    _server_sync = args[-1]
     failures = []
     partner.jobs.put((server_kernel, args, args[-1], failures, True))
     return failures

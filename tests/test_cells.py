@@ -27,7 +27,8 @@ def cores(request, monkeypatch):
         monkeypatch.setattr(fastrnn.threads, "_num_threads", 1)
     else:
         monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
-        monkeypatch.setattr(fastrnn.threads, "LATE_WAITS_LIMIT", 1 << 62)  # busy machine or not
+        # The same paths on a busy machine: no pause after late waits or a partner wanted twice.
+        monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.0)
         monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
         monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_WEIGHT_BYTES", 0)
         monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_STEPS", 1)

@@ -27,7 +27,8 @@ def cores(request, monkeypatch):
         monkeypatch.setattr(fastrnn.threads, "_num_threads", 1)
     else:
         monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
-        monkeypatch.setattr(fastrnn.threads, "LATE_WAITS_LIMIT", 1 << 62)  # busy machine or not
+        # The same paths on a busy machine: no pause after late waits or a partner wanted twice.
+        monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.0)
         monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
         monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_WEIGHT_BYTES", 0)
         monkeypatch.setattr(fastrnn.driver, "STREAM_PAIR_MIN_WEIGHT_BYTES", 0)
@@ -522,3 +523,18 @@ def test_a_partner_failure_is_raised(cores):
     stream.reset()
     again = [stream.step(x) for x in xs]  # a new server
     assert_close(np.stack(again), model(xs)[0])
+
+
+def test_a_second_thread_wanting_the_partner_makes_both_run_on_one_core(cores, monkeypatch):
+    """A service stepping streams from several threads has no core to spare: the stream holding
+    the partner lets it go, and no pair starts for a while."""
+    model, stream = steady_stream(cores)
+    monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.5)
+    xs = inputs(20, 2, 4)
+    ys = [stream.step(x) for x in xs[:5]]
+    assert stream._pair.sync is not None
+    # another thread's sequence wants the partner: it runs on one core, and pairs pause
+    assert not fastrnn.threads.run_pair(lambda part, sync: 0, (fastrnn.threads.new_sync(),))
+    ys += [stream.step(x) for x in xs[5:]]
+    assert stream._pair.sync is None
+    assert_close(np.stack(ys), model(xs)[0])

@@ -40,7 +40,7 @@ def two_threads(monkeypatch):
     """Two threads, and no pause for a busy machine (a loaded test machine must not change which
     path the tests take; test_a_busy_machine_pauses_two_core_runs tests the pause)."""
     monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
-    monkeypatch.setattr(fastrnn.threads, "LATE_WAITS_LIMIT", 1 << 62)
+    monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.0)
     monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
 
 
@@ -87,6 +87,7 @@ def test_busy_partner_means_one_core(two_threads):
 def test_a_busy_machine_pauses_two_core_runs(monkeypatch):
     monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
     monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.05)
+    monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
     fastrnn.threads.report_late_waits(fastrnn.threads.LATE_WAITS_LIMIT)  # at the limit: no pause
     assert run_exchange(10)[0]
     fastrnn.threads.report_late_waits(fastrnn.threads.LATE_WAITS_LIMIT + 1)
@@ -181,7 +182,7 @@ def test_two_cores_match_the_reference_and_one_core(kind, hidden, options, dtype
     """At sizes where the two-core path is chosen by default (unequal halves), with unequal
     lengths and a batch of 3."""
     monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
-    monkeypatch.setattr(fastrnn.threads, "LATE_WAITS_LIMIT", 1 << 62)
+    monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.0)
     spy = PairSpy(monkeypatch)
     model, layers = make_model(kind, hidden, dtype, **options)
     bidirectional = model.config.bidirectional
