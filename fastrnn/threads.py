@@ -283,13 +283,18 @@ def _pair_available():
     return _num_threads >= 2 and time.monotonic() >= _contended_until
 
 
-_server_sync = None  # the sync array of the step server last started
+_server_sync = None   # the sync array of the step server last started
+_server_thread = None  # and the thread that started it
 
 
 def _partner_wanted_elsewhere():
-    """Another thread holds the partner while this one wants it: more threads are running fastrnn
-    than there are cores for pairs. Pause two-core runs (the server holding it leaves), so that
-    each thread runs on a core of its own."""
+    """The partner is taken when this thread wants it. If another thread took it, more threads are
+    running fastrnn than there are cores for pairs: pause two-core runs (the server holding it
+    leaves), so that each thread runs on a core of its own. If this thread's own stream holds it
+    (one thread stepping several streams), this call just runs on one core."""
+    if _server_thread == threading.get_ident() and _server_sync is not None \
+            and _server_sync[SYNC_CHANNEL] != CLOSED:
+        return
     pause_pairs()
     server_sync = _server_sync
     if server_sync is not None:
@@ -338,14 +343,14 @@ def start_server(server_kernel, args):
     compare_exchange, and closes the channel when it has waited long enough for none.
     The partner is the server's until then.
     """
-    global _server_sync
+    global _server_sync, _server_thread
     if not _pair_available():
         return None
     partner = _get_partner()
     if not partner.lock.acquire(blocking=False):
         _partner_wanted_elsewhere()
         return None
-    _server_sync = args[-1]
+    _server_sync, _server_thread = args[-1], threading.get_ident()
     failures = []
     partner.jobs.put((server_kernel, args, args[-1], failures, True))
     return failures
