@@ -534,7 +534,29 @@ def test_a_second_thread_wanting_the_partner_makes_both_run_on_one_core(cores, m
     ys = [stream.step(x) for x in xs[:5]]
     assert stream._pair.sync is not None
     # another thread's sequence wants the partner: it runs on one core, and pairs pause
-    assert not fastrnn.threads.run_pair(lambda part, sync: 0, (fastrnn.threads.new_sync(),))
+    ran = []
+    other = threading.Thread(target=lambda: ran.append(fastrnn.threads.run_pair(
+        lambda part, sync: 0, (fastrnn.threads.new_sync(),))))
+    other.start()
+    other.join()
+    assert ran == [False]
     ys += [stream.step(x) for x in xs[5:]]
     assert stream._pair.sync is None
     assert_close(np.stack(ys), model(xs)[0])
+
+
+def test_one_thread_stepping_two_streams_keeps_pairing_one(cores):
+    """The partner serves one stream at a time; a thread's other streams step on one core, and
+    the pairing is not paused for it."""
+    model, first = steady_stream(cores)
+    second = model.stream(batch=2)
+    xs = inputs(20, 2, 4)
+    got = [[], []]
+    for x in xs:
+        got[0].append(first.step(x))
+        got[1].append(second.step(x))
+    assert first._pair.sync is not None and first._pair.requested == 18
+    assert second._pair.sync is None
+    expected = model(xs)[0]
+    assert_close(np.stack(got[0]), expected)
+    assert_close(np.stack(got[1]), expected)
