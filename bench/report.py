@@ -105,11 +105,12 @@ def limit(info, probes):
     """(seconds, what bounds it) the machine allows for the workload in `info`, or None.
 
     Per-step workloads (step, pool, threads): every weight of the stack is read once per timestep,
-      at the read bandwidth one core reaches on a working set of that size (weights stay in cache
-      between calls when they fit), spread over `threads` cores where the case says so.
+      at the read bandwidth all cores reach together on a working set of that size, each core
+      reading its share from its own cache (weights stay in cache between calls when they fit).
     Sequences (sequence, chunk): the input projection is one GEMM, so the recurrence reads each
-      layer-direction's W_hh once per timestep, one after the other, at the bandwidth for that
-      working set.
+      layer-direction's W_hh once per timestep, one after the other, at the all-cores bandwidth
+      for that working set.
+    (Probes of an older run have no all-cores curve: one core's is used then.)
     Either way the flops at the GEMM rate bound it too; the larger of the two is the limit.
     The timesteps of one call are steps_per_call, samples_per_call or steps; the rows are streams
     or batch.
@@ -123,13 +124,14 @@ def limit(info, probes):
     gates, itemsize = GATES[kind], 4
     steps = info.get("steps_per_call") or info.get("samples_per_call") or info.get("steps", 1)
     rows = info.get("streams") or info.get("batch", 1)
-    curve, gemm = probes["read_bandwidth_bytes_per_s"], probes["gemm_flops_per_s"]
+    curve = probes.get("read_bandwidth_all_cores_bytes_per_s") or probes["read_bandwidth_bytes_per_s"]
+    gemm = probes["gemm_flops_per_s"]
     sizes = layer_sizes(info)
     flops = sum(2 * gates * hidden * (width + hidden) for width, hidden in sizes) * steps * rows
     compute = flops / gemm
     if per_step:
         weights = sum(gates * hidden * (width + hidden + 2) * itemsize for width, hidden in sizes)
-        memory = steps * weights / bandwidth_at(curve, weights) / info.get("threads", 1)
+        memory = steps * weights / bandwidth_at(curve, weights)
         what = f"{format_bytes(weights)} weight reads"
     else:
         recurrent = [gates * hidden * (hidden + 1) * itemsize for _, hidden in sizes]
@@ -214,9 +216,10 @@ def table(groups, probes):
         "process). `A vs B` is B's figure over A's: above 1 A is faster (or "
         "smaller). `correct`: every engine's answer was checked against a float64 torch run of "
         "the same weights (float32 within 3e-5) before it was timed. `limit`: the least time the "
-        "machine allows (bench/probes.py, one core's read bandwidth at the weights' working-set "
-        "size, all cores' float32 GEMM rate); `% of limit` is limit / fastrnn's median, 100% "
-        "would be at the limit (above 100%, other load slowed the probes more than the case).",
+        "machine allows (bench/probes.py, all cores' read bandwidth together at the weights' "
+        "working-set size, all cores' float32 GEMM rate); `% of limit` is limit / fastrnn's "
+        "median, 100% would be at the limit (above 100%, other load slowed the probes more than "
+        "the case).",
         ""]
     return "\n".join(lines)
 
@@ -240,10 +243,14 @@ def memory_details(rows):
 def machine_section(machine, probes, probed_now, benchmark_json):
     bench = machine.get("fastrnn_bench", {})
     versions = bench.get("versions", {})
-    curve = {int(size): rate for size, rate in probes["read_bandwidth_bytes_per_s"].items()}
-    shown = [size for size in (16 * 2 ** 10, 256 * 2 ** 10, 4 * 2 ** 20, 64 * 2 ** 20)
-             if size in curve]
-    bandwidth = ", ".join(f"{format_bytes(size)}: {curve[size] / 1e9:.0f} GB/s" for size in shown)
+    def bandwidths(key):
+        curve = {int(size): rate for size, rate in probes.get(key, {}).items()}
+        shown = [size for size in (16 * 2 ** 10, 256 * 2 ** 10, 4 * 2 ** 20, 64 * 2 ** 20)
+                 if size in curve]
+        return ", ".join(f"{format_bytes(size)}: {curve[size] / 1e9:.0f} GB/s" for size in shown)
+
+    bandwidth = bandwidths("read_bandwidth_bytes_per_s")
+    all_cores = bandwidths("read_bandwidth_all_cores_bytes_per_s")
     load = bench.get("load_average")
     lines = [
         "## Machine",
@@ -254,6 +261,8 @@ def machine_section(machine, probes, probed_now, benchmark_json):
         "- versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()
                                     if version),
         f"- one core's read bandwidth by working set: {bandwidth}",
+        *([f"- all {probes.get('cores', '?')} cores' read bandwidth together, by total working "
+           f"set: {all_cores}"] if all_cores else []),
         f"- float32 GEMM (numpy matmul 1024^3, all cores): "
         f"{probes['gemm_flops_per_s'] / 1e9:.0f} GFLOP/s"
         + (" (probed when this report was written, not in the benchmark run)" if probed_now else ""),

@@ -144,3 +144,23 @@ def test_plots_keep_one_point_per_engine_and_size():
     points = report.one_case_per_point({"g2": other_suite, "g1": full}, "lstm", "hidden_size")
     assert sorted((engine, c.value) for engine, c in points) == [
         ("fastrnn", 20e-6), ("onnxruntime", 60e-6), ("torch", 80e-6)]
+
+
+def test_limit_reads_at_all_cores_bandwidth_when_probed():
+    """Two cores read a step's weights at once (each its share from its own cache): the limit
+    takes the all-cores curve where the probes have it, one core's in an older run's probes."""
+    info = dict(kind="lstm", input_size=64, hidden_size=128, num_layers=1, bidirectional=False,
+                batch=1, steps=1, workload="step")
+    both = dict(PROBES, read_bandwidth_all_cores_bytes_per_s={"65536": 200e9}, cores=2)
+    # the same 397312 B as test_report_table's step, at 200 GB/s
+    assert report.limit(info, both) == pytest.approx((397312 / 200e9, "388 KiB weight reads"))
+    assert report.limit(info, PROBES)[0] == pytest.approx(397312 / 100e9)
+
+
+def test_all_cores_probe_reads_from_every_core():
+    rate = probes.read_bandwidth(64 * 1024, cores=2, seconds=0.005, repeats=2)
+    assert 1e8 < rate < 1e13
+    best = probes.best_of(PROBES, {"read_bandwidth_all_cores_bytes_per_s": {"65536": 150e9},
+                                   "cores": 2, "gemm_flops_per_s": 1e9})
+    assert best["read_bandwidth_all_cores_bytes_per_s"] == {"65536": 150e9}
+    assert best["cores"] == 2
