@@ -300,8 +300,8 @@ def copy_rows(destination, source):
 
 def run_direction(cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole, w_proj_t, codes,
                   alphas, betas, clip, flag, out, out_offset, scratch):
-    """sequence_kernel over the whole sequence: one call for small batches; for BLAS_MIN_BATCH rows or more, a numpy product R h for the whole batch, then the
-    kernel, once per step."""
+    """sequence_kernel over the whole sequence: one call for small batches; for BLAS_MIN_BATCH
+    rows or more, a numpy product R h for the whole batch, then the kernel, once per step."""
     steps, batch, gate_rows = xproj.shape
     recurrent = np.empty((batch, gate_rows), xproj.dtype)
     arguments = (cell, xproj, lengths, reverse, h, c, w_hh_t, b_hh, peephole, w_proj_t, codes,
