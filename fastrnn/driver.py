@@ -8,8 +8,14 @@ for chosen rows of a state table, with no allocation; StreamPool and Stream both
 `batched_step` does the same for BLAS_MIN_BATCH rows or more, each layer's products as two
 numpy (BLAS) matrix products into buffers the caller allocates once, the cells in `cells_kernel`.
 
-Both call `cell_step`, so every cell, option and activation runs through the same code. Kernels
-trust their inputs: fastrnn.model validates before calling.
+Two cores (fastrnn.threads): below BLAS_MIN_BATCH rows, a sequence whose weights are large enough
+runs as `pair_sequence_kernel` on the calling thread and the partner thread at once, each making
+its half of the hidden units from its own blocks of the weights (PackedWeights.pair_tables), and
+a Stream's steps as `pair_step`, served on the partner by `pair_step_server` (see pair_split and
+stream_pair_split for when).
+
+All of them call `cell_step`, so every cell, option and activation runs through the same code.
+Kernels trust their inputs: fastrnn.model validates before calling.
 """
 
 import numpy as np
