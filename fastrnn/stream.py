@@ -259,9 +259,18 @@ class _PairSteps:
     free again; the next step then runs on one core, and the one after, if it follows within
     IDLE_SECONDS, starts the server again. So a stream stepped in bursts spins the second core
     for at most IDLE_SECONDS after each burst, and a stream stepped rarely never wakes it.
+
+    Whether two cores are faster for this model and batch depends on the machine (two cores with
+    their own caches, or two hardware threads of one core sharing them) and on its load, so the
+    stream measures: TRIAL_STEPS steady steps on one core, then as many on two, and keeps the
+    faster way for REVIEW_SECONDS before measuring again. (On the development VM the pair was
+    1.4x faster at H = 128 in one run and 1.4x slower in another.) TRIAL_STEPS = 0: always two.
     """
 
     IDLE_SECONDS = 0.001
+    TRIAL_STEPS = 128
+    TRIAL_WARMUP = 8       # steps on two cores before their timing starts (the partner wakes)
+    REVIEW_SECONDS = 2.0
 
     def __init__(self, model, table, split):
         config, packed = model.config, model._packed
@@ -279,6 +288,9 @@ class _PairSteps:
         self.failures = None
         self.last_step = -1.0
         self.late_steps = 0
+        self.pairing = True      # the choice the last trial made
+        self.review_at = 0.0     # when the next trial starts
+        self.trial = None        # during a trial: [on two cores?, steps counted, start, 1-core time]
         # Compile (or load from the cache) both kernels now, on a closed channel: nothing runs.
         closed = new_sync()
         closed[SYNC_CHANNEL] = CLOSED
@@ -288,7 +300,51 @@ class _PairSteps:
                                                closed, 1))
 
     def step(self, x, y):
-        """Advance one step on two cores if the server is open; False (nothing done) if not."""
+        """Advance one step on two cores if that is the way chosen and the server is open; False
+        (nothing done: the caller steps on one core) if not."""
+        now = time.perf_counter()
+        if self.TRIAL_STEPS and now >= self.review_at:
+            return self._trial_step(now, x, y)
+        if self.pairing:
+            return self._pair_step(now, x, y)
+        return False
+
+    def _trial_step(self, now, x, y):
+        """A step of the trial: the first TRIAL_STEPS on one core, then TRIAL_WARMUP and
+        TRIAL_STEPS on two, each run timed from call to call (the caller's own work between
+        steps counts in both). A pause in the steps starts the trial again."""
+        trial = self.trial
+        if trial is None or now - self.last_step >= self.IDLE_SECONDS:
+            self.close()
+            self.trial = trial = [False, 0, now, 0.0]
+        self.last_step = now
+        on_two, counted, start, one_core = trial
+        if not on_two:
+            if counted < self.TRIAL_STEPS:
+                trial[1] += 1
+                return False
+            trial[:] = [True, -self.TRIAL_WARMUP, now, (now - start) / counted]
+            self._start()
+            if self.sync is None:  # the partner is not to be had now: one core, ask later
+                self._decide(False, now)
+                return False
+        elif counted == 0:
+            trial[2] = now
+        elif counted == self.TRIAL_STEPS:
+            self._decide((now - start) / counted < one_core, now)
+            return self._pair_step(now, x, y) if self.pairing else False
+        trial[1] += 1
+        done = self._pair_step(now, x, y)
+        if not done:  # the server closed (a pause, another thread): no fair timing now
+            self._decide(False, now)
+        return done
+
+    def _decide(self, pairing, now):
+        self.pairing, self.trial, self.review_at = pairing, None, now + self.REVIEW_SECONDS
+        if not pairing:
+            self.close()
+
+    def _pair_step(self, now, x, y):
         if self.sync is not None:
             self.requested += 1
             status = self.kernel(0, self.cell, x, *self.after_x, y, self.sync, self.requested)
@@ -305,9 +361,8 @@ class _PairSteps:
             if status == PAIR_FAILED:
                 raise RuntimeError("fastrnn's partner thread failed") from (
                     self.failures[0] if self.failures else None)
-            self.last_step = time.perf_counter()  # it closed: the steps had paused
+            self.last_step = now  # it closed: the steps had paused
             return False
-        now = time.perf_counter()
         if now - self.last_step < self.IDLE_SECONDS:
             self._start()
         self.last_step = now
@@ -321,12 +376,14 @@ class _PairSteps:
         if failures is not None:
             self.sync, self.requested, self.failures = sync, 0, failures
 
-    def close(self):
-        """Let the partner go now (before a chunk, which wants it for itself)."""
+    def close(self, wait=False):
+        """Let the partner go now; with wait, until it is free (before a chunk, which wants it
+        for itself)."""
         if self.sync is not None:
             close_server(self.sync, self.requested)
             self.sync = None
-            wait_until_free()
+            if wait:
+                wait_until_free()
 
 
 def _entry_point(kernel_function, args):
@@ -434,7 +491,7 @@ class Stream:
             ys = np.zeros((0, self.batch, config.output_size), self._dtype)
         else:
             if self._pair is not None:
-                self._pair.close()
+                self._pair.close(wait=True)
             lengths = np.full(self.batch, steps, np.int64)
             ys = run_sequence(config, self.model._packed, np.ascontiguousarray(xs),
                               self._table.h, self._table.c, lengths)

@@ -34,6 +34,7 @@ def cores(request, monkeypatch):
         monkeypatch.setattr(fastrnn.driver, "STREAM_PAIR_MIN_WEIGHT_BYTES", 0)
         monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_STEPS", 1)
         monkeypatch.setattr(fastrnn.stream, "LATE_STEPS_LIMIT", 1 << 62)
+        monkeypatch.setattr(fastrnn.stream._PairSteps, "TRIAL_STEPS", 0)  # two cores, no trial
     return request.param
 
 
@@ -560,3 +561,25 @@ def test_one_thread_stepping_two_streams_keeps_pairing_one(cores):
     expected = model(xs)[0]
     assert_close(np.stack(got[0]), expected)
     assert_close(np.stack(got[1]), expected)
+
+
+def test_a_stream_measures_whether_two_cores_pay(cores, monkeypatch):
+    """A trial times steady steps on one core, then on two, and keeps the faster: here two are
+    made slower on purpose, so the stream goes back to one core; the answers are right all along."""
+    model, stream = steady_stream(cores)
+    monkeypatch.setattr(fastrnn.stream._PairSteps, "TRIAL_STEPS", 16)
+    monkeypatch.setattr(fastrnn.stream._PairSteps, "TRIAL_WARMUP", 2)
+    pair = stream._pair
+    slow_pair_step = pair._pair_step
+
+    def slowed(now, x, y):
+        done = slow_pair_step(now, x, y)
+        time.sleep(0.0002)
+        return done
+
+    monkeypatch.setattr(pair, "_pair_step", slowed)
+    xs = inputs(60, 2, 4)
+    ys = [stream.step(x) for x in xs]
+    assert pair.trial is None and pair.review_at > 0  # decided
+    assert not pair.pairing and pair.sync is None
+    assert_close(np.stack(ys), model(xs)[0])
