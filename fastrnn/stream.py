@@ -21,6 +21,7 @@ format: a session can move between them.
 
 import hashlib
 import json
+import statistics
 import struct
 import time
 import weakref
@@ -290,7 +291,7 @@ class _PairSteps:
         self.late_steps = 0
         self.pairing = True      # the choice the last trial made
         self.review_at = 0.0     # when the next trial starts
-        self.trial = None        # during a trial: [on two cores?, steps counted, start, 1-core time]
+        self.trial = None        # during a trial: what it has timed so far
         # Compile (or load from the cache) both kernels now, on a closed channel: nothing runs.
         closed = new_sync()
         closed[SYNC_CHANNEL] = CLOSED
@@ -310,30 +311,34 @@ class _PairSteps:
         return False
 
     def _trial_step(self, now, x, y):
-        """A step of the trial: the first TRIAL_STEPS on one core, then TRIAL_WARMUP and
-        TRIAL_STEPS on two, each run timed from call to call (the caller's own work between
-        steps counts in both). A pause in the steps starts the trial again."""
+        """A step of the trial: TRIAL_STEPS on one core, then TRIAL_WARMUP and TRIAL_STEPS on
+        two, each step timed from its call to the next (the caller's own work between steps
+        counts in both); the medians decide, so that a hiccup of the machine does not. A pause in
+        the steps starts the trial again."""
         trial = self.trial
         if trial is None or now - self.last_step >= self.IDLE_SECONDS:
             self.close()
-            self.trial = trial = [False, 0, now, 0.0]
+            trial = self.trial = {"previous": None, "one": [], "two": [],
+                                  "warmup": self.TRIAL_WARMUP}
+        elif trial["previous"] == "one":
+            trial["one"].append(now - self.last_step)
+        elif trial["warmup"] > 0:
+            trial["warmup"] -= 1
+        else:
+            trial["two"].append(now - self.last_step)
         self.last_step = now
-        on_two, counted, start, one_core = trial
-        if not on_two:
-            if counted < self.TRIAL_STEPS:
-                trial[1] += 1
-                return False
-            trial[:] = [True, -self.TRIAL_WARMUP, now, (now - start) / counted]
+        if len(trial["one"]) < self.TRIAL_STEPS:
+            trial["previous"] = "one"
+            return False
+        if len(trial["two"]) >= self.TRIAL_STEPS:
+            self._decide(statistics.median(trial["two"]) < statistics.median(trial["one"]), now)
+            return self._pair_step(now, x, y) if self.pairing else False
+        if self.sync is None:
             self._start()
             if self.sync is None:  # the partner is not to be had now: one core, ask later
                 self._decide(False, now)
                 return False
-        elif counted == 0:
-            trial[2] = now
-        elif counted == self.TRIAL_STEPS:
-            self._decide((now - start) / counted < one_core, now)
-            return self._pair_step(now, x, y) if self.pairing else False
-        trial[1] += 1
+        trial["previous"] = "two"
         done = self._pair_step(now, x, y)
         if not done:  # the server closed (a pause, another thread): no fair timing now
             self._decide(False, now)
