@@ -166,10 +166,11 @@ def pair_step(part, cell, x, clip, flag, pair_weights, pair_layout, activation_p
     Part 0 (the caller) copies x into the work space, asks the step server on the partner thread
     (pair_step_server, which runs part 1) for step number `request`, does its half and writes y;
     it returns PAIR_DONE or PAIR_LATE; PAIR_CLOSED, having changed nothing, if the server has
-    closed its channel; PAIR_FAILED if the partner failed. Each part makes, for each layer, its units' gates from its
-    own weight blocks (pair_weights/pair_layout: PackedWeights.pair_tables) and their cells,
-    writing its units of the new h aside; the parts meet at a barrier after every layer, whose
-    input is the whole new h of the layer below, and once more after copying the new h into h.
+    closed its channel; PAIR_FAILED if the partner failed. Each part makes, for each layer, its
+    units' gates from its own weight blocks (pair_weights/pair_layout: PackedWeights.pair_tables)
+    and their cells, writing its units of the new h aside; the parts meet at a barrier after every
+    layer, whose input is the whole new h of the layer below, and once more after copying the new
+    h into h.
 
     x (B, I), y (B, H), h (L, B, H), c (L, B, H) or (L, B, 0): the Stream's table.
     activation_parameters (L, 6): PackedWeights.step_tables()'s. work: pair_work_size(...) of the

@@ -21,3 +21,4 @@ def tolerance(dtype):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-import fastrnn.driver
-import fastrnn.threads
 import reference
+from cores import use_cores
 from fastrnn import Config, LayerWeights
 from reference import cast_layers, random_layers
 
@@ -23,15 +22,7 @@ def cores(request, monkeypatch):
     """Every test here runs on one core and on two: with two, every sequence the two-core path
     can take (fastrnn.driver.pair_split), however small, takes it (tests/test_threads.py checks
     that it does)."""
-    if request.param == "one_core":
-        monkeypatch.setattr(fastrnn.threads, "_num_threads", 1)
-    else:
-        monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
-        # The same paths on a busy machine: no pause after late waits or a partner wanted twice.
-        monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.0)
-        monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
-        monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_WEIGHT_BYTES", 0)
-        monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_STEPS", 1)
+    use_cores(monkeypatch, request.param)
     return request.param
 
 

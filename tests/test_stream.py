@@ -13,6 +13,7 @@ import fastrnn
 import fastrnn.driver
 import fastrnn.stream
 import fastrnn.threads
+from cores import use_cores
 from fastrnn.stream import SNAPSHOT_VERSION, decode_snapshot, encode_snapshot, model_fingerprint
 
 STREAM_TOLERANCE = 1e-6  # DESIGN.md: streaming equals the whole-sequence run to 1e-6
@@ -22,19 +23,9 @@ STREAM_TOLERANCE = 1e-6  # DESIGN.md: streaming equals the whole-sequence run to
 def cores(request, monkeypatch):
     """Every test here runs on one core and on two: with two, every stream and chunk that the
     two-core paths can take (fastrnn.driver.stream_pair_split, pair_split), however small, takes
-    them. A stream's steps go to the partner from its third step, once it is stepping steadily."""
-    if request.param == "one_core":
-        monkeypatch.setattr(fastrnn.threads, "_num_threads", 1)
-    else:
-        monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
-        # The same paths on a busy machine: no pause after late waits or a partner wanted twice.
-        monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.0)
-        monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
-        monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_WEIGHT_BYTES", 0)
-        monkeypatch.setattr(fastrnn.driver, "STREAM_PAIR_MIN_WEIGHT_BYTES", 0)
-        monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_STEPS", 1)
-        monkeypatch.setattr(fastrnn.stream, "LATE_STEPS_LIMIT", 1 << 62)
-        monkeypatch.setattr(fastrnn.stream._PairSteps, "TRIAL_STEPS", 0)  # two cores, no trial
+    them. A stream's steps go to the partner from its third step, once it is stepping steadily
+    (no timing of one core against two: test_a_stream_measures_whether_two_cores_pay does it)."""
+    use_cores(monkeypatch, request.param)
     return request.param
 
 
