@@ -393,7 +393,8 @@ class _PairSteps:
 
 def _entry_point(kernel_function, args):
     """kernel_function's compiled entry point for these arguments' types, compiled now by calling
-    it with them (see _StateTable._compiled), or the dispatcher where Numba lacks these internals."""
+    it with them (see _StateTable._compiled), or the dispatcher where Numba lacks those
+    internals."""
     kernel_function(*args)
     try:
         return kernel_function.overloads[tuple(numba.typeof(arg) for arg in args)].entry_point

@@ -382,7 +382,7 @@ class PackedWeights:
 (STEP_W_IH, STEP_W_HH, STEP_B_IH, STEP_B_HH, STEP_PEEPHOLE, STEP_W_PROJ, STEP_INPUTS,
  STEP_GATE_ROWS, STEP_PEEPHOLE_WIDTH, STEP_PROJ_ROWS, STEP_PROJ_COLUMNS, STEP_CODES) = range(12)
 
-# pair_tables() starts every block on a 64-byte boundary (in elements of either dtype: 16 covers both).
+# pair_tables() starts every block on a 64-byte boundary: 16 elements, which covers both dtypes.
 _ALIGN = 16
 
 
