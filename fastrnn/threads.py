@@ -259,6 +259,18 @@ def _get_partner():
         return _partner
 
 
+def _forget_partner_after_fork():
+    """A forked child has no partner thread (only the forking thread survives a fork): it starts
+    its own on first use instead of queueing jobs for one that will never take them."""
+    global _partner, _partner_lock, _server_sync, _server_thread
+    _partner, _partner_lock = None, threading.Lock()
+    _server_sync = _server_thread = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_partner_after_fork)
+
+
 # A pair job whose waits gave the core away this often (see MET_LATE) says the machine has more
 # runnable threads than cores; two-core runs then pause for CONTENDED_SECONDS, since a spinning
 # pair there is far slower than one core (a 10 us step took 70-240 us).

@@ -223,3 +223,24 @@ def test_threads_sharing_the_partner_get_their_own_answers(two_threads):
         worker.join()
     for got, want in zip(results, expected):
         np.testing.assert_allclose(got, want, rtol=0, atol=3e-5)
+
+
+def test_a_forked_child_gets_a_partner_of_its_own(two_threads):
+    """Only the forking thread survives a fork: a child must not queue pair jobs for the parent's
+    partner thread (it would wait at the barrier for ever), but start its own."""
+    multiprocessing = pytest.importorskip("multiprocessing")
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork here")
+    assert run_exchange()[0]  # the parent's partner is running
+
+    def child(queue):
+        ran, _, seen = run_exchange(100)
+        queue.put((ran, int(seen[0, -1])))
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=child, args=(queue,))
+    process.start()
+    process.join(timeout=60)
+    assert process.exitcode == 0
+    assert queue.get(timeout=1) == (True, 200)
