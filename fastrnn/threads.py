@@ -403,11 +403,11 @@ def cycles_per_second():
     return _cycles_per_second
 
 
-def wait_until_free():
-    """Wait (up to 50 ms) until the partner has no job: after close_server, so that the caller's
-    next sequence can have it."""
+def wait_until_free(timeout=0.05):
+    """Wait (up to `timeout` seconds) until the partner has no job: after close_server, so that
+    the caller's next sequence can have it."""
     partner = _get_partner()
-    if partner.lock.acquire(timeout=0.05):
+    if partner.lock.acquire(timeout=timeout):
         partner.lock.release()
 
 

@@ -8,7 +8,8 @@ import fastrnn.threads
 def use_cores(monkeypatch, cores):
     """Run what follows on "one_core" (fastrnn.threads off) or "two_cores": then every sequence and
     stream the two-core paths can take, however small, takes them, on a busy machine or not (no
-    pause after late waits, no timing of one core against two)."""
+    pause after late waits, no timing of one core against two, a longer wait before a stream's
+    server leaves)."""
     if cores == "one_core":
         monkeypatch.setattr(fastrnn.threads, "_num_threads", 1)
         return
@@ -20,3 +21,5 @@ def use_cores(monkeypatch, cores):
     monkeypatch.setattr(fastrnn.driver, "PAIR_MIN_STEPS", 1)
     monkeypatch.setattr(fastrnn.stream, "LATE_STEPS_LIMIT", 1 << 62)
     monkeypatch.setattr(fastrnn.stream._PairSteps, "TRIAL_STEPS", 0)
+    # A stall of a loaded test machine between two steps must not close a stream's server.
+    monkeypatch.setattr(fastrnn.stream._PairSteps, "IDLE_SECONDS", 0.05)

@@ -457,7 +457,10 @@ def steady_stream(cores, kind="lstm"):
     if cores == "one_core":
         pytest.skip("about the two-core steps")
     model = make_model(kind=kind, input_size=4, hidden_size=40, num_layers=2)
-    return model, model.stream(batch=2)
+    stream = model.stream(batch=2)
+    # An earlier test's stream may still hold the partner, for up to 1 ms after its last step.
+    fastrnn.threads.wait_until_free(timeout=1.0)
+    return model, stream
 
 
 def test_steady_steps_run_on_two_cores_and_agree(cores):
@@ -482,7 +485,7 @@ def test_partner_leaves_when_steps_pause_and_comes_back(cores):
     while first_sync[fastrnn.threads.SYNC_CHANNEL] != fastrnn.threads.CLOSED:
         assert time.perf_counter() < deadline, "the idle server never closed"
         time.sleep(0.001)
-    fastrnn.threads.wait_until_free()
+    fastrnn.threads.wait_until_free(timeout=1.0)
     assert fastrnn.threads.run_pair(lambda part, sync: 0, (fastrnn.threads.new_sync(),))
     ys += [stream.step(x) for x in xs[10:]]  # one core, then the server again
     assert stream._pair.sync is not None and stream._pair.sync is not first_sync
@@ -511,7 +514,7 @@ def test_a_partner_failure_is_raised(cores):
     stream._pair.sync[fastrnn.threads.SYNC_ABORT] = 1
     with pytest.raises(RuntimeError, match="partner thread failed"):
         stream.step(xs[5])
-    fastrnn.threads.wait_until_free()
+    fastrnn.threads.wait_until_free(timeout=1.0)
     stream.reset()
     again = [stream.step(x) for x in xs]  # a new server
     assert_close(np.stack(again), model(xs)[0])

@@ -42,6 +42,8 @@ def two_threads(monkeypatch):
     monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
     monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.0)
     monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
+    # An earlier test's stream may still hold the partner, for up to 1 ms after its last step.
+    fastrnn.threads.wait_until_free(timeout=1.0)
 
 
 def run_exchange(generations=500):
@@ -88,6 +90,7 @@ def test_a_busy_machine_pauses_two_core_runs(monkeypatch):
     monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
     monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.05)
     monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
+    fastrnn.threads.wait_until_free(timeout=1.0)
     fastrnn.threads.report_late_waits(fastrnn.threads.LATE_WAITS_LIMIT)  # at the limit: no pause
     assert run_exchange(10)[0]
     fastrnn.threads.report_late_waits(fastrnn.threads.LATE_WAITS_LIMIT + 1)
@@ -183,6 +186,7 @@ def test_two_cores_match_the_reference_and_one_core(kind, hidden, options, dtype
     lengths and a batch of 3."""
     monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
     monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.0)
+    fastrnn.threads.wait_until_free(timeout=1.0)
     spy = PairSpy(monkeypatch)
     model, layers = make_model(kind, hidden, dtype, **options)
     bidirectional = model.config.bidirectional
