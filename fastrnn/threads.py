@@ -5,12 +5,18 @@ hidden units are split in two, each core makes the weight products and the cells
 both wait at a barrier before the next step reads the whole new state. Two cores then read half the
 weights each, from their own caches, which is what a batch-1 step is bound by.
 
-The partner is one daemon thread per process, started on first use. `run_pair(kernel, args)` hands
-it `kernel(1, *args)` and runs `kernel(0, *args)` itself; the kernels release the GIL, so the two
-run at once, and meet at `barrier` after every step: a counter per side in a shared int64 array,
-written and read with atomic release/acquire operations (Numba has none on the CPU, so they are
-LLVM intrinsics here). Only one pair job runs at a time: a caller that finds the partner busy, or
-a process limited to one core or to one thread (`set_num_threads(1)`), runs the single-core kernel.
+The partner is one daemon thread per process, started on first use (and pinned to a core; set
+FASTRNN_PIN=0 to leave it free). `run_pair(kernel, args)` hands it `kernel(1, *args)` and runs
+`kernel(0, *args)` itself; the kernels release the GIL, so the two run at once, and meet at
+`barrier` after every step: a counter per side in a shared int64 array, written and read with
+atomic release/acquire operations (Numba has none on the CPU, so they are LLVM intrinsics here).
+A Stream instead keeps the partner in a step server (`start_server`) while its steps come, and asks
+for each step through a compare-and-swap: waking a thread per step would cost more than the step.
+
+Only one pair job runs at a time. A caller runs its single-core kernel instead when the process is
+limited to one core or one thread (`set_num_threads(1)`), when the partner is busy, or for
+CONTENDED_SECONDS after signs that the machine has no core to spare: waits at the barrier of over
+LATE_WAIT_CYCLES, or a second thread wanting the partner.
 """
 
 import os
