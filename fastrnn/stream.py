@@ -252,7 +252,7 @@ LATE_STEPS_LIMIT = 3
 
 class _PairSteps:
     """A Stream's steps on two cores (fastrnn.driver.pair_step), for models and batches where
-    fastrnn.driver.pair_split says two cores pay.
+    fastrnn.driver.stream_pair_split says two cores can pay.
 
     The partner thread serves this stream's steps (pair_step_server) while they come at least
     every IDLE_SECONDS; it is asked for the next step through a compare-and-swap on a shared slot,
