@@ -207,6 +207,8 @@ def set_num_threads(count):
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(f"the thread count must be a positive integer, got {count!r}")
     _num_threads = 1 if count == 1 else 2
+    if _num_threads == 1 and _server_sync is not None:
+        _server_sync[SYNC_STOP] = 1  # a stream's server leaves at its next pause
 
 
 def get_num_threads():

@@ -577,3 +577,15 @@ def test_a_stream_measures_whether_two_cores_pay(cores, monkeypatch):
     assert pair.trial is None and pair.review_at > 0  # decided
     assert not pair.pairing and pair.sync is None
     assert_close(np.stack(ys), model(xs)[0])
+
+
+def test_one_thread_set_while_streaming_lets_the_partner_go(cores, monkeypatch):
+    model, stream = steady_stream(cores)
+    xs = inputs(20, 2, 4)
+    ys = [stream.step(x) for x in xs[:5]]
+    assert stream._pair.sync is not None
+    monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)  # restored after the test
+    fastrnn.set_num_threads(1)
+    ys += [stream.step(x) for x in xs[5:]]
+    assert stream._pair.sync is None
+    assert_close(np.stack(ys), model(xs)[0])
