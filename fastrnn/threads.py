@@ -321,6 +321,17 @@ def _partner_wanted_elsewhere():
         server_sync[SYNC_STOP] = 1
 
 
+def _take_partner():
+    """The partner with its lock held for a job, or None when it is not to be had now."""
+    if not _pair_available():
+        return None
+    partner = _get_partner()
+    if not partner.lock.acquire(blocking=False):
+        _partner_wanted_elsewhere()
+        return None
+    return partner
+
+
 def run_pair(kernel_function, args):
     """kernel(0, *args) here and kernel(1, *args) on the partner thread, at once.
 
@@ -330,11 +341,8 @@ def run_pair(kernel_function, args):
     partner busy with another caller's job, or the machine found busy a moment ago): the caller
     runs its single-core path instead.
     """
-    if not _pair_available():
-        return False
-    partner = _get_partner()
-    if not partner.lock.acquire(blocking=False):
-        _partner_wanted_elsewhere()
+    partner = _take_partner()
+    if partner is None:
         return False
     sync = args[-1]
     failures = []
@@ -364,11 +372,8 @@ def start_server(server_kernel, args):
     The partner is the server's until then.
     """
     global _server_sync, _server_thread
-    if not _pair_available():
-        return None
-    partner = _get_partner()
-    if not partner.lock.acquire(blocking=False):
-        _partner_wanted_elsewhere()
+    partner = _take_partner()
+    if partner is None:
         return None
     _server_sync, _server_thread = args[-1], threading.get_ident()
     failures = []

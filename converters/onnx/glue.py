@@ -103,17 +103,23 @@ def squeeze_input(node):
 
 
 def _squeeze_fixed(axes):
-    """Squeeze with axes fixed at load time; the output shape is remembered per input shape."""
+    """Squeeze with axes fixed at load time."""
+    return _reshape_by_input_shape(lambda x: _squeeze(x, axes))
+
+
+def _reshape_by_input_shape(reshape):
+    """`reshape` (x -> a reshaped x) for axes fixed at load time, its output shape remembered per
+    input shape so that a repeated run only reshapes."""
     shapes = {}
 
     def run(x, _=None):
         shape = x.shape
-        squeezed = shapes.get(shape)
-        if squeezed is None:
-            squeezed = _squeeze(x, axes).shape
+        result_shape = shapes.get(shape)
+        if result_shape is None:
+            result_shape = reshape(x).shape
             if len(shapes) < 64:
-                shapes[shape] = squeezed
-        return x.reshape(squeezed)
+                shapes[shape] = result_shape
+        return x.reshape(result_shape)
     return run
 
 
@@ -144,18 +150,8 @@ def unsqueeze_input(node):
 
 
 def _unsqueeze_fixed(axes):
-    """Unsqueeze with axes fixed at load time; the output shape is remembered per input shape."""
-    shapes = {}
-
-    def run(x, _=None):
-        shape = x.shape
-        unsqueezed = shapes.get(shape)
-        if unsqueezed is None:
-            unsqueezed = _unsqueeze(x, axes).shape
-            if len(shapes) < 64:
-                shapes[shape] = unsqueezed
-        return x.reshape(unsqueezed)
-    return run
+    """Unsqueeze with axes fixed at load time."""
+    return _reshape_by_input_shape(lambda x: _unsqueeze(x, axes))
 
 
 def _unsqueeze(x, axes):
