@@ -1,6 +1,6 @@
 """PyTorch in: nn.LSTM/GRU/RNN, their Cell versions, state dicts, and .pt/.pth/.safetensors files.
 
-PyTorch's layout is fastrnn's (see fastrnn.weights), so this converter permutes nothing:
+PyTorch's layout is fastrnn's (see fastrnn.engine.weights), so this converter permutes nothing:
 
     weight_ih_l{k}[_reverse]  -> w_ih     (G*H, I_l), gates i,f,g,o (LSTM) / r,z,n (GRU)
     weight_hh_l{k}[_reverse]  -> w_hh     (G*H, H_out)
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fastrnn.model import Model
-from fastrnn.weights import Config, LayerWeights
+from fastrnn.engine.weights import Config, LayerWeights
 
 _GATES_TO_KIND = {4: "lstm", 3: "gru", 1: "rnn_tanh"}
 _KIND_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}

@@ -7,10 +7,10 @@
 
 from fastrnn.model import Model
 from fastrnn.state import State
-from fastrnn.weights import Config, LayerWeights
+from fastrnn.engine.weights import Config, LayerWeights
 from fastrnn.builders import from_numpy
 from fastrnn.fileformat import load
-from fastrnn.threads import get_num_threads, set_num_threads
+from fastrnn.engine.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 

@@ -4,15 +4,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fastrnn.cells import CELL_CODES, NUM_GATES
+from fastrnn.engine.cells import CELL_CODES, NUM_GATES
 from fastrnn.model import Model
-from fastrnn.weights import Config, LayerWeights, layer_names
+from fastrnn.engine.weights import Config, LayerWeights, layer_names
 
 
 def from_numpy(kind, layers, *, bidirectional=False, batch_first=False, clip=0.0,
                input_forget=False, linear_before_reset=True, activations=(),
                gru_update="previous", dtype=None):
-    """A Model from weights already in fastrnn's layout (see fastrnn.weights).
+    """A Model from weights already in fastrnn's layout (see fastrnn.engine.weights).
 
     kind: "lstm", "gru", "rnn_tanh" or "rnn_relu". layers: one mapping per layer and direction
     (l0, l0_reverse, l1, ...) with w_ih, w_hh and optionally b_ih, b_hh (zero when absent),

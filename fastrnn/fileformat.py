@@ -11,7 +11,7 @@
     then          the arrays, little-endian, C order, back to back from offset 0 of the data
                   section (which therefore starts 8-byte aligned)
 
-Weights are stored in fastrnn's own layout (fastrnn.weights), layers listed as PyTorch names them
+Weights are stored in fastrnn's own layout (fastrnn.engine.weights), layers listed as PyTorch names them
 (l0, l0_reverse, l1, ...). The two CRCs catch truncated and garbled files; every array entry is
 checked against the data section before it is read. Files are written to a temporary name and
 renamed, so an interrupted save never leaves a half-written model behind.
@@ -110,7 +110,7 @@ def read_header(path):
 def load(path):
     """Read a Model written by Model.save; the weights come back bit for bit."""
     from fastrnn.model import Model
-    from fastrnn.weights import Config, LayerWeights, layer_names
+    from fastrnn.engine.weights import Config, LayerWeights, layer_names
     _, header, data = read_header(path)
     try:
         config = Config.from_json(header["config"])

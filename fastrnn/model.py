@@ -4,10 +4,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fastrnn.driver import run_sequence
+from fastrnn.engine.driver import run_sequence
 from fastrnn.state import State
 from fastrnn.validation import as_float_array, as_lengths, check_shape
-from fastrnn.weights import Config, LayerWeights, PackedWeights, check_layers
+from fastrnn.engine.weights import Config, LayerWeights, PackedWeights, check_layers
 
 
 def _as_layer_weights(weights, index):
@@ -37,7 +37,7 @@ class Model:
     y is (T, B, D*H_out) (batch_first: (B, T, D*H_out)); state is a fastrnn.State laid out as
     torch's (h_n, c_n). Build one with a converter (fastrnn.from_torch, fastrnn.from_onnx),
     fastrnn.load, fastrnn.from_numpy, or directly from a Config and LayerWeights in fastrnn's layout
-    (fastrnn.weights).
+    (fastrnn.engine.weights).
     """
 
     device = "cpu"

@@ -9,7 +9,7 @@
     slot = pool.open(); ys = pool.step([slot, ...], xs); pool.close(slot)
 
 A stream's state lives in a table (L, rows, H_out) for h and (L, rows, H) for c, allocated once;
-`fastrnn.driver.step_kernel` advances every layer of the chosen rows in one jitted call that
+`fastrnn.engine.driver.step_kernel` advances every layer of the chosen rows in one jitted call that
 releases the GIL and allocates nothing. `process` runs a chunk through the same driver as a
 whole-sequence call, so step-by-step, chunked and whole-sequence results agree (to 1e-6).
 
@@ -30,13 +30,13 @@ import zlib
 import numba
 import numpy as np
 
-from fastrnn.driver import (BLAS_MIN_BATCH, PAIR_DONE, PAIR_FAILED, PAIR_LATE, batched_step,
+from fastrnn.engine.driver import (BLAS_MIN_BATCH, PAIR_DONE, PAIR_FAILED, PAIR_LATE, batched_step,
                             pair_step, pair_step_server, pair_work_size, run_sequence, step_kernel,
                             stream_pair_split)
-from fastrnn.jit import kernel
+from fastrnn.engine.jit import kernel
 from fastrnn.model import Model
 from fastrnn.state import State
-from fastrnn.threads import (CLOSED, SYNC_CHANNEL, close_server, cycles_per_second, new_sync,
+from fastrnn.engine.threads import (CLOSED, SYNC_CHANNEL, close_server, cycles_per_second, new_sync,
                              pause_pairs, start_server, wait_until_free)
 from fastrnn.validation import as_float_array, check_shape
 
@@ -245,14 +245,14 @@ def _aligned(array):
     return array if array.flags.aligned else array.copy()
 
 
-# Steps in a row whose halves met late (fastrnn.driver.PAIR_LATE) before a stream lets the partner
-# go (and two-core runs pause: fastrnn.threads.report_late_waits).
+# Steps in a row whose halves met late (fastrnn.engine.driver.PAIR_LATE) before a stream lets the partner
+# go (and two-core runs pause: fastrnn.engine.threads.report_late_waits).
 LATE_STEPS_LIMIT = 3
 
 
 class _PairSteps:
-    """A Stream's steps on two cores (fastrnn.driver.pair_step), for models and batches where
-    fastrnn.driver.stream_pair_split says two cores can pay.
+    """A Stream's steps on two cores (fastrnn.engine.driver.pair_step), for models and batches where
+    fastrnn.engine.driver.stream_pair_split says two cores can pay.
 
     The partner thread serves this stream's steps (pair_step_server) while they come at least
     every IDLE_SECONDS; it is asked for the next step through a compare-and-swap on a shared slot,

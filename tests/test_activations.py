@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference
-from fastrnn.activations import ACTIVATION_CODES, activate
+from fastrnn.engine.activations import ACTIVATION_CODES, activate
 
 # The bounds fastrnn/activations.py states for its float32 approximations (absolute error).
 TANH_BOUND_FLOAT32 = 3e-7

@@ -20,7 +20,7 @@ STEPS, BATCH, INPUT, HIDDEN = 7, 3, 5, 6
 @pytest.fixture(autouse=True, params=["one_core", "two_cores"])
 def cores(request, monkeypatch):
     """Every test here runs on one core and on two: with two, every sequence the two-core path
-    can take (fastrnn.driver.pair_split), however small, takes it (tests/test_threads.py checks
+    can take (fastrnn.engine.driver.pair_split), however small, takes it (tests/test_threads.py checks
     that it does)."""
     use_cores(monkeypatch, request.param)
     return request.param
@@ -373,7 +373,7 @@ def test_unbatched_input_ignores_batch_first(dtype):
 def test_clip_and_flush_edges(dtype_):
     """The clip bounds +-inf and lets NaN through; the flush zeroes only tiny values and leaves
     NaN alone (the sign of a zero is free: the kernels compile with fastmath's nsz)."""
-    from fastrnn.cells.common import DENORMAL_FLUSH, clip_range, flush_tiny
+    from fastrnn.engine.cells.common import DENORMAL_FLUSH, clip_range, flush_tiny
     values = np.array([np.nan, np.inf, -np.inf, 5.0, -5.0, 0.3, -0.0, 7.0], dtype_)
     clip_range(values, 0, 7, 0.5)
     np.testing.assert_array_equal(values, np.array([np.nan, 0.5, -0.5, 0.5, -0.5, 0.3, -0.0, 7.0],

@@ -15,7 +15,7 @@ import torch
 import fastrnn
 import reference
 from fastrnn import Config, State
-from fastrnn.driver import sequence_kernel
+from fastrnn.engine.driver import sequence_kernel
 from reference import cast_layers, random_layers
 
 STEPS, BATCH, INPUT, HIDDEN = 6, 3, 4, 5

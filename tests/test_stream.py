@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import fastrnn
-import fastrnn.driver
+import fastrnn.engine.driver
 import fastrnn.stream
-import fastrnn.threads
+import fastrnn.engine.threads
 from cores import use_cores
 from fastrnn.stream import SNAPSHOT_VERSION, decode_snapshot, encode_snapshot, model_fingerprint
 
@@ -22,7 +22,7 @@ STREAM_TOLERANCE = 1e-6  # DESIGN.md: streaming equals the whole-sequence run to
 @pytest.fixture(autouse=True, params=["one_core", "two_cores"])
 def cores(request, monkeypatch):
     """Every test here runs on one core and on two: with two, every stream and chunk that the
-    two-core paths can take (fastrnn.driver.stream_pair_split, pair_split), however small, takes
+    two-core paths can take (fastrnn.engine.driver.stream_pair_split, pair_split), however small, takes
     them. A stream's steps go to the partner from its third step, once it is stepping steadily
     (no timing of one core against two: test_a_stream_measures_whether_two_cores_pay does it)."""
     use_cores(monkeypatch, request.param)
@@ -459,7 +459,7 @@ def steady_stream(cores, kind="lstm"):
     model = make_model(kind=kind, input_size=4, hidden_size=40, num_layers=2)
     stream = model.stream(batch=2)
     # An earlier test's stream may still hold the partner, for up to 1 ms after its last step.
-    fastrnn.threads.wait_until_free(timeout=1.0)
+    fastrnn.engine.threads.wait_until_free(timeout=1.0)
     return model, stream
 
 
@@ -482,11 +482,11 @@ def test_partner_leaves_when_steps_pause_and_comes_back(cores):
     first_sync = stream._pair.sync
     assert first_sync is not None
     deadline = time.perf_counter() + 1.0
-    while first_sync[fastrnn.threads.SYNC_CHANNEL] != fastrnn.threads.CLOSED:
+    while first_sync[fastrnn.engine.threads.SYNC_CHANNEL] != fastrnn.engine.threads.CLOSED:
         assert time.perf_counter() < deadline, "the idle server never closed"
         time.sleep(0.001)
-    fastrnn.threads.wait_until_free(timeout=1.0)
-    assert fastrnn.threads.run_pair(lambda part, sync: 0, (fastrnn.threads.new_sync(),))
+    fastrnn.engine.threads.wait_until_free(timeout=1.0)
+    assert fastrnn.engine.threads.run_pair(lambda part, sync: 0, (fastrnn.engine.threads.new_sync(),))
     ys += [stream.step(x) for x in xs[10:]]  # one core, then the server again
     assert stream._pair.sync is not None and stream._pair.sync is not first_sync
     assert_close(np.stack(ys), model(xs)[0])
@@ -511,10 +511,10 @@ def test_a_partner_failure_is_raised(cores):
     xs = inputs(10, 2, 4)
     for x in xs[:5]:
         stream.step(x)
-    stream._pair.sync[fastrnn.threads.SYNC_ABORT] = 1
+    stream._pair.sync[fastrnn.engine.threads.SYNC_ABORT] = 1
     with pytest.raises(RuntimeError, match="partner thread failed"):
         stream.step(xs[5])
-    fastrnn.threads.wait_until_free(timeout=1.0)
+    fastrnn.engine.threads.wait_until_free(timeout=1.0)
     stream.reset()
     again = [stream.step(x) for x in xs]  # a new server
     assert_close(np.stack(again), model(xs)[0])
@@ -524,14 +524,14 @@ def test_a_second_thread_wanting_the_partner_makes_both_run_on_one_core(cores, m
     """A service stepping streams from several threads has no core to spare: the stream holding
     the partner lets it go, and no pair starts for a while."""
     model, stream = steady_stream(cores)
-    monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.5)
+    monkeypatch.setattr(fastrnn.engine.threads, "CONTENDED_SECONDS", 0.5)
     xs = inputs(20, 2, 4)
     ys = [stream.step(x) for x in xs[:5]]
     assert stream._pair.sync is not None
     # another thread's sequence wants the partner: it runs on one core, and pairs pause
     ran = []
-    other = threading.Thread(target=lambda: ran.append(fastrnn.threads.run_pair(
-        lambda part, sync: 0, (fastrnn.threads.new_sync(),))))
+    other = threading.Thread(target=lambda: ran.append(fastrnn.engine.threads.run_pair(
+        lambda part, sync: 0, (fastrnn.engine.threads.new_sync(),))))
     other.start()
     other.join()
     assert ran == [False]
@@ -584,7 +584,7 @@ def test_one_thread_set_while_streaming_lets_the_partner_go(cores, monkeypatch):
     xs = inputs(20, 2, 4)
     ys = [stream.step(x) for x in xs[:5]]
     assert stream._pair.sync is not None
-    monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)  # restored after the test
+    monkeypatch.setattr(fastrnn.engine.threads, "_num_threads", 2)  # restored after the test
     fastrnn.set_num_threads(1)
     ys += [stream.step(x) for x in xs[5:]]
     assert stream._pair.sync is None

@@ -221,7 +221,7 @@ def test_a_model_on_another_device_makes_its_own_pool():
 def test_batched_steps_of_many_slots_equal_independent_runs(kind):
     """From BLAS_MIN_BATCH slots on a step takes the batched (BLAS) path; below it, row by row.
     Both must give every slot its own whole-sequence answer."""
-    from fastrnn.driver import BLAS_MIN_BATCH
+    from fastrnn.engine.driver import BLAS_MIN_BATCH
     rng = np.random.default_rng(2)
 
     def weight(*shape):

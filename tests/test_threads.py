@@ -1,4 +1,4 @@
-"""fastrnn.threads (the partner thread, the barrier) and the two-core sequence path it serves.
+"""fastrnn.engine.threads (the partner thread, the barrier) and the two-core sequence path it serves.
 
 test_cells.py runs every cell and option on two cores against the reference; here: that the
 two-core path is taken when it should be and not otherwise, that it gives the one-core answer at
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import fastrnn
-import fastrnn.driver
-import fastrnn.threads
+import fastrnn.engine.driver
+import fastrnn.engine.threads
 import reference
-from fastrnn.jit import kernel
-from fastrnn.threads import PARTNER_FAILED, SYNC_STRIDE, barrier, new_sync, run_pair
+from fastrnn.engine.jit import kernel
+from fastrnn.engine.threads import PARTNER_FAILED, SYNC_STRIDE, barrier, new_sync, run_pair
 from reference import cast_layers, random_layers
 
 
@@ -39,11 +39,11 @@ def exchange(part, values, seen, sync):
 def two_threads(monkeypatch):
     """Two threads, and no pause for a busy machine (a loaded test machine must not change which
     path the tests take; test_a_busy_machine_pauses_two_core_runs tests the pause)."""
-    monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
-    monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.0)
-    monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
+    monkeypatch.setattr(fastrnn.engine.threads, "_num_threads", 2)
+    monkeypatch.setattr(fastrnn.engine.threads, "CONTENDED_SECONDS", 0.0)
+    monkeypatch.setattr(fastrnn.engine.threads, "_contended_until", 0.0)
     # An earlier test's stream may still hold the partner, for up to 1 ms after its last step.
-    fastrnn.threads.wait_until_free(timeout=1.0)
+    fastrnn.engine.threads.wait_until_free(timeout=1.0)
 
 
 def run_exchange(generations=500):
@@ -79,7 +79,7 @@ def test_set_num_threads_refuses_non_counts(count):
 
 
 def test_busy_partner_means_one_core(two_threads):
-    partner = fastrnn.threads._get_partner()
+    partner = fastrnn.engine.threads._get_partner()
     with partner.lock:  # another caller's pair job
         ran, values, _ = run_exchange()
     assert not ran and not values.any()
@@ -87,13 +87,13 @@ def test_busy_partner_means_one_core(two_threads):
 
 
 def test_a_busy_machine_pauses_two_core_runs(monkeypatch):
-    monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
-    monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.05)
-    monkeypatch.setattr(fastrnn.threads, "_contended_until", 0.0)
-    fastrnn.threads.wait_until_free(timeout=1.0)
-    fastrnn.threads.report_late_waits(fastrnn.threads.LATE_WAITS_LIMIT)  # at the limit: no pause
+    monkeypatch.setattr(fastrnn.engine.threads, "_num_threads", 2)
+    monkeypatch.setattr(fastrnn.engine.threads, "CONTENDED_SECONDS", 0.05)
+    monkeypatch.setattr(fastrnn.engine.threads, "_contended_until", 0.0)
+    fastrnn.engine.threads.wait_until_free(timeout=1.0)
+    fastrnn.engine.threads.report_late_waits(fastrnn.engine.threads.LATE_WAITS_LIMIT)  # at the limit: no pause
     assert run_exchange(10)[0]
-    fastrnn.threads.report_late_waits(fastrnn.threads.LATE_WAITS_LIMIT + 1)
+    fastrnn.engine.threads.report_late_waits(fastrnn.engine.threads.LATE_WAITS_LIMIT + 1)
     ran, values, _ = run_exchange(10)
     assert not ran and not values.any()
     time.sleep(0.06)
@@ -130,11 +130,11 @@ def test_caller_failure_lets_the_partner_go(two_threads):
 # -- the two-core sequence path ------------------------------------------------------------------
 
 class PairSpy:
-    """Counts the sequences fastrnn.driver ran on two cores."""
+    """Counts the sequences fastrnn.engine.driver ran on two cores."""
 
     def __init__(self, monkeypatch):
         self.count = 0
-        monkeypatch.setattr(fastrnn.driver, "run_pair", self)
+        monkeypatch.setattr(fastrnn.engine.driver, "run_pair", self)
 
     def __call__(self, kernel_function, args):
         ran = run_pair(kernel_function, args)
@@ -161,19 +161,19 @@ def make_model(kind, hidden, dtype=np.float32, **options):
 ])
 def test_pair_split_says_which_cells_split(kind, options, expected, two_threads):
     model, _ = make_model(kind, 128, **options)
-    assert fastrnn.driver.pair_split(model.config, model._packed, 100, 1) == expected
+    assert fastrnn.engine.driver.pair_split(model.config, model._packed, 100, 1) == expected
 
 
 def test_pair_split_leaves_small_work_on_one_core(two_threads):
     model, _ = make_model("lstm", 128)
     config, packed = model.config, model._packed
-    assert fastrnn.driver.pair_split(config, packed, 100, 4) == 64
-    assert fastrnn.driver.pair_split(config, packed, fastrnn.driver.PAIR_MIN_STEPS - 1, 4) == 0
-    assert fastrnn.driver.pair_split(config, packed, 100, fastrnn.driver.BLAS_MIN_BATCH) == 0
+    assert fastrnn.engine.driver.pair_split(config, packed, 100, 4) == 64
+    assert fastrnn.engine.driver.pair_split(config, packed, fastrnn.engine.driver.PAIR_MIN_STEPS - 1, 4) == 0
+    assert fastrnn.engine.driver.pair_split(config, packed, 100, fastrnn.engine.driver.BLAS_MIN_BATCH) == 0
     small, _ = make_model("lstm", 16)
-    assert fastrnn.driver.pair_split(small.config, small._packed, 100, 1) == 0
+    assert fastrnn.engine.driver.pair_split(small.config, small._packed, 100, 1) == 0
     odd, _ = make_model("gru", 100)  # halves on 64-byte boundaries where the size allows
-    assert fastrnn.driver.pair_split(odd.config, odd._packed, 100, 1) == 48
+    assert fastrnn.engine.driver.pair_split(odd.config, odd._packed, 100, 1) == 48
 
 
 @pytest.mark.parametrize("kind, hidden, options", [
@@ -184,9 +184,9 @@ def test_two_cores_match_the_reference_and_one_core(kind, hidden, options, dtype
                                                     monkeypatch):
     """At sizes where the two-core path is chosen by default (unequal halves), with unequal
     lengths and a batch of 3."""
-    monkeypatch.setattr(fastrnn.threads, "_num_threads", 2)
-    monkeypatch.setattr(fastrnn.threads, "CONTENDED_SECONDS", 0.0)
-    fastrnn.threads.wait_until_free(timeout=1.0)
+    monkeypatch.setattr(fastrnn.engine.threads, "_num_threads", 2)
+    monkeypatch.setattr(fastrnn.engine.threads, "CONTENDED_SECONDS", 0.0)
+    fastrnn.engine.threads.wait_until_free(timeout=1.0)
     spy = PairSpy(monkeypatch)
     model, layers = make_model(kind, hidden, dtype, **options)
     bidirectional = model.config.bidirectional
@@ -195,12 +195,12 @@ def test_two_cores_match_the_reference_and_one_core(kind, hidden, options, dtype
     y, state = model(x, lengths=lengths)
     assert spy.count == model.config.num_layers * model.config.num_directions, (
         f"{spy.count} of the layer-directions ran on two cores; paused until "
-        f"{fastrnn.threads._contended_until - time.monotonic():.3f} s from now")
+        f"{fastrnn.engine.threads._contended_until - time.monotonic():.3f} s from now")
     ref_y, ref_h, ref_c = reference.run_model(kind, layers, x, lengths=lengths,
                                               bidirectional=bidirectional)
     np.testing.assert_allclose(y, ref_y, rtol=0, atol=tolerance)
     np.testing.assert_allclose(state.h, ref_h, rtol=0, atol=tolerance)
-    monkeypatch.setattr(fastrnn.threads, "_num_threads", 1)
+    monkeypatch.setattr(fastrnn.engine.threads, "_num_threads", 1)
     one_y, one_state = model(x, lengths=lengths)
     assert spy.count == model.config.num_layers * model.config.num_directions
     np.testing.assert_allclose(y, one_y, rtol=0, atol=tolerance)

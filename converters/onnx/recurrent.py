@@ -22,11 +22,11 @@ import threading
 
 import numpy as np
 
-from fastrnn.activations import ACTIVATION_CODES, activation_code
-from fastrnn.cells import DEFAULT_ACTIVATIONS
-from fastrnn.driver import run_layer_direction, step_kernel
+from fastrnn.engine.activations import ACTIVATION_CODES, activation_code
+from fastrnn.engine.cells import DEFAULT_ACTIVATIONS
+from fastrnn.engine.driver import run_layer_direction, step_kernel
 from fastrnn.converters.onnx.registry import register
-from fastrnn.weights import Config, LayerWeights, PackedWeights, check_layers
+from fastrnn.engine.weights import Config, LayerWeights, PackedWeights, check_layers
 
 ACTIVATION_NAMES = {code: name for name, code in ACTIVATION_CODES.items()}
 USES_ALPHA = {"Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh", "HardSigmoid", "Elu"}

@@ -11,7 +11,7 @@ import numpy as np
 
 from fastrnn.converters.onnx.recurrent import RECURRENT_OPS
 from fastrnn.model import Model
-from fastrnn.weights import Config
+from fastrnn.engine.weights import Config
 
 # Ops that may sit around and between the recurrent nodes of a stack.
 STACK_GLUE = {"Squeeze", "Unsqueeze", "Transpose", "Reshape", "Concat", "Slice", "Gather", "Shape",

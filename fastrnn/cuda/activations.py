@@ -1,4 +1,4 @@
-"""The activation functions as CUDA device functions: the same equations as fastrnn.activations.
+"""The activation functions as CUDA device functions: the same equations as fastrnn.engine.activations.
 
 `build(dtype)` returns `activate(value, code, alpha, beta)` for one value. Constants are made of
 the model's dtype so that a float32 model computes in float32: an untyped literal such as `1.0`
@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from fastrnn.activations import (AFFINE, ELU, HARD_SIGMOID, LEAKY_RELU, RELU, SCALED_TANH,
+from fastrnn.engine.activations import (AFFINE, ELU, HARD_SIGMOID, LEAKY_RELU, RELU, SCALED_TANH,
                                  SIGMOID, SOFTPLUS, SOFTSIGN, TANH, THRESHOLDED_RELU)
 
 

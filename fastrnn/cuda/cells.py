@@ -22,8 +22,8 @@ import functools
 import numpy as np
 from numba import cuda
 
-from fastrnn.cells import GRU, LSTM
-from fastrnn.cells.common import DENORMAL_FLUSH
+from fastrnn.engine.cells import GRU, LSTM
+from fastrnn.engine.cells.common import DENORMAL_FLUSH
 from fastrnn.cuda import activations
 
 
@@ -37,7 +37,7 @@ def build(dtype):
 
     @cuda.jit(device=True)
     def flush_tiny(value):
-        """Tiny state values become exact zero (fastrnn.cells.common.DENORMAL_FLUSH says why)."""
+        """Tiny state values become exact zero (fastrnn.engine.cells.common.DENORMAL_FLUSH says why)."""
         return zero * value if abs(value) < flush_below else value
 
     @cuda.jit(device=True)

@@ -63,7 +63,7 @@ def check_gpu(index):
 
 
 class DeviceWeights:
-    """A model's PackedWeights (fastrnn.weights) copied to the device once, and its kernels.
+    """A model's PackedWeights (fastrnn.engine.weights) copied to the device once, and its kernels.
 
         w_ih_flat    every layer-direction's W_ih^T (I_l, G*H), back to back
         w_ih_offset  (L*D,) start of each block, on the device and as host ints

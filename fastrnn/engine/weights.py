@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, asdict
 
 import numpy as np
 
-from fastrnn.activations import ACTIVATION_CODES, DEFAULT_ALPHA_BETA
-from fastrnn.cells import CELL_CODES, DEFAULT_ACTIVATIONS, NUM_ACTIVATIONS, NUM_GATES
+from fastrnn.engine.activations import ACTIVATION_CODES, DEFAULT_ALPHA_BETA
+from fastrnn.engine.cells import CELL_CODES, DEFAULT_ACTIVATIONS, NUM_ACTIVATIONS, NUM_GATES
 
 KINDS = tuple(CELL_CODES)
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -42,7 +42,7 @@ class Config:
     input_forget: bool = False   # LSTM only: f = 1 - i (ONNX `input_forget`)
     linear_before_reset: bool = True  # GRU only: True is PyTorch's n = g(... + r * (R_n h + b_hn))
     # (name, alpha, beta) for each activation of the cell, forward direction then reverse; empty
-    # means the cell's defaults (see fastrnn.cells.DEFAULT_ACTIVATIONS).
+    # means the cell's defaults (see fastrnn.engine.cells.DEFAULT_ACTIVATIONS).
     activations: tuple = field(default=())
 
     def __post_init__(self):
@@ -293,7 +293,7 @@ class PackedWeights:
                 for ld, w_ih_t in enumerate(self.w_ih_t)]
 
     def pair_tables(self, split):
-        """Every layer-direction's weights as the two cores of fastrnn.threads read them.
+        """Every layer-direction's weights as the two cores of fastrnn.engine.threads read them.
 
         Core 0 takes hidden units [0, split), core 1 [split, H). Returns (flat, layout): flat
         holds each core's blocks of every layer-direction, core 0's then core 1's, each block

@@ -14,9 +14,9 @@ new content (h' = (1 - u) * h + u * n), so u = 1 - z; sigmoid(-a) = 1 - sigmoid(
 turn u-convention weights into z-convention ones by negating the u rows and biases.
 """
 
-from fastrnn.activations import activate
-from fastrnn.cells.common import add_scaled_rows, clip_range, flush_tiny
-from fastrnn.jit import kernel
+from fastrnn.engine.activations import activate
+from fastrnn.engine.cells.common import add_scaled_rows, clip_range, flush_tiny
+from fastrnn.engine.jit import kernel
 
 NUM_GATES = 3
 

@@ -6,9 +6,9 @@ For one row of the batch, with x the layer input, h the previous state and f the
     h' = f(clip(W x + b_ih + R h + b_hh))
 """
 
-from fastrnn.activations import activate
-from fastrnn.cells.common import clip_range, flush_tiny
-from fastrnn.jit import kernel
+from fastrnn.engine.activations import activate
+from fastrnn.engine.cells.common import clip_range, flush_tiny
+from fastrnn.engine.jit import kernel
 
 NUM_GATES = 1
 

@@ -4,10 +4,10 @@ Each cell module holds its equations (docstring) and its jitted one-row step. Ce
 by a small integer so that one compiled driver serves all of them.
 """
 
-from fastrnn.cells.gru import gru_cell, NUM_GATES as GRU_GATES
-from fastrnn.cells.lstm import lstm_cell, NUM_GATES as LSTM_GATES
-from fastrnn.cells.rnn import rnn_cell, NUM_GATES as RNN_GATES
-from fastrnn.jit import kernel
+from fastrnn.engine.cells.gru import gru_cell, NUM_GATES as GRU_GATES
+from fastrnn.engine.cells.lstm import lstm_cell, NUM_GATES as LSTM_GATES
+from fastrnn.engine.cells.rnn import rnn_cell, NUM_GATES as RNN_GATES
+from fastrnn.engine.jit import kernel
 
 LSTM, GRU, RNN = 0, 1, 2
 CELL_CODES = {"lstm": LSTM, "gru": GRU, "rnn_tanh": RNN, "rnn_relu": RNN}

@@ -8,7 +8,7 @@ for chosen rows of a state table, with no allocation; StreamPool and Stream both
 `batched_step` does the same for BLAS_MIN_BATCH rows or more, each layer's products as two
 numpy (BLAS) matrix products into buffers the caller allocates once, the cells in `cells_kernel`.
 
-Two cores (fastrnn.threads): below BLAS_MIN_BATCH rows, a sequence whose weights are large enough
+Two cores (fastrnn.engine.threads): below BLAS_MIN_BATCH rows, a sequence whose weights are large enough
 runs as `pair_sequence_kernel` on the calling thread and the partner thread at once, each making
 its half of the hidden units from its own blocks of the weights (PackedWeights.pair_tables), and
 a Stream's steps as `pair_step`, served on the partner by `pair_step_server` (see pair_split and
@@ -20,13 +20,13 @@ Kernels trust their inputs: fastrnn.model validates before calling.
 
 import numpy as np
 
-from fastrnn.cells import cell_step
-from fastrnn.cells.common import add_scaled_rows, add_scaled_rows_batch
-from fastrnn.jit import kernel
-from fastrnn.threads import (CLOSED, PARTNER_FAILED, SPINS_BEFORE_YIELD, SYNC_CHANNEL, SYNC_STOP,
+from fastrnn.engine.cells import cell_step
+from fastrnn.engine.cells.common import add_scaled_rows, add_scaled_rows_batch
+from fastrnn.engine.jit import kernel
+from fastrnn.engine.threads import (CLOSED, PARTNER_FAILED, SPINS_BEFORE_YIELD, SYNC_CHANNEL, SYNC_STOP,
                              atomic_load, barrier, compare_exchange, cycle_counter, fetch_rows,
                              get_num_threads, new_sync, run_pair, spin_pause, yield_core)
-from fastrnn.weights import (PAIR_B_HH, PAIR_B_IH, PAIR_CODES, PAIR_FIRST_UNIT, PAIR_INPUTS,
+from fastrnn.engine.weights import (PAIR_B_HH, PAIR_B_IH, PAIR_CODES, PAIR_FIRST_UNIT, PAIR_INPUTS,
                              PAIR_PEEPHOLE, PAIR_PEEPHOLE_WIDTH, PAIR_STATE_WIDTH, PAIR_UNITS,
                              PAIR_W_HH, PAIR_W_IH, PAIR_WIDTH, STEP_B_HH, STEP_B_IH, STEP_CODES,
                              STEP_GATE_ROWS, STEP_INPUTS, STEP_PEEPHOLE, STEP_PEEPHOLE_WIDTH,
@@ -91,7 +91,7 @@ def pair_sequence_kernel(part, cell, x, lengths, reverse, h, h_spare, c, input_w
                          w_proj_t, codes, alphas, betas, clip, flag, out, out_offset, split, sync):
     """One layer in one direction over a whole sequence, as one of two parts run at once.
 
-    Part 0 owns hidden units [0, split), part 1 [split, H) (fastrnn.threads). Each makes, from its
+    Part 0 owns hidden units [0, split), part 1 [split, H) (fastrnn.engine.threads). Each makes, from its
     own blocks of the weights (the pairs input_weights, recurrent_weights, input_bias,
     recurrent_bias: PackedWeights.pair_blocks), its units' input projection for every step, then
     at each step its units' recurrent products, reading the whole previous h, and their cells;
@@ -102,7 +102,7 @@ def pair_sequence_kernel(part, cell, x, lengths, reverse, h, h_spare, c, input_w
     independent given R h (no projection; the GRU with the reset after the product). The input
     projection is made here rather than by numpy: BLAS threads left spinning after a numpy product
     take the core the partner needs. Returns how many waits at the barrier were late
-    (fastrnn.threads.MET_LATE), or -1 if the partner failed.
+    (fastrnn.engine.threads.MET_LATE), or -1 if the partner failed.
     """
     steps, batch, inputs = x.shape
     hidden = h.shape[1]
@@ -154,7 +154,7 @@ def pair_sequence_kernel(part, cell, x, lengths, reverse, h, h_spare, c, input_w
 
 
 # What pair_step tells its caller: done, done but the parts waited late for each other (see
-# fastrnn.threads.MET_LATE), nothing done (the server had closed), the partner failed.
+# fastrnn.engine.threads.MET_LATE), nothing done (the server had closed), the partner failed.
 PAIR_DONE, PAIR_LATE, PAIR_CLOSED, PAIR_FAILED = 0, 1, 2, 3
 
 

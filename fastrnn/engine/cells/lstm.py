@@ -15,9 +15,9 @@ clip bounds pre-activations to [-clip, clip] (ONNX `clip`; off when <= 0). The p
 `proj_size`) makes h' of size H_out < H; c' stays of size H.
 """
 
-from fastrnn.activations import activate
-from fastrnn.cells.common import add_scaled_rows, clip_range, flush_tiny
-from fastrnn.jit import kernel
+from fastrnn.engine.activations import activate
+from fastrnn.engine.cells.common import add_scaled_rows, clip_range, flush_tiny
+from fastrnn.engine.jit import kernel
 
 NUM_GATES = 4
 

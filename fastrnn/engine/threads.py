@@ -30,7 +30,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from fastrnn.jit import kernel
+from fastrnn.engine.jit import kernel
 
 # Slots of the sync array, 16 int64 (128 bytes, two cache lines) apart so that the two sides'
 # counters never share a line (a shared line would bounce between the cores at every write).
@@ -366,7 +366,7 @@ def start_server(server_kernel, args):
     return its failures list (empty while all is well), or None when the partner is not available
     now (one thread set, or busy).
 
-    A step server (fastrnn.driver.pair_step_server) waits at the channel slot of its sync array
+    A step server (fastrnn.engine.driver.pair_step_server) waits at the channel slot of its sync array
     (the last argument, fresh from new_sync) for steps that the caller asks for with
     compare_exchange, and closes the channel when it has waited long enough for none.
     The partner is the server's until then.

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fastrnn.jit import kernel
+from fastrnn.engine.jit import kernel
 
 # State values smaller than this are stored as zero. A stream fed silence decays towards zero; left
 # alone its state would turn denormal after a few thousand steps and every multiply on it would cost
@@ -49,7 +49,7 @@ def add_scaled_rows_batch(out, vectors, rows, out_column, column, width):
     applied to the batch rows, two at a time, before the next four are read, so each weight is
     read from memory once a step and then from L1 (loaded once per two rows: 10-20% faster than
     one at a time at B = 4-64), instead of once per batch row. The column windows let each of two
-    cores make its own share of the gate columns (fastrnn.threads).
+    cores make its own share of the gate columns (fastrnn.engine.threads).
     """
     count = rows.shape[0]
     batch = out.shape[0]

@@ -31,7 +31,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from fastrnn.jit import kernel
+from fastrnn.engine.jit import kernel
 
 SIGMOID, TANH, RELU, AFFINE, LEAKY_RELU, THRESHOLDED_RELU, SCALED_TANH, HARD_SIGMOID, ELU, \
     SOFTSIGN, SOFTPLUS = range(11)
