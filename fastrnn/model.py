@@ -53,6 +53,9 @@ class Model:
         self.dtype = np.dtype(dtype)
         self._packed = PackedWeights(config, check_layers(config, layers, self.dtype), self.dtype)
         self.layers = self._packed.layer_weights()  # (views: the weights are held once)
+        # What a converter had to assume because the weights cannot tell (e.g. {"kind":
+        # "rnn_tanh", "batch_first": False}); shown by repr and `fastrnn info`.
+        self.assumptions = {}
 
     # -- description -------------------------------------------------------------------------
 
@@ -85,7 +88,8 @@ class Model:
                     (("bidirectional", False), ("batch_first", False), ("proj_size", 0),
                      ("clip", 0.0), ("input_forget", False), ("linear_before_reset", True),
                      ("activations", ())) if getattr(c, name) != default]
-        return f"fastrnn.Model({c.kind}, {', '.join(options)}, dtype={self.dtype.name})"
+        assumed = "".join(f", assumed {name}={value!r}" for name, value in self.assumptions.items())
+        return f"fastrnn.Model({c.kind}, {', '.join(options)}, dtype={self.dtype.name}{assumed})"
 
     # -- state -------------------------------------------------------------------------------
 
