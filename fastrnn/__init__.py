@@ -10,7 +10,7 @@ from fastrnn.state import State
 from fastrnn.engine.weights import Config, LayerWeights
 from fastrnn.builders import from_numpy
 from fastrnn.fileformat import load
-from fastrnn.engine.threads import get_num_threads, set_num_threads
+from fastrnn.engine.parallel import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 

@@ -5,9 +5,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from fastrnn.engine.driver import run_sequence
+from fastrnn.engine.plan import Plan
+from fastrnn.engine.table import CpuStateTable
+from fastrnn.engine.weights import Config, LayerWeights, check_layers
 from fastrnn.state import State
 from fastrnn.validation import as_float_array, as_lengths, check_shape
-from fastrnn.engine.weights import Config, LayerWeights, PackedWeights, check_layers
 
 
 def _as_layer_weights(weights, index):
@@ -51,8 +53,10 @@ class Model:
             dtype = np.float64 if first is not None and first.dtype == np.float64 else np.float32
         self.config = config
         self.dtype = np.dtype(dtype)
-        self._packed = PackedWeights(config, check_layers(config, layers, self.dtype), self.dtype)
-        self.layers = self._packed.layer_weights()  # (views: the weights are held once)
+        self.plan = Plan(config, check_layers(config, layers, self.dtype), self.dtype)
+        # Read-only views into the plan: the weights are held once, and an edit in place (which
+        # would reach some paths and not others, and not the snapshot fingerprint) is refused.
+        self.layers = self.plan.layers
         # What a converter had to assume because the weights cannot tell (e.g. {"kind":
         # "rnn_tanh", "batch_first": False}); shown by repr and `fastrnn info`.
         self.assumptions = {}
@@ -139,7 +143,7 @@ class Model:
 
     def __call__(self, x, state=None, lengths=None):
         x, h, c, row_lengths, unbatched = self.check_call(x, state, lengths)
-        y = run_sequence(self.config, self._packed, x, h, c, row_lengths)
+        y = run_sequence(self.plan, x, h, c, row_lengths)
         return self._package(y, h, c, unbatched)
 
     def check_call(self, x, state, lengths):
@@ -184,6 +188,10 @@ class Model:
         """A stateful stream of `batch` rows: one call per timestep or chunk (fastrnn.stream)."""
         from fastrnn.stream import Stream
         return Stream(self, batch)
+
+    def state_table(self, rows):
+        """The backend of a Stream or StreamPool of `rows` rows (fastrnn.engine.table)."""
+        return CpuStateTable(self.plan, rows)
 
     # -- devices and files -------------------------------------------------------------------
 

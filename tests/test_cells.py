@@ -17,11 +17,10 @@ from reference import cast_layers, random_layers
 STEPS, BATCH, INPUT, HIDDEN = 7, 3, 5, 6
 
 
-@pytest.fixture(autouse=True, params=["one_core", "two_cores"])
+@pytest.fixture(autouse=True, params=["one_core", "all_cores"])
 def cores(request, monkeypatch):
-    """Every test here runs on one core and on two: with two, every sequence the two-core path
-    can take (fastrnn.engine.driver.pair_split), however small, takes it (tests/test_threads.py checks
-    that it does)."""
+    """Every test here runs on one core and on all: with all, every call of two rows or more is
+    cut into blocks run at once (tests/cores.py)."""
     use_cores(monkeypatch, request.param)
     return request.param
 

@@ -15,7 +15,7 @@ import torch
 import fastrnn
 import reference
 from fastrnn import Config, State
-from fastrnn.engine.driver import sequence_kernel
+from fastrnn.engine.driver import sequence_block
 from reference import cast_layers, random_layers
 
 STEPS, BATCH, INPUT, HIDDEN = 6, 3, 4, 5
@@ -292,7 +292,7 @@ def test_no_input_reaches_numba_untyped_and_nothing_recompiles(lstm, gru):
     neither), and the odd-but-valid arrays reuse the driver's existing compiled specialisations."""
     lstm(good_x())
     lstm(good_x(np.float64).astype(np.float32))
-    compiled = len(sequence_kernel.signatures)
+    compiled = len(sequence_block.signatures)
     for value in list(NOT_FLOAT.values()) + list(BAD_SHAPES.values()):
         try:
             lstm(value)
@@ -304,7 +304,7 @@ def test_no_input_reaches_numba_untyped_and_nothing_recompiles(lstm, gru):
     lengths.setflags(write=False)
     lstm(odd, lengths=lengths, state=tuple(np.asfortranarray(s) for s in lstm_state()))
     gru(torch.from_numpy(good_x()), lengths=torch.tensor([1, 2, 3], dtype=torch.int16))
-    assert len(sequence_kernel.signatures) == compiled
+    assert len(sequence_block.signatures) == compiled
 
 
 # -- Config ------------------------------------------------------------------------------------------

@@ -12,19 +12,16 @@ import torch
 import fastrnn
 import fastrnn.engine.driver
 import fastrnn.stream
-import fastrnn.engine.threads
 from cores import use_cores
-from fastrnn.stream import SNAPSHOT_VERSION, decode_snapshot, encode_snapshot, model_fingerprint
+from fastrnn.snapshot import SNAPSHOT_VERSION, decode_snapshot, encode_snapshot, model_fingerprint
 
-STREAM_TOLERANCE = 1e-6  # DESIGN.md: streaming equals the whole-sequence run to 1e-6
+STREAM_TOLERANCE = 1e-6  # streaming equals the whole-sequence run to 1e-6
 
 
-@pytest.fixture(autouse=True, params=["one_core", "two_cores"])
+@pytest.fixture(autouse=True, params=["one_core", "all_cores"])
 def cores(request, monkeypatch):
-    """Every test here runs on one core and on two: with two, every stream and chunk that the
-    two-core paths can take (fastrnn.engine.driver.stream_pair_split, pair_split), however small, takes
-    them. A stream's steps go to the partner from its third step, once it is stepping steadily
-    (no timing of one core against two: test_a_stream_measures_whether_two_cores_pay does it)."""
+    """Every test here runs on one core and on all: with all, every call of two rows or more is
+    cut into blocks run at once (tests/cores.py)."""
     use_cores(monkeypatch, request.param)
     return request.param
 
@@ -426,10 +423,7 @@ def test_threads_each_driving_a_stream_give_the_one_thread_answers(cores):
     for thread in threads:
         thread.join()
     for got, want in zip(results, expected):
-        if cores == "one_core":
-            np.testing.assert_array_equal(got, want)
-        else:  # one stream at a time has the partner: sums in another order, to rounding
-            assert_close(got, want)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_readonly_and_unaligned_inputs_are_read_correctly():
@@ -449,143 +443,3 @@ def test_readonly_and_unaligned_inputs_are_read_correctly():
     unaligned_out = np.frombuffer(bytearray(1 + 40), np.float32, count=10, offset=1).reshape(2, 5)
     with pytest.raises(ValueError, match="aligned"):
         stream.step(xs[0], out=unaligned_out)
-
-
-# -- two cores -----------------------------------------------------------------------------------
-
-def steady_stream(cores, kind="lstm"):
-    if cores == "one_core":
-        pytest.skip("about the two-core steps")
-    model = make_model(kind=kind, input_size=4, hidden_size=40, num_layers=2)
-    stream = model.stream(batch=2)
-    # An earlier test's stream may still hold the partner, for up to 1 ms after its last step.
-    fastrnn.engine.threads.wait_until_free(timeout=1.0)
-    return model, stream
-
-
-def test_steady_steps_run_on_two_cores_and_agree(cores):
-    model, stream = steady_stream(cores)
-    xs = inputs(50, 2, 4)
-    ys = np.stack([stream.step(x) for x in xs])
-    pair = stream._pair
-    assert pair.sync is not None and pair.requested == 48  # all but the first two steps
-    expected_y, expected_state = model(xs)
-    assert_close(ys, expected_y)
-    assert_close(stream.state.h, expected_state.h)
-    assert_close(stream.state.c, expected_state.c)
-
-
-def test_partner_leaves_when_steps_pause_and_comes_back(cores):
-    model, stream = steady_stream(cores, kind="gru")
-    xs = inputs(30, 2, 4)
-    ys = [stream.step(x) for x in xs[:10]]
-    first_sync = stream._pair.sync
-    assert first_sync is not None
-    deadline = time.perf_counter() + 1.0
-    while first_sync[fastrnn.engine.threads.SYNC_CHANNEL] != fastrnn.engine.threads.CLOSED:
-        assert time.perf_counter() < deadline, "the idle server never closed"
-        time.sleep(0.001)
-    fastrnn.engine.threads.wait_until_free(timeout=1.0)
-    assert fastrnn.engine.threads.run_pair(lambda part, sync: 0, (fastrnn.engine.threads.new_sync(),))
-    ys += [stream.step(x) for x in xs[10:]]  # one core, then the server again
-    assert stream._pair.sync is not None and stream._pair.sync is not first_sync
-    assert_close(np.stack(ys), model(xs)[0])
-
-
-def test_chunks_and_state_changes_between_two_core_steps(cores):
-    model, stream = steady_stream(cores)
-    xs = inputs(40, 2, 4)
-    expected_y, _ = model(xs)
-    ys = [stream.step(x) for x in xs[:10]]
-    ys += list(stream.process(xs[10:20]))       # the chunk takes the partner back
-    ys += [stream.step(x) for x in xs[20:30]]
-    blob = stream.snapshot()
-    stream.reset()
-    stream.restore(blob)
-    ys += [stream.step(x) for x in xs[30:]]
-    assert_close(np.stack(ys), expected_y)
-
-
-def test_a_partner_failure_is_raised(cores):
-    model, stream = steady_stream(cores)
-    xs = inputs(10, 2, 4)
-    for x in xs[:5]:
-        stream.step(x)
-    stream._pair.sync[fastrnn.engine.threads.SYNC_ABORT] = 1
-    with pytest.raises(RuntimeError, match="partner thread failed"):
-        stream.step(xs[5])
-    fastrnn.engine.threads.wait_until_free(timeout=1.0)
-    stream.reset()
-    again = [stream.step(x) for x in xs]  # a new server
-    assert_close(np.stack(again), model(xs)[0])
-
-
-def test_a_second_thread_wanting_the_partner_makes_both_run_on_one_core(cores, monkeypatch):
-    """A service stepping streams from several threads has no core to spare: the stream holding
-    the partner lets it go, and no pair starts for a while."""
-    model, stream = steady_stream(cores)
-    monkeypatch.setattr(fastrnn.engine.threads, "CONTENDED_SECONDS", 0.5)
-    xs = inputs(20, 2, 4)
-    ys = [stream.step(x) for x in xs[:5]]
-    assert stream._pair.sync is not None
-    # another thread's sequence wants the partner: it runs on one core, and pairs pause
-    ran = []
-    other = threading.Thread(target=lambda: ran.append(fastrnn.engine.threads.run_pair(
-        lambda part, sync: 0, (fastrnn.engine.threads.new_sync(),))))
-    other.start()
-    other.join()
-    assert ran == [False]
-    ys += [stream.step(x) for x in xs[5:]]
-    assert stream._pair.sync is None
-    assert_close(np.stack(ys), model(xs)[0])
-
-
-def test_one_thread_stepping_two_streams_keeps_pairing_one(cores):
-    """The partner serves one stream at a time; a thread's other streams step on one core, and
-    the pairing is not paused for it."""
-    model, first = steady_stream(cores)
-    second = model.stream(batch=2)
-    xs = inputs(20, 2, 4)
-    got = [[], []]
-    for x in xs:
-        got[0].append(first.step(x))
-        got[1].append(second.step(x))
-    assert first._pair.sync is not None and first._pair.requested == 18
-    assert second._pair.sync is None
-    expected = model(xs)[0]
-    assert_close(np.stack(got[0]), expected)
-    assert_close(np.stack(got[1]), expected)
-
-
-def test_a_stream_measures_whether_two_cores_pay(cores, monkeypatch):
-    """A trial times steady steps on one core, then on two, and keeps the faster: here two are
-    made slower on purpose, so the stream goes back to one core; the answers are right all along."""
-    model, stream = steady_stream(cores)
-    monkeypatch.setattr(fastrnn.stream._PairSteps, "TRIAL_STEPS", 16)
-    monkeypatch.setattr(fastrnn.stream._PairSteps, "TRIAL_WARMUP", 2)
-    pair = stream._pair
-    slow_pair_step = pair._pair_step
-
-    def slowed(now, x, y):
-        done = slow_pair_step(now, x, y)
-        time.sleep(0.0002)
-        return done
-
-    monkeypatch.setattr(pair, "_pair_step", slowed)
-    xs = inputs(60, 2, 4)
-    ys = [stream.step(x) for x in xs]
-    assert pair.trial is None and pair.review_at > 0  # decided
-    assert not pair.pairing and pair.sync is None
-    assert_close(np.stack(ys), model(xs)[0])
-
-
-def test_one_thread_set_while_streaming_lets_the_partner_go(cores, monkeypatch):
-    model, stream = steady_stream(cores)
-    xs = inputs(20, 2, 4)
-    ys = [stream.step(x) for x in xs[:5]]
-    assert stream._pair.sync is not None
-    monkeypatch.setattr(fastrnn.engine.threads, "_num_threads", 2)  # restored after the test
-    fastrnn.set_num_threads(1)
-    ys += [stream.step(x) for x in xs[5:]]
-    assert stream._pair.sync is None
-    assert_close(np.stack(ys), model(xs)[0])

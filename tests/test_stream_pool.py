@@ -203,25 +203,43 @@ def test_slot_snapshots_of_other_models_or_garbled_are_refused():
         pool.restore(slot, model.stream(batch=2).snapshot())
 
 
-def test_a_model_on_another_device_makes_its_own_pool():
-    made = []
+def test_a_pool_runs_on_the_state_table_its_model_gives():
+    """Stream and StreamPool validate, then call the model's backend (a CUDA model gives a device
+    table): the pool asks for one table of its capacity and steps through it."""
+    model = fastrnn.from_numpy("gru", [{"w_ih": np.ones((6, 3), np.float32),
+                                        "w_hh": np.ones((6, 2), np.float32)}])
+    calls = []
 
-    class DeviceModel:
-        device = "cuda:0"
+    class Backend:
+        def __init__(self, rows):
+            self.inner = model.state_table(rows)
 
-        def stream_pool(self, capacity):
-            made.append(capacity)
-            return ("device pool", capacity)
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(self.inner, name)
 
-    assert fastrnn.StreamPool(DeviceModel(), capacity=7) == ("device pool", 7)
-    assert made == [7]
+    class OtherDevice:
+        config, dtype, kind = model.config, model.dtype, model.kind
+
+        def state_table(self, rows):
+            calls.append(("state_table", rows))
+            return Backend(rows)
+
+        def to(self, device):
+            return model
+
+    pool = fastrnn.StreamPool(OtherDevice(), capacity=7)
+    slot = pool.open()
+    y = pool.step([slot], np.ones((1, 3), np.float32))
+    assert calls[0] == ("state_table", 7) and "advance" in calls
+    np.testing.assert_array_equal(y, model.stream().step(np.ones((1, 3), np.float32)))
 
 
 @pytest.mark.parametrize("kind", ["lstm-proj", "gru-reset-before"])
 def test_batched_steps_of_many_slots_equal_independent_runs(kind):
-    """From BLAS_MIN_BATCH slots on a step takes the batched (BLAS) path; below it, row by row.
-    Both must give every slot its own whole-sequence answer."""
-    from fastrnn.engine.driver import BLAS_MIN_BATCH
+    """From 2 * MIN_ROWS_PER_THREAD slots on a tick is cut into blocks run on several threads;
+    below it, one block. Both must give every slot its own whole-sequence answer."""
+    from fastrnn.engine.plan import MIN_ROWS_PER_THREAD
     rng = np.random.default_rng(2)
 
     def weight(*shape):
@@ -235,7 +253,7 @@ def test_batched_steps_of_many_slots_equal_independent_runs(kind):
         layers = [dict(w_ih=weight(15, 3), w_hh=weight(15, 5), b_hh=weight(15)),
                   dict(w_ih=weight(15, 5), w_hh=weight(15, 5))]
         model = fastrnn.from_numpy("gru", layers, linear_before_reset=False, dtype=np.float32)
-    users = BLAS_MIN_BATCH + 4
+    users = 2 * MIN_ROWS_PER_THREAD + 4
     pool = fastrnn.StreamPool(model, capacity=2 * users)
     for _ in range(2 * users):
         pool.open()

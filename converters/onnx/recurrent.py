@@ -1,8 +1,8 @@
 """LSTM, GRU and RNN nodes (opsets 7-22), run by the engine's kernels.
 
 Each node is translated once, when the graph is loaded, into a one-layer fastrnn Config and
-PackedWeights (the gate permutation is in this package's docstring). Every run then calls the
-engine's `run_layer_direction` once per direction, or `step_kernel` for a one-step forward call.
+the engine's Plan (the gate permutation is in this package's docstring). Every run then calls the
+engine's `run_sequence`, or `step_block` for a one-step forward call.
 
 ONNX conventions handled here (X and Y axes for layout 0; layout 1 swaps the first two of X, Y,
 initial_h, initial_c, Y_h and Y_c):
@@ -24,9 +24,10 @@ import numpy as np
 
 from fastrnn.engine.activations import ACTIVATION_CODES, activation_code
 from fastrnn.engine.cells import DEFAULT_ACTIVATIONS
-from fastrnn.engine.driver import run_layer_direction, step_kernel
+from fastrnn.engine.driver import run_sequence, step_block, step_scratch_size
+from fastrnn.engine.plan import Plan
 from fastrnn.converters.onnx.registry import register
-from fastrnn.engine.weights import Config, LayerWeights, PackedWeights, check_layers
+from fastrnn.engine.weights import Config, LayerWeights, check_layers
 
 ACTIVATION_NAMES = {code: name for name, code in ACTIVATION_CODES.items()}
 USES_ALPHA = {"Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh", "HardSigmoid", "Elu"}
@@ -153,14 +154,10 @@ class RecurrentNode:
                 peephole=None if peephole is None else
                 _permute_blocks(peephole[d], PEEPHOLE_ORDER, hidden).reshape(3, hidden)))
         self.layers = check_layers(self.config, layers, self.dtype)
-        self.packed = PackedWeights(self.config, self.layers, self.dtype)
-        self.cell = self.config.cell
-        self.flag = self.config.input_forget if kind == "lstm" else self.config.linear_before_reset
+        reverse = (direction == "reverse",) if directions == 1 else (False, True)
+        self.plan = Plan(self.config, self.layers, self.dtype, reverse=reverse)
         self.has_c = family == "lstm"
         self.state_width_c = hidden if self.has_c else 0
-        self.reverse_flags = (direction == "reverse",) if directions == 1 else (False, True)
-        self.scratch_size = self.packed.scratch_size
-        self.gate_rows = gates * hidden
         outputs = node.outputs + [""] * (3 - len(node.outputs))
         self.wants_y, self.wants_h, self.wants_c = (name != "" for name in outputs[:3])
         self.num_outputs = len(node.outputs)
@@ -231,18 +228,8 @@ class RecurrentNode:
 
     def _sequence(self, x, h, c, batch, lengths):
         steps = x.shape[0]
-        hidden = self.hidden_size
-        directions = self.num_directions
-        packed = self.packed
-        if lengths is None:
-            kernel_lengths = np.full(batch, steps, np.int64)
-        else:
-            kernel_lengths = lengths
-        out = np.zeros((steps, batch, directions * hidden), self.dtype)
-        scratch = np.empty(self.scratch_size, self.dtype)  # per call: sessions may run in threads
-        for d in range(directions):
-            run_layer_direction(self.config, packed, d, x, kernel_lengths, self.reverse_flags[d],
-                                h[d], c[d], out, d * hidden, scratch)
+        kernel_lengths = np.full(batch, steps, np.int64) if lengths is None else lengths
+        out = run_sequence(self.plan, np.ascontiguousarray(x), h, c, kernel_lengths)
         if lengths is not None:
             empty = lengths == 0
             if empty.any():
@@ -298,9 +285,8 @@ def _plan_step(node, inputs, outputs, squeeze_y, known):
     if node.step_arguments is None:
         return general
 
-    cell, weights, layout, parameters, clip, flag = node.step_arguments
+    weights, layout, parameters = node.step_arguments
     dtype, input_size, hidden, has_c = node.dtype, node.input_size, node.hidden_size, node.has_c
-    step_scratch_size = node.packed.step_scratch_size
     y_rows_index = (0,) if squeeze_y else (0, 0)   # Y's (B, H) block, where the kernel writes
     by_x_shape = {}
     per_thread = threading.local()   # each thread's kernel scratch: sessions may run in threads
@@ -324,12 +310,12 @@ def _plan_step(node, inputs, outputs, squeeze_y, known):
         if not step_input.flags.carray:  # numba would compile another specialisation for it
             step_input = np.array(step_input, order="C")
         y = empty(y_shape, dtype)
-        try:
-            scratch = per_thread.scratch
-        except AttributeError:
-            scratch = per_thread.scratch = empty(step_scratch_size, dtype)
-        step_kernel(cell, step_input, rows, weights, layout, parameters, clip, flag, h, c,
-                    y[y_rows_index], scratch)
+        batch = rows.shape[0]
+        scratch = getattr(per_thread, "scratch", None)
+        if scratch is None or scratch.shape[0] < step_scratch_size(node.plan, batch):
+            scratch = per_thread.scratch = empty(step_scratch_size(node.plan, batch), dtype)
+        step_block(weights, layout, parameters, step_input, rows, h, c, y[y_rows_index], scratch,
+                   0, batch)
         if y_out:
             slots[y_out] = y
         if h_out:
@@ -378,19 +364,18 @@ def _plan_step(node, inputs, outputs, squeeze_y, known):
 
 
 def _step_arguments(node):
-    """step_kernel's arguments that are fixed for the node: (cell, *step_tables, clip, flag).
+    """step_block's arguments that are fixed for the node: the plan's three arrays.
 
     A one-direction node's state (1, B, H) is the streaming kernel's state table for one layer.
     The kernel's specialisation for the node's dtype is compiled (or loaded from numba's cache)
     here, when the graph is loaded, not on the first run.
     """
-    packed = node.packed
-    arguments = (node.cell, *packed.step_tables(), float(node.config.clip), bool(node.flag))
+    plan = node.plan
+    arguments = (plan.weights, plan.layout, plan.parameters)
     dtype, hidden = node.dtype, node.hidden_size
-    step_kernel(arguments[0], np.zeros((1, node.input_size), dtype), np.zeros(1, np.int64),
-                *arguments[1:], np.zeros((1, 1, hidden), dtype),
-                np.zeros((1, 1, node.state_width_c), dtype), np.zeros((1, hidden), dtype),
-                np.zeros(packed.step_scratch_size, dtype))
+    step_block(*arguments, np.zeros((1, node.input_size), dtype), np.zeros(1, np.int64),
+               np.zeros((1, 1, hidden), dtype), np.zeros((1, 1, node.state_width_c), dtype),
+               np.zeros((1, hidden), dtype), np.zeros(step_scratch_size(plan, 1), dtype), 0, 0)
     return arguments
 
 

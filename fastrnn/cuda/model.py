@@ -16,6 +16,7 @@ import numpy as np
 from numba import cuda
 
 from fastrnn.cuda import driver
+from fastrnn.cuda.stream import DeviceStateTable
 from fastrnn.state import State
 
 DEFAULT_THREADS_PER_BLOCK = 256
@@ -63,7 +64,7 @@ def check_gpu(index):
 
 
 class DeviceWeights:
-    """A model's PackedWeights (fastrnn.engine.weights) copied to the device once, and its kernels.
+    """A model's stacked plan (fastrnn.engine.plan.Plan.stacked) copied to the device once, and its kernels.
 
         w_ih_flat    every layer-direction's W_ih^T (I_l, G*H), back to back
         w_ih_offset  (L*D,) start of each block, on the device and as host ints
@@ -126,7 +127,7 @@ class CudaModel:
         self.threads_per_block = int(threads_per_block)
         self.steps_per_launch = None if steps_per_launch is None else int(steps_per_launch)
         with self._on_device():
-            self._weights = DeviceWeights(model.config, model._packed, model.dtype, int(tile))
+            self._weights = DeviceWeights(model.config, model.plan.stacked(), model.dtype, int(tile))
             self._warm_up()
 
     def _warm_up(self):
@@ -145,9 +146,8 @@ class CudaModel:
             driver.run_sequence(self._weights, x, cuda.to_device(h), cuda.to_device(c),
                                 cuda.to_device(np.ones(1, np.int64)), self.threads_per_block)
             if not config.bidirectional:
-                from fastrnn.cuda.stream import _DeviceStateTable
-                table = _DeviceStateTable(self, 1)
-                table.advance(self, x[0], 1, table.rows,
+                table = DeviceStateTable(self, 1)
+                table.advance(x[0], np.zeros(1, np.int64),
                               np.empty((1, config.output_size), self.dtype))
             cuda.synchronize()
         except Exception as error:
@@ -204,14 +204,13 @@ class CudaModel:
         return cpu._package(y, h, c, unbatched)
 
     def stream(self, batch=1):
-        """A stream whose state stays on the device (fastrnn.cuda.stream.CudaStream)."""
-        from fastrnn.cuda.stream import CudaStream
-        return CudaStream(self, batch)
+        """A fastrnn.Stream whose state stays on the device."""
+        from fastrnn.stream import Stream
+        return Stream(self, batch)
 
-    def stream_pool(self, capacity=1024):
-        """A StreamPool whose state table stays on the device (fastrnn.cuda.stream.CudaStreamPool)."""
-        from fastrnn.cuda.stream import CudaStreamPool
-        return CudaStreamPool(self, capacity)
+    def state_table(self, rows):
+        """The backend of a Stream or StreamPool of `rows` rows (fastrnn.cuda.stream)."""
+        return DeviceStateTable(self, rows)
 
     # -- devices and files -------------------------------------------------------------------
 

@@ -14,12 +14,21 @@ import sys
 
 import numba
 
+from fastrnn.engine import parallel  # noqa: F401 (chooses the threading layer before any kernel runs)
+
 FASTMATH = frozenset({"contract", "arcp", "nsz", "reassoc", "afn"})
 
 
 def kernel(function):
     """Compile a CPU kernel: nopython, no GIL, cached, with fastmath minus the NaN/inf assumptions."""
     return numba.njit(fastmath=set(FASTMATH), error_model="numpy", nogil=True, cache=True)(function)
+
+
+def parallel_kernel(function):
+    """`kernel`, with its `numba.prange` loops run on the threading layer (fastrnn.engine.parallel
+    chooses it and says how many blocks a call is cut into)."""
+    return numba.njit(fastmath=set(FASTMATH), error_model="numpy", nogil=True, cache=True,
+                      parallel=True)(function)
 
 
 def _import_numba_arraymath_without_scipy():

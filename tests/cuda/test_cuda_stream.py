@@ -154,6 +154,6 @@ def test_pool_matches_the_cpu_pool_and_isolates_slots():
 
 
 def decode_c(blob, model):
-    from fastrnn.stream import decode_snapshot, model_fingerprint
+    from fastrnn.snapshot import decode_snapshot, model_fingerprint
     h_shape, c_shape = model.state_shapes(1)
     return decode_snapshot(blob, model_fingerprint(model), model.dtype, h_shape, c_shape)[1]

@@ -21,17 +21,18 @@ DEFAULT_ACTIVATIONS = {
 
 
 @kernel
-def cell_step(cell, gates, recurrent, h_prev, c_prev, w_hh_t, b_hh, peephole, w_proj_t, codes,
-              alphas, betas, clip, flag, h_new, c_new, work):
-    """One step of `cell` for one batch row, given W x + b_ih in gates and R h in recurrent.
+def cell_step(cell, flag, clip, gates, recurrent_n, h_prev, c_prev, w_hh_t, b_hn, peephole,
+              w_proj_t, codes, alphas, betas, h_new, c_new, work):
+    """One step of `cell` for one batch row, given its gates' products (see each cell).
 
-    `flag` is input_forget (LSTM) or linear_before_reset (GRU); work: (2H,) for the GRU.
+    `flag` is input_forget (LSTM) or linear_before_reset (GRU). recurrent_n, w_hh_t, b_hn and work
+    (2H,) are the GRU's; peephole and w_proj_t the LSTM's; h_new/c_new may alias h_prev/c_prev.
     """
     if cell == LSTM:
-        lstm_cell(gates, recurrent, h_prev, c_prev, b_hh, peephole, w_proj_t, codes, alphas,
-                  betas, clip, flag, h_new, c_new)
+        lstm_cell(gates, c_prev, peephole, w_proj_t, codes, alphas, betas, clip, flag, h_new,
+                  c_new)
     elif cell == GRU:
-        gru_cell(gates, recurrent, h_prev, w_hh_t, b_hh, codes, alphas, betas, clip, flag,
+        gru_cell(gates, recurrent_n, h_prev, w_hh_t, b_hn, codes, alphas, betas, clip, flag,
                  h_new, work)
     else:
-        rnn_cell(gates, recurrent, h_prev, b_hh, codes, alphas, betas, clip, h_new)
+        rnn_cell(gates, codes, alphas, betas, clip, h_new)

@@ -12,32 +12,32 @@ tanh), P the optional peepholes (ONNX) and * the elementwise product:
     h' = o * h(c')                                           then h' = W_hr h' with a projection
 
 clip bounds pre-activations to [-clip, clip] (ONNX `clip`; off when <= 0). The projection (torch
-`proj_size`) makes h' of size H_out < H; c' stays of size H.
+`proj_size`) makes h' of size H_out < H; c' stays of size H. The two biases are one, b = b_i + b_h,
+folded once by the plan (fastrnn.engine.plan).
 """
 
 from fastrnn.engine.activations import activate
-from fastrnn.engine.cells.common import add_scaled_rows, clip_range, flush_tiny
+from fastrnn.engine.cells.common import clip_range, flush_tiny
+from fastrnn.engine.products import add_scaled_rows
 from fastrnn.engine.jit import kernel
 
 NUM_GATES = 4
 
 
 @kernel
-def lstm_cell(gates, recurrent, h_prev, c_prev, b_hh, peephole, w_proj_t, codes, alphas, betas,
-              clip, input_forget, h_new, c_new):
+def lstm_cell(gates, c_prev, peephole, w_proj_t, codes, alphas, betas, clip, input_forget, h_new,
+              c_new):
     """One LSTM step for one batch row, in place.
 
-    gates: (4H,) holding W x + b_ih on entry; used as scratch. recurrent: (4H,) R h, the product the
-    driver made (row by row or for the whole batch at once). h_new/c_new may alias h_prev/c_prev.
-    peephole: (3, H) rows i, f, o, or (3, 0) for none. w_proj_t: (H, H_out), or (0, 0) for none.
+    gates: (4H,) holding W x + R h + b on entry (the driver's products); used as scratch.
+    h_new/c_new may alias the previous state. peephole: (3, H) rows i, f, o, or (3, 0) for none.
+    w_proj_t: (H, H_out), or (0, 0) for none.
     """
     hidden = c_prev.shape[0]
     input_gate = gates[:hidden]
     forget_gate = gates[hidden:2 * hidden]
     cell_gate = gates[2 * hidden:3 * hidden]
     output_gate = gates[3 * hidden:4 * hidden]
-    for j in range(4 * hidden):
-        gates[j] += recurrent[j] + b_hh[j]
     has_peephole = peephole.shape[1] > 0
     if has_peephole:
         peep_i, peep_f = peephole[0], peephole[1]

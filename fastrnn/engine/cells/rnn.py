@@ -14,14 +14,10 @@ NUM_GATES = 1
 
 
 @kernel
-def rnn_cell(gates, recurrent, h_prev, b_hh, codes, alphas, betas, clip, h_new):
-    """One RNN step for one batch row. gates: (H,) holding W x + b_ih on entry; recurrent: (H,) R h.
-
-    h_new may alias h_prev.
-    """
-    hidden = h_prev.shape[0]
-    for j in range(hidden):
-        gates[j] += recurrent[j] + b_hh[j]
+def rnn_cell(gates, codes, alphas, betas, clip, h_new):
+    """One RNN step for one batch row. gates: (H,) holding W x + R h + b (b = b_ih + b_hh, folded
+    by the plan) on entry; used as scratch. h_new may be the previous state."""
+    hidden = h_new.shape[0]
     clip_range(gates, 0, hidden, clip)
     activate(gates, 0, hidden, codes[0], alphas[0], betas[0])
     for j in range(hidden):

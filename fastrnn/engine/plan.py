@@ -1,0 +1,146 @@
+"""The plan: a model's weights packed once for the kernels, and every decision made about them.
+
+A Plan is built once per model (and per ONNX recurrent node). For every layer and direction it
+holds the cell (which of LSTM/GRU/RNN, its flag, its clip and activations) and its weights in one
+flat read-only array, with a small int64 table saying where each block starts:
+
+    W_ih^T   (I_l, G*H)     transposed, so that a product adds scaled contiguous rows
+    W_hh^T   (H_out, G*H)
+    bias     (G*H,)         folded once: b_ih + b_hh, except the GRU's n block (below)
+    b_hn     (H,)           the GRU's b_hn where the reset gate scales it; zeros otherwise
+    peephole (3, H)         LSTM only (or (3, 0)); rows i, f, o
+    W_proj^T (H, H_out)     LSTM only (or (0, 0))
+
+The GRU's n block of `bias` is b_in, plus b_hn when the reset comes before the product (b_hn
+then sits outside r * (...)). One flat array keeps the per-call cost low (a kernel pays ~70 ns
+per array argument) and lets sequences, streams, pools and ONNX nodes read the same bytes.
+
+`threads_for(batch)` is the one place that decides how a call is cut across cores.
+"""
+
+import numpy as np
+
+from fastrnn.engine import parallel
+from fastrnn.engine.cells import GRU, LSTM
+from fastrnn.engine.weights import LayerWeights
+
+# Columns of Plan.layout (one row per layer-direction).
+(W_IH, W_HH, BIAS, B_HN, PEEPHOLE, W_PROJ, INPUTS, OUTPUTS, HIDDEN, GATES, PEEPHOLE_WIDTH,
+ PROJ_ROWS, CELL, FLAG, REVERSE, CODES) = range(16)
+LAYOUT_COLUMNS = CODES + 3
+# Columns of Plan.parameters (float64): the three activations' alphas, their betas, the clip.
+ALPHAS, BETAS, CLIP = 0, 3, 6
+PARAMETER_COLUMNS = 7
+
+# A thread takes at least this many batch rows (or pool streams) of a call: below it, a second
+# thread's start-up and its second trip of the weights through a cache cost more than it saves.
+MIN_ROWS_PER_THREAD = 4
+
+
+class Plan:
+    """A model's weights and cells as the CPU kernels read them (see the module docstring).
+
+        weights     (N,) read-only, every layer-direction's blocks back to back
+        layout      (L*D, LAYOUT_COLUMNS) int64
+        parameters  (L*D, PARAMETER_COLUMNS) float64
+        layers      the LayerWeights in fastrnn's layout, as read-only views into `weights`
+                    (biases excepted: b_ih and b_hh are kept as given, and folded into `bias`)
+    """
+
+    def __init__(self, config, layers, dtype, reverse=None):
+        """reverse: whether each direction runs backwards in time; (False, True) for a
+        bidirectional model and (False,) otherwise, unless given (ONNX's direction="reverse")."""
+        dtype = np.dtype(dtype)
+        if reverse is None:
+            reverse = (False, True)[:config.num_directions]
+        self.config = config
+        self.dtype = dtype
+        self.num_layers = config.num_layers
+        self.num_directions = config.num_directions
+        codes, alphas, betas = config.activation_table()
+        hidden, output = config.hidden_size, config.output_size
+        gates = config.num_gates * hidden
+        cell = config.cell
+        flag = config.input_forget if cell == LSTM else config.linear_before_reset
+        blocks, layout, parameters, start = [], [], [], 0
+        for ld, w in enumerate(layers):
+            direction = ld % config.num_directions
+            bias = (w.b_ih + w.b_hh).astype(dtype)
+            b_hn = np.zeros(hidden, dtype)
+            if cell == GRU and config.linear_before_reset:
+                n = slice(2 * hidden, 3 * hidden)
+                bias[n] = w.b_ih[n]
+                b_hn = w.b_hh[n].astype(dtype)
+            peephole = w.peephole if w.peephole is not None else np.zeros((3, 0), dtype)
+            w_proj_t = w.w_proj.T if w.w_proj is not None else np.zeros((0, 0), dtype)
+            row = []
+            for block in (w.w_ih.T, w.w_hh.T, bias, b_hn, peephole, w_proj_t):
+                row.append(start)
+                blocks.append(np.ascontiguousarray(block, dtype).ravel())
+                start += block.size
+            row += [w.w_ih.shape[1], output, hidden, gates, peephole.shape[1], w_proj_t.shape[0],
+                    cell, int(flag), int(reverse[direction]), *codes[direction]]
+            layout.append(row)
+            parameters.append([*alphas[direction], *betas[direction], config.clip])
+        self.weights = np.concatenate(blocks).astype(dtype, copy=False)
+        self.weights.setflags(write=False)
+        self.layout = np.array(layout, np.int64)
+        self.parameters = np.array(parameters, np.float64)
+        self.layout.setflags(write=False)
+        self.parameters.setflags(write=False)
+        self.layers = [self._layer_weights(ld, w) for ld, w in enumerate(layers)]
+        self._stacked = None
+
+    def view(self, ld, column, shape):
+        """The block of layer-direction ld that starts at layout column `column`, as `shape`."""
+        start = self.layout[ld, column]
+        size = int(np.prod(shape))
+        return self.weights[start:start + size].reshape(shape)
+
+    def _layer_weights(self, ld, given):
+        row = self.layout[ld]
+        inputs, output, gates = row[INPUTS], row[OUTPUTS], row[GATES]
+        hidden = row[HIDDEN]
+        b_ih = np.array(given.b_ih, self.dtype)
+        b_hh = np.array(given.b_hh, self.dtype)
+        for array in (b_ih, b_hh):
+            array.setflags(write=False)
+        return LayerWeights(
+            w_ih=self.view(ld, W_IH, (inputs, gates)).T,
+            w_hh=self.view(ld, W_HH, (output, gates)).T,
+            b_ih=b_ih, b_hh=b_hh,
+            peephole=(self.view(ld, PEEPHOLE, (3, hidden)) if row[PEEPHOLE_WIDTH] else None),
+            w_proj=(self.view(ld, W_PROJ, (hidden, output)).T if row[PROJ_ROWS] else None))
+
+    def threads_for(self, rows):
+        """How many threads a call over `rows` independent rows uses (1: the calling thread)."""
+        return max(1, min(parallel.threads_for_call(), rows // MIN_ROWS_PER_THREAD))
+
+    def stacked(self):
+        """The weights stacked per layer-direction, for the CUDA target, which copies them to the
+        device once (built on first use): an object with w_ih_flat, w_ih_offset, w_ih_t,
+        w_hh_t (L*D, H_out, G*H), b_ih, b_hh (L*D, G*H), peephole (L*D, 3, H or 0),
+        w_proj_t (L*D, H, H_out or 0, 0), codes (L*D, 3) int64, alphas, betas (L*D, 3)."""
+        if self._stacked is None:
+            self._stacked = _Stacked(self)
+        return self._stacked
+
+
+class _Stacked:
+    def __init__(self, plan):
+        layers, count = plan.layers, len(plan.layers)
+        self.w_ih_t = [np.ascontiguousarray(w.w_ih.T) for w in layers]
+        self.w_ih_flat = np.concatenate([w.ravel() for w in self.w_ih_t])
+        sizes = [w.size for w in self.w_ih_t]
+        self.w_ih_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.w_hh_t = np.ascontiguousarray(np.stack([w.w_hh.T for w in layers]))
+        self.b_ih = np.stack([w.b_ih for w in layers])
+        self.b_hh = np.stack([w.b_hh for w in layers])
+        dtype = plan.dtype
+        self.peephole = (np.stack([w.peephole for w in layers]) if layers[0].peephole is not None
+                         else np.zeros((count, 3, 0), dtype))
+        self.w_proj_t = (np.ascontiguousarray(np.stack([w.w_proj.T for w in layers]))
+                         if layers[0].w_proj is not None else np.zeros((count, 0, 0), dtype))
+        self.codes = np.ascontiguousarray(plan.layout[:, CODES:CODES + 3])
+        self.alphas = np.ascontiguousarray(plan.parameters[:, ALPHAS:ALPHAS + 3])
+        self.betas = np.ascontiguousarray(plan.parameters[:, BETAS:BETAS + 3])
