@@ -11,11 +11,21 @@ PyTorch's layout is fastrnn's (see fastrnn.engine.weights), so this converter pe
 
 The architecture of a state dict is read from its weight_hh keys, which every layer and direction
 has: layers from the l{k} suffixes, directions from _reverse, H from weight_hh (or weight_hr with a
-projection), the cell from the gate count 4H/3H/H. A plain RNN's nonlinearity cannot be seen in
-shapes: kind="rnn_relu" says it (default tanh). Every key under the prefix must then be used (else
-ValueError naming it), every expected key present (else KeyError naming it), every shape exact
-(else ValueError naming the key). Keys are named in errors as the caller's dict spells them.
+projection), the cell from the gate count 4H/3H/H. Every key under the prefix must then be used
+(else ValueError naming it), every expected key present (else KeyError naming it), every shape
+exact (else ValueError naming the key). Keys are named in errors as the caller's dict spells them.
 float16/bfloat16 weights are widened to float32; the model is float64 only if every weight is.
+
+Two facts are not in a state dict's weights: a plain RNN's nonlinearity (tanh or relu) and the
+layout of its inputs (batch_first). Where the caller leaves them open (kind=None for a one-gate
+RNN, batch_first=None), the converter assumes tanh and time-major, records each assumption in
+`model.assumptions`, and warns once per conversion with one AssumptionWarning listing them all;
+passing kind= and batch_first= states them and silences it. A module knows both, so converting
+the module itself assumes nothing; a Cell's state dict has no sequence layout to guess.
+
+Files are loaded with torch.load(weights_only=True), which refuses pickled objects (a whole
+nn.Module saved with torch.save(module)); trust_pickle=True unpickles such a file, which can run
+code from it, and converts the module it holds.
 """
 
 import os
@@ -26,6 +36,12 @@ import numpy as np
 
 from fastrnn.model import Model
 from fastrnn.engine.weights import Config, LayerWeights
+from fastrnn.validation import warn_outside_fastrnn
+
+
+class AssumptionWarning(UserWarning):
+    """A converter assumed what the weights cannot tell (model.assumptions lists what)."""
+
 
 _GATES_TO_KIND = {4: "lstm", 3: "gru", 1: "rnn_tanh"}
 _KIND_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
@@ -33,31 +49,48 @@ _LAYER_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+
 _CELL_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
-def from_torch(obj, *, prefix="", kind=None, batch_first=None):
+def from_torch(obj, *, prefix="", kind=None, batch_first=None, trust_pickle=False):
     """A fastrnn.Model from a torch module, a mapping of names to tensors/arrays, or a file path.
 
-    prefix selects one sub-module's keys in a state dict ("encoder.rnn." or "encoder.rnn");
-    kind ("lstm", "gru", "rnn_tanh", "rnn_relu") settles what shapes cannot; batch_first overrides
-    the layout (a module's own setting by default, time-major for state dicts).
+    prefix selects one sub-module: its keys in a state dict ("encoder.rnn." or "encoder.rnn"), or
+    its name in a module. kind ("lstm", "gru", "rnn_tanh", "rnn_relu") and batch_first settle
+    what a state dict cannot tell (a module's own settings by default; for a state dict, tanh and
+    time-major, assumed with an AssumptionWarning). trust_pickle lets a file that holds a pickled
+    module be unpickled (only for files you trust: unpickling can run code).
     """
     if kind is not None and kind not in _KIND_GATES:
         raise ValueError(f"kind must be one of {tuple(_KIND_GATES)}, got {kind!r}")
     if not isinstance(prefix, str):
         raise TypeError(f"prefix must be a string such as 'model.rnn.', got "
                         f"{type(prefix).__name__}")
+    if batch_first is not None:
+        batch_first = bool(batch_first)
     if isinstance(obj, (str, os.PathLike)):
-        return from_state_dict(load_checkpoint(obj), prefix=prefix, kind=kind,
-                               batch_first=bool(batch_first))
+        obj = load_checkpoint(obj, trust_pickle=trust_pickle)
     if isinstance(obj, Mapping):
-        return from_state_dict(obj, prefix=prefix, kind=kind, batch_first=bool(batch_first))
-    return _from_module(obj, kind, batch_first)
+        return from_state_dict(obj, prefix=prefix, kind=kind, batch_first=batch_first)
+    return _from_module(obj, prefix, kind, batch_first)
 
 
-def load_checkpoint(path):
-    """The mapping of names to arrays in a .pt/.pth (weights_only) or .safetensors file."""
+# What torch.save writes: a zip archive (since torch 1.6), or a pickle (protocol 2, b"\x80\x02").
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def load_checkpoint(path, *, trust_pickle=False):
+    """The mapping of names to arrays in a .pt/.pth (weights_only) or .safetensors file.
+
+    With trust_pickle, a .pt/.pth file is fully unpickled and may hold a module (returned as is).
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such checkpoint: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; expected a checkpoint file"
+                                f"{_checkpoints_in(path)}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes); expected a checkpoint written by "
+                         f"torch.save(module.state_dict(), path) or safetensors' save_file")
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
         try:
@@ -68,52 +101,134 @@ def load_checkpoint(path):
             from safetensors.torch import load_file as load_torch_file
             return load_torch_file(path)
         except Exception:
-            raise ValueError(f"{path} is not a readable safetensors file: {numpy_error}") from None
+            raise ValueError(f"{path} is not a readable safetensors file: "
+                             f"{_first_line(numpy_error)}") from None
+    with open(path, "rb") as file:
+        head = file.read(16)
+    if not head.startswith(_TORCH_MAGIC):
+        looks = " (it looks like text)" if _is_text(head) else ""
+        raise ValueError(f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive, "
+                         f"and this file starts with {head!r}{looks}; expected the file "
+                         f"torch.save(module.state_dict(), path) writes")
     import torch
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as error:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (loaded with "
-                         f"weights_only=True, which refuses pickled objects; save "
-                         f"module.state_dict() rather than the module): {error}") from None
+        raise ValueError(_load_error(path, error, trust_pickle)) from None
+    if trust_pickle and _is_module(loaded):
+        return loaded
     if not isinstance(loaded, Mapping):
         raise ValueError(f"{path} holds a {type(loaded).__name__}, expected a state dict "
                          f"(a mapping of names to tensors)")
     return loaded
 
 
-def _from_module(module, kind, batch_first):
+def _load_error(path, error, trust_pickle):
+    """What torch.load's failure means for the user, in one line."""
+    text = _ANSI_ESCAPE.sub("", str(error))
+    refused = re.search(r"GLOBAL ([\w.]+) was not an allowed global", text)
+    if refused or "Weights only load failed" in text:
+        what = f"a pickled {refused.group(1)}" if refused else "pickled Python objects"
+        return (f"{path} holds {what} (a whole object saved with torch.save(module)), not a "
+                f"state dict; fastrnn loads checkpoints with torch.load(weights_only=True), "
+                f"which runs no code from the file. Save the weights instead: "
+                f"torch.save(module.state_dict(), path); or, for a file you trust, allow "
+                f"unpickling it (fastrnn convert --trust-pickle, from_torch(..., "
+                f"trust_pickle=True)), which can run code from the file")
+    if trust_pickle:
+        return (f"{path} could not be unpickled: {_first_line(error)} (a pickled module needs "
+                f"its class importable under the name it was saved with; saving "
+                f"module.state_dict() avoids this)")
+    return f"{path} is not a readable PyTorch checkpoint: {_first_line(error)}"
+
+
+def _first_line(error):
+    text = _ANSI_ESCAPE.sub("", str(error)).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _is_text(head):
+    return all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head)
+
+
+def _checkpoints_in(directory):
+    """A hint naming the checkpoint files a directory holds, if any."""
+    suffixes = (".pt", ".pth", ".safetensors", ".onnx")
+    try:
+        found = sorted(name for name in os.listdir(directory) if name.endswith(suffixes))
+    except OSError:
+        return ""
+    if not found:
+        return f" ({', '.join(suffixes)})"
+    shown = ", ".join(found[:5]) + (" ..." if len(found) > 5 else "")
+    return f"; it holds {shown}: pass one of those files"
+
+
+def _is_module(obj):
+    return hasattr(obj, "state_dict") and hasattr(obj, "named_modules")
+
+
+_RECURRENT_MODES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
+
+
+def _recurrent_types():
     import torch.nn as nn
+    return (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+
+
+def _from_module(module, prefix, kind, batch_first):
+    import torch.nn as nn
+    if prefix and _is_module(module):
+        name = prefix.rstrip(".")
+        try:
+            module = module.get_submodule(name)
+        except AttributeError:
+            raise KeyError(f"the {type(module).__name__} has no submodule {name!r}"
+                           f"{_recurrent_hint(module)}") from None
     if isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
-        module_kind = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh",
-                       "RNN_RELU": "rnn_relu"}[module.mode]
+        module_kind = _RECURRENT_MODES[module.mode]
         layout = module.batch_first if batch_first is None else batch_first
     elif isinstance(module, (nn.LSTMCell, nn.GRUCell, nn.RNNCell)):
         module_kind = {nn.LSTMCell: "lstm", nn.GRUCell: "gru"}.get(
             type(module), f"rnn_{getattr(module, 'nonlinearity', 'tanh')}")
         layout = bool(batch_first)
     else:
+        hint = _recurrent_hint(module) if _is_module(module) else ""
         raise TypeError(f"from_torch takes nn.LSTM, nn.GRU, nn.RNN, their Cell versions, a state "
                         f"dict or a checkpoint path; got {type(module).__name__}. For a module "
-                        f"that contains a recurrent layer, pass that layer, or its state_dict() "
-                        f"with prefix=")
+                        f"that contains a recurrent layer, pass that layer, or the module with "
+                        f"prefix= naming the layer{hint}")
     if kind is not None and kind != module_kind:
         raise ValueError(f"kind={kind!r} does not match the module, which is {module_kind!r}")
     return from_state_dict(module.state_dict(), kind=module_kind, batch_first=layout)
 
 
-def from_state_dict(state_dict, *, prefix="", kind=None, batch_first=False):
+def _recurrent_hint(module):
+    """Where a module's recurrent layers are, as prefixes."""
+    names = [f"{name!r}" for name, sub in module.named_modules()
+             if name and isinstance(sub, _recurrent_types())]
+    return f"; its recurrent layers are at prefix {', '.join(names[:5])}" if names else ""
+
+
+def from_state_dict(state_dict, *, prefix="", kind=None, batch_first=None):
     """A Model from a state dict (names to torch tensors or numpy arrays), architecture inferred.
 
     The architecture comes from the weight_hh keys, which every layer and direction has: layers
     from their l{k} suffixes, directions from _reverse, sizes from their shapes. Every other key
     under the prefix must then belong to one of those layers, with the shape it must have.
+    kind=None for a one-gate RNN and batch_first=None are assumed (tanh, time-major) with an
+    AssumptionWarning, and recorded in model.assumptions.
     """
     flat = _flatten(state_dict)
     entries = _select(flat, prefix)
     if not entries:
         raise KeyError(f"no keys under prefix {prefix!r}{_prefix_hint(flat)}")
     shown_prefix = _shown_prefix(flat, prefix)
+    if not any(_LAYER_KEY.match(k) or k in _CELL_KEYS for k in entries):
+        # e.g. prefix "encoder" for weights under "encoder.rnn.": point at the prefix that fits
+        where = f"under prefix {prefix!r}" if prefix else "at the top level of the state dict"
+        raise KeyError(f"no recurrent weights (weight_ih_l0, weight_hh_l0, ...) directly {where}"
+                       f"{_prefix_hint(flat, shown_prefix)}")
     cell_style = all(k in _CELL_KEYS for k in entries)
     if cell_style:  # nn.LSTMCell/GRUCell/RNNCell: the keys of layer 0 without their suffix
         entries = {f"{name}_l0": value for name, value in entries.items()}
@@ -127,7 +242,7 @@ def from_state_dict(state_dict, *, prefix="", kind=None, batch_first=False):
         match = _LAYER_KEY.match(key)
         if match is None:
             raise ValueError(f"unexpected key {user_key(key)!r}: not a weight of nn.LSTM/GRU/RNN "
-                             f"or their cells{_prefix_hint(flat) if not prefix else ''}")
+                             f"or their cells{_prefix_hint(flat, shown_prefix, exclude=True)}")
         name, layer, reverse = match.groups()
         layers.setdefault((int(layer), bool(reverse)), {})[name] = _as_array(value, user_key(key))
     stacks = [position for position, arrays in layers.items() if "weight_hh" in arrays]
@@ -162,14 +277,21 @@ def from_state_dict(state_dict, *, prefix="", kind=None, batch_first=False):
         raise ValueError(f"{user_key('weight_hh_l0')} has shape {w_hh.shape}: its rows must be "
                          f"a multiple (1, 3 or 4) of the hidden size {hidden_size}")
     gates = w_hh.shape[0] // hidden_size
+    assumptions = {}
     if kind is None:
         if gates not in _GATES_TO_KIND:
             raise ValueError(f"{user_key('weight_hh_l0')} has {gates} gate blocks of size "
                              f"{hidden_size}; expected 4 (LSTM), 3 (GRU) or 1 (RNN)")
         kind = _GATES_TO_KIND[gates]
+        if gates == 1:  # tanh and relu RNNs have the same weights
+            assumptions["kind"] = kind
     elif _KIND_GATES[kind] != gates:
         raise ValueError(f"kind={kind!r} needs {_KIND_GATES[kind]} gate blocks, but "
                          f"{user_key('weight_hh_l0')} has shape {w_hh.shape} ({gates} blocks)")
+    if batch_first is None:
+        batch_first = False
+        if not cell_style:  # a cell steps (B, I) rows: it has no sequence layout to get wrong
+            assumptions["batch_first"] = batch_first
     if proj_size and kind != "lstm":
         raise ValueError(f"unexpected key {user_key('weight_hr_l0')!r}: a projection belongs "
                          f"to an LSTM, and these weights are a {kind}")
@@ -210,7 +332,31 @@ def from_state_dict(state_dict, *, prefix="", kind=None, batch_first=False):
                 b_ih=arrays.get("bias_ih", zeros), b_hh=arrays.get("bias_hh", zeros),
                 w_proj=arrays.get("weight_hr")))
     all_float64 = all(array.dtype == np.float64 for w in weights for array in w.arrays().values())
-    return Model(config, weights, dtype=np.float64 if all_float64 else np.float32)
+    model = Model(config, weights, dtype=np.float64 if all_float64 else np.float32)
+    if assumptions:
+        model.assumptions.update(assumptions)
+        warn_outside_fastrnn(assumption_message(assumptions), AssumptionWarning)
+    return model
+
+
+# How each assumption reads, and the argument a model that differs needs.
+_ASSUMED = {
+    "kind": ("a plain RNN's nonlinearity: tanh (kind='rnn_tanh')",
+             "nn.RNN(nonlinearity='relu') needs kind='rnn_relu'"),
+    "batch_first": ("time-major (T, B, I) inputs (batch_first=False)",
+                    "a module built with batch_first=True needs batch_first=True"),
+}
+
+
+def assumption_message(assumptions):
+    """The one warning for what a conversion assumed."""
+    assumed = ", and ".join(_ASSUMED[name][0] for name in assumptions)
+    differs = ", and ".join(_ASSUMED[name][1] for name in assumptions)
+    stating = " and ".join(f"{name}=" for name in assumptions)
+    them = "them" if len(assumptions) > 1 else "it"
+    return (f"fastrnn.from_torch: the state dict cannot tell, so the converter assumed "
+            f"{assumed}; {differs}. Pass {stating} to state {them} and silence this warning "
+            f"(model.assumptions records what was assumed)")
 
 
 def _expected_shapes(config, layer, has_bias):
@@ -229,6 +375,8 @@ def _flatten(mapping, prefix=""):
     flat = {}
     for key, value in mapping.items():
         name = f"{prefix}{key}"
+        if _is_module(value):  # a trusted pickle may hold modules ({"model": net, ...})
+            value = value.state_dict()
         if isinstance(value, Mapping):
             flat.update(_flatten(value, name + "."))
         else:
@@ -249,14 +397,22 @@ def _shown_prefix(entries, prefix):
     return prefix
 
 
-def _prefix_hint(entries):
-    """Where recurrent weights sit in a state dict, as a hint for `prefix`."""
+def _prefix_hint(entries, within="", exclude=False):
+    """Where recurrent weights sit in a state dict (below `within`), as a hint for `prefix`.
+
+    exclude leaves out `within` itself (recurrent weights were found there, beside other keys),
+    and gives no hint when there is nothing else.
+    """
     found = sorted({key[:-len(suffix)] for key in entries
                     for suffix in ("weight_hh_l0", "weight_hh") if key.endswith(suffix)
                     and (len(key) == len(suffix) or key[-len(suffix) - 1] == ".")})
-    found = [f"{p!r}" for p in found if p]
+    found = [f"{p!r}" for p in found if p and p.startswith(within) and not (exclude and
+                                                                            p == within)]
     if found:
-        return f"; recurrent weights were found under prefix {', '.join(found[:5])}"
+        return (f"; recurrent weights were found under prefix {', '.join(found[:5])}: pass "
+                f"{'that' if len(found) == 1 else 'one of those'} as the prefix")
+    if exclude:
+        return ""
     shown = sorted(entries)[:8]
     return f"; the keys present are {shown}{' ...' if len(entries) > 8 else ''}"
 

@@ -1,16 +1,21 @@
 """The `fastrnn` command: convert checkpoints to fastrnn's native file, and describe models.
 
-    fastrnn convert CHECKPOINT -o MODEL.fastrnn [--prefix P] [--kind K] [--batch-first]
-    fastrnn info MODEL
+    fastrnn convert CHECKPOINT -o MODEL.fastrnn [--prefix P] [--kind K] [--[no-]batch-first]
+                    [--trust-pickle]
+    fastrnn info MODEL [--prefix P] [--kind K] [--[no-]batch-first] [--trust-pickle]
 
 CHECKPOINT is a PyTorch state dict file (.pt, .pth, .safetensors) or an ONNX model (.onnx).
 `info` reads a .fastrnn file, or converts a checkpoint in memory and describes the result.
+A state dict cannot tell a plain RNN's nonlinearity or its input layout: what was assumed for
+those is a warning on stderr (convert) and a line of the description (info), until --kind and
+--batch-first/--no-batch-first state them.
 A user's mistake (a missing file, a wrong prefix, an unsupported graph) is one line on stderr and
 exit status 1; usage errors are argparse's, status 2. Tracebacks are kept for fastrnn's own bugs.
 """
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -66,9 +71,14 @@ def _parser():
     convert.add_argument("--kind", choices=KINDS,
                          help="torch: the cell, where shapes cannot tell (a plain RNN's "
                               "nonlinearity: rnn_relu)")
-    convert.add_argument("--batch-first", action="store_true",
+    convert.add_argument("--batch-first", action=argparse.BooleanOptionalAction,
                          help="torch: the model takes (B, T, I) inputs, as nn.LSTM(batch_first="
-                              "True) does; time-major (T, B, I) otherwise")
+                              "True) does; --no-batch-first: time-major (T, B, I). A state dict "
+                              "cannot tell: time-major is assumed, with a warning")
+    convert.add_argument("--trust-pickle", action="store_true",
+                         help="torch: unpickle a .pt/.pth file that holds a whole module rather "
+                              "than a state dict. Only for files you trust: unpickling can run "
+                              "code from the file")
     convert.set_defaults(run=_convert)
 
     info = commands.add_parser(
@@ -77,39 +87,103 @@ def _parser():
     info.add_argument("model", type=Path, help="a .fastrnn file, or a checkpoint to convert")
     info.add_argument("--prefix", default="", help="torch checkpoints: as for convert")
     info.add_argument("--kind", choices=KINDS, help="torch checkpoints: as for convert")
+    info.add_argument("--batch-first", action=argparse.BooleanOptionalAction,
+                      help="torch checkpoints: as for convert")
+    info.add_argument("--trust-pickle", action="store_true",
+                      help="torch checkpoints: as for convert")
     info.set_defaults(run=_info)
     return parser
 
 
-def convert_checkpoint(path, *, prefix="", kind=None, batch_first=False):
-    """The Model in a torch or ONNX checkpoint, chosen by its suffix."""
+def convert_checkpoint(path, *, prefix="", kind=None, batch_first=None, trust_pickle=False):
+    """The Model in a torch or ONNX checkpoint, chosen by its suffix.
+
+    What the converter assumed is in model.assumptions, not warned about: the commands say it in
+    their own terms (see assumptions_note).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
+    if path.is_dir():
+        raise CommandError(f"{path} is a directory; expected a checkpoint file{_files_in(path)}")
     suffix = path.suffix.lower()
     if suffix in ONNX_SUFFIXES:
-        given = [name for name, value in (("--prefix", prefix), ("--kind", kind),
-                                          ("--batch-first", batch_first)) if value]
+        given = [name for name, value in (("--prefix", prefix or None), ("--kind", kind),
+                                          ("--batch-first", batch_first),
+                                          ("--trust-pickle", trust_pickle or None))
+                 if value is not None]
         if given:
             raise CommandError(f"{', '.join(given)} apply to torch checkpoints; an ONNX model's "
                                f"cell and layout come from its graph")
         import fastrnn
         return fastrnn.from_onnx(str(path))
     if suffix in TORCH_SUFFIXES:
-        from fastrnn.converters.pytorch import from_torch
-        return from_torch(path, prefix=prefix, kind=kind, batch_first=batch_first)
+        from fastrnn.converters.pytorch import AssumptionWarning, from_torch
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AssumptionWarning)
+            return from_torch(path, prefix=prefix, kind=kind, batch_first=batch_first,
+                              trust_pickle=trust_pickle)
     raise CommandError(f"{path}: unknown checkpoint type {suffix or '(no suffix)'!r}; expected "
-                       f"one of {', '.join(TORCH_SUFFIXES + ONNX_SUFFIXES)}")
+                       f"a file ending in one of {', '.join(TORCH_SUFFIXES + ONNX_SUFFIXES)} "
+                       f"(rename it if it is one of those)")
+
+
+def _files_in(directory):
+    """A hint naming the model files a directory holds, if any."""
+    suffixes = TORCH_SUFFIXES + ONNX_SUFFIXES + (".fastrnn",)
+    try:
+        found = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in suffixes)
+    except OSError:
+        found = []
+    if not found:
+        return f" ({', '.join(suffixes)})"
+    return f"; it holds {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}: pass one of those"
+
+
+# How each assumption reads, the option a model that differs needs, and the options that state it.
+_ASSUMED = {
+    "kind": ("a plain RNN's nonlinearity: {value}",
+             "nn.RNN(nonlinearity='relu') needs --kind rnn_relu", "--kind"),
+    "batch_first": ("{layout} inputs",
+                    "a module built with batch_first=True needs --batch-first",
+                    "--batch-first or --no-batch-first"),
+}
+
+
+def _assumed(assumptions):
+    layouts = {False: "time-major (T, B, I)", True: "batch-first (B, T, I)"}
+    return ", and ".join(_ASSUMED[name][0].format(value=str(value).removeprefix("rnn_"),
+                                                  layout=layouts.get(value))
+                         for name, value in assumptions.items())
+
+
+def _stating(assumptions):
+    return " and ".join(_ASSUMED[name][2] for name in assumptions)
+
+
+def assumptions_note(assumptions):
+    """The warning `fastrnn convert` prints for what the converter assumed."""
+    differs = ", and ".join(_ASSUMED[name][1] for name in assumptions)
+    them = "them" if len(assumptions) > 1 else "it"
+    return (f"the checkpoint cannot tell, so fastrnn assumed {_assumed(assumptions)}; "
+            f"{differs}. State {them} with {_stating(assumptions)} to silence this warning")
 
 
 def _convert(args):
     output = args.output or args.checkpoint.with_suffix(".fastrnn")
-    model = convert_checkpoint(args.checkpoint, prefix=args.prefix, kind=args.kind,
-                               batch_first=args.batch_first)
-    if output.exists() and output.resolve() == args.checkpoint.resolve():
-        raise CommandError(f"the output {output} would overwrite the checkpoint")
+    # The output is checked first, so that a long conversion is not lost to a wrong -o.
     if output.is_dir():
         raise CommandError(f"the output {output} is a directory; give a file name")
+    if not output.parent.is_dir():
+        raise CommandError(f"the output directory {output.parent} does not exist; create it "
+                           f"(mkdir -p {output.parent}) or give -o a file in an existing "
+                           f"directory")
+    model = convert_checkpoint(args.checkpoint, prefix=args.prefix, kind=args.kind,
+                               batch_first=args.batch_first, trust_pickle=args.trust_pickle)
+    if output.exists() and output.resolve() == args.checkpoint.resolve():
+        raise CommandError(f"the output {output} would overwrite the checkpoint")
+    if model.assumptions:
+        print(f"fastrnn: warning: {assumptions_note(model.assumptions)}", file=sys.stderr)
     model.save(output)
     print(f"wrote {output}: {_summary(model)}")
     return 0
@@ -120,6 +194,8 @@ def _info(args):
     path = args.model
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
+    if path.is_dir():
+        raise CommandError(f"{path} is a directory; expected a model file{_files_in(path)}")
     is_native = path.suffix.lower() == fileformat.SUFFIX or (
         path.is_file() and path.read_bytes()[:len(fileformat.MAGIC)] == fileformat.MAGIC)
     if is_native:
@@ -128,13 +204,14 @@ def _info(args):
         source = (f"fastrnn model file, format version {version} (written by fastrnn "
                   f"{header.get('fastrnn_version', 'unknown')})")
     else:
-        model = convert_checkpoint(path, prefix=args.prefix, kind=args.kind)
+        model = convert_checkpoint(path, prefix=args.prefix, kind=args.kind,
+                                   batch_first=args.batch_first, trust_pickle=args.trust_pickle)
         source = "checkpoint, converted in memory (fastrnn convert writes it as a .fastrnn file)"
-    print(describe(model, path, source))
+    print(describe(model, path, source, native=is_native))
     return 0
 
 
-def describe(model, path, source):
+def describe(model, path, source, native=False):
     """A multi-line description of `model`, as `fastrnn info` prints it."""
     config = model.config
     names = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (relu)"}
@@ -169,9 +246,18 @@ def describe(model, path, source):
         ("parameters", f"{model.num_parameters:,} "
                        f"({_size(model.num_parameters * model.dtype.itemsize)})"),
         ("options", ", ".join(options) or "none"),
+        ("assumed", _assumed_row(model.assumptions, native)),
     ]
     width = max(len(name) for name, _ in rows) + 1
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
+
+
+def _assumed_row(assumptions, native):
+    if not assumptions:
+        return "none recorded" if native else "none"
+    one = len(assumptions) == 1
+    return (f"{_assumed(assumptions)} (the checkpoint cannot tell; {_stating(assumptions)} "
+            f"state{'s it' if one else ' them'})")
 
 
 def _summary(model):

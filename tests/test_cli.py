@@ -54,7 +54,8 @@ def assert_matches(model, module, x):
 def test_convert_then_load_matches_torch(checkpoint, tmp_path, capsys):
     path, gru = checkpoint
     output = tmp_path / "gru.fastrnn"
-    status, out, err = run(["convert", path, "-o", output, "--prefix", "model.rnn"], capsys)
+    status, out, err = run(["convert", path, "-o", output, "--prefix", "model.rnn",
+                            "--no-batch-first"], capsys)
     assert status == 0, err
     assert out.startswith(f"wrote {output}: gru, 2 layer(s)") and err == ""
     model = fastrnn.load(output)
@@ -70,7 +71,7 @@ def test_convert_options_and_default_output(tmp_path, capsys):
     path = tmp_path / "relu.safetensors"
     safetensors_torch.save_file(rnn.state_dict(), str(path))
     status, _, err = run(["convert", path, "--kind", "rnn_relu", "--batch-first"], capsys)
-    assert status == 0, err
+    assert status == 0 and err == "", err
     model = fastrnn.load(tmp_path / "relu.fastrnn")
     assert model.kind == "rnn_relu" and model.config.batch_first
     assert_matches(model, rnn, np.random.default_rng(3).normal(size=(2, 6, 3)).astype(np.float32))
@@ -94,6 +95,7 @@ def test_info_describes_a_model_file(tmp_path, capsys):
     assert fields["parameters"].startswith(f"{expected_count:,} ")
     assert "format version 1" in fields["source"]
     assert fields["options"] == "proj_size=3"
+    assert fields["assumed"] == "none recorded"
 
 
 def test_info_converts_a_checkpoint_in_memory(checkpoint, capsys):
@@ -102,6 +104,39 @@ def test_info_converts_a_checkpoint_in_memory(checkpoint, capsys):
     assert status == 0, err
     assert "GRU, 2 layer(s), unidirectional" in out and "converted in memory" in out
     assert "reset after the matmul" in out
+    assert ("assumed:      time-major (T, B, I) inputs (the checkpoint cannot tell; "
+            "--batch-first or --no-batch-first states it)") in out.splitlines()
+    assert err == ""  # info shows the assumption in its description, not as a warning
+    status, out, err = run(["info", path, "--prefix", "model.rnn", "--batch-first"], capsys)
+    assert status == 0, err
+    assert "layout:       batch-first (B, T, I)" in out and "assumed:      none" in out
+
+
+def test_convert_warns_what_a_state_dict_cannot_tell(tmp_path, capsys):
+    """nn.RNN(relu, batch_first=True) saved as a state dict: both facts are missing."""
+    torch.manual_seed(9)
+    rnn = torch.nn.RNN(3, 5, nonlinearity="relu", batch_first=True)
+    path = tmp_path / "rnn.pt"
+    torch.save(rnn.state_dict(), path)
+    status, out, err = run(["convert", path], capsys)
+    assert status == 0 and out.startswith("wrote ")
+    assert err == (
+        "fastrnn: warning: the checkpoint cannot tell, so fastrnn assumed a plain RNN's "
+        "nonlinearity: tanh, and time-major (T, B, I) inputs; nn.RNN(nonlinearity='relu') needs "
+        "--kind rnn_relu, and a module built with batch_first=True needs --batch-first. State "
+        "them with --kind and --batch-first or --no-batch-first to silence this warning\n")
+    status, out, err = run(["info", path], capsys)
+    assert status == 0 and err == ""
+    assert ("assumed:      a plain RNN's nonlinearity: tanh, and time-major (T, B, I) inputs (the "
+            "checkpoint cannot tell; --kind and --batch-first or --no-batch-first state them)"
+            ) in out.splitlines()
+    # Stated, there is nothing to warn about, and the model is torch's.
+    status, out, err = run(["convert", path, "--kind", "rnn_tanh", "--no-batch-first"], capsys)
+    assert status == 0 and err == ""
+    status, out, err = run(["convert", path, "--kind", "rnn_relu", "--batch-first"], capsys)
+    assert status == 0 and err == ""
+    assert_matches(fastrnn.load(tmp_path / "rnn.fastrnn"), rnn,
+                   np.random.default_rng(10).normal(size=(2, 4, 3)).astype(np.float32))
 
 
 def test_user_mistakes_are_one_line_on_stderr(checkpoint, tmp_path, capsys):
@@ -116,16 +151,80 @@ def test_user_mistakes_are_one_line_on_stderr(checkpoint, tmp_path, capsys):
                       capsys, "kind='lstm' needs 4 gate blocks")
     (tmp_path / "junk.pth").write_bytes(b"\x00garbage" * 100)
     assert_user_error(["convert", tmp_path / "junk.pth", "-o", out], capsys,
-                      "not a readable PyTorch checkpoint")
+                      "is not a PyTorch checkpoint")
     (tmp_path / "weights.h5").write_bytes(b"\x89HDF")
     assert_user_error(["convert", tmp_path / "weights.h5"], capsys,
                       "unknown checkpoint type '.h5'")
     assert_user_error(["convert", path, "-o", path, "--prefix", "model.rnn"], capsys,
                       "would overwrite the checkpoint")
-    assert_user_error(["info", tmp_path / "junk.pth"], capsys, "not a readable PyTorch")
+    assert_user_error(["info", tmp_path / "junk.pth"], capsys, "is not a PyTorch checkpoint")
     (tmp_path / "notes.fastrnn").write_text("not a model")
     assert_user_error(["info", tmp_path / "notes.fastrnn"], capsys, "not a fastrnn model file")
     assert not out.exists()
+
+
+def test_files_that_are_not_checkpoints(checkpoint, tmp_path, capsys):
+    """Each says what the file is and what was expected, in the user's terms."""
+    path, _ = checkpoint
+    (tmp_path / "x.pt").mkdir()
+    assert_user_error(["convert", tmp_path / "x.pt"], capsys,
+                      f"{tmp_path / 'x.pt'} is a directory; expected a checkpoint file (.pt, ")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"")
+    assert_user_error(["convert", tmp_path / "run"], capsys,
+                      f"{tmp_path / 'run'} is a directory; expected a checkpoint file; it holds "
+                      f"last.pt: pass one of those")
+    assert_user_error(["info", tmp_path / "run"], capsys, "is a directory; expected a model file")
+    (tmp_path / "notes.pt").write_text("step 1: train\n")
+    assert_user_error(["convert", tmp_path / "notes.pt"], capsys,
+                      "notes.pt is not a PyTorch checkpoint: torch.save writes a zip archive, "
+                      "and this file starts with b'step 1: train\\n' (it looks like text)")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert_user_error(["info", tmp_path / "empty.pt"], capsys,
+                      "empty.pt is empty (0 bytes); expected a checkpoint written by torch.save")
+    (tmp_path / "weights").write_bytes(b"PK\x03\x04")
+    assert_user_error(["convert", tmp_path / "weights"], capsys,
+                      "unknown checkpoint type '(no suffix)'; expected a file ending in one of "
+                      ".pt, .pth, .safetensors, .onnx")
+
+
+def test_output_in_a_missing_directory_is_named(checkpoint, tmp_path, capsys):
+    path, _ = checkpoint
+    output = tmp_path / "models" / "gru.fastrnn"
+    status, out, err = run(["convert", path, "-o", output, "--prefix", "model.rnn"], capsys)
+    assert status == 1 and out == ""
+    assert err == (f"fastrnn: error: the output directory {output.parent} does not exist; create "
+                   f"it (mkdir -p {output.parent}) or give -o a file in an existing directory\n")
+    assert ".partial" not in err and not output.parent.exists()
+
+
+def test_partial_prefix_suggests_the_matching_one(checkpoint, capsys):
+    path, _ = checkpoint
+    for prefix in ("model", "model.", "model.rn"):
+        assert_user_error(["convert", path, "--prefix", prefix], capsys,
+                          f"no recurrent weights (weight_ih_l0, weight_hh_l0, ...) directly under "
+                          f"prefix '{prefix}'; recurrent weights were found under prefix "
+                          f"'model.rnn.': pass that as the prefix")
+
+
+def test_pickled_module_is_refused_unless_trusted(tmp_path, capsys):
+    torch.manual_seed(11)
+    gru = torch.nn.GRU(3, 4, batch_first=True)
+    path = tmp_path / "module.pt"
+    torch.save(gru, path)
+    status, out, err = run(["convert", path], capsys)
+    assert status == 1 and out == "" and len(err.splitlines()) == 1 and "\x1b" not in err
+    assert err.startswith(f"fastrnn: error: {path} holds a pickled torch.nn.modules.rnn.GRU (a "
+                          f"whole object saved with torch.save(module)), not a state dict;")
+    assert "Save the weights instead: torch.save(module.state_dict(), path)" in err
+    assert "for a file you trust, allow unpickling it (fastrnn convert --trust-pickle" in err
+    status, out, err = run(["convert", path, "--trust-pickle"], capsys)
+    assert status == 0 and err == "", err  # the module knows its layout: nothing assumed
+    model = fastrnn.load(tmp_path / "module.fastrnn")
+    assert model.config.batch_first
+    assert_matches(model, gru, np.random.default_rng(12).normal(size=(2, 5, 3)).astype(np.float32))
+    status, out, _ = run(["info", path, "--trust-pickle"], capsys)
+    assert status == 0 and "layout:       batch-first (B, T, I)" in out
 
 
 def test_damaged_model_file_is_reported(checkpoint, tmp_path, capsys):
@@ -141,6 +240,8 @@ def test_usage_errors_exit_2(capsys):
     assert status == 2 and "usage: fastrnn" in err
     status, _, err = run(["convert", "x.pt", "--kind", "transformer"], capsys)
     assert status == 2 and "invalid choice" in err
+    status, _, err = run(["convert", "x.pt", "--batch-first=yes"], capsys)
+    assert status == 2 and "ignored explicit argument" in err
     status, out, _ = run(["--version"], capsys)
     assert status == 0 and out.strip() == f"fastrnn {fastrnn.__version__}"
 
@@ -170,6 +271,8 @@ def test_onnx_files_route_to_from_onnx(tmp_path, capsys):
     onnx_lstm(tmp_path / "lstm.onnx")
     assert_user_error(["convert", tmp_path / "lstm.onnx", "--prefix", "rnn"], capsys,
                       "--prefix apply to torch checkpoints")
+    assert_user_error(["convert", tmp_path / "lstm.onnx", "--no-batch-first", "--trust-pickle"],
+                      capsys, "--batch-first, --trust-pickle apply to torch checkpoints")
     status, out, err = run(["convert", tmp_path / "lstm.onnx"], capsys)
     assert status == 0, err
     model = fastrnn.load(tmp_path / "lstm.fastrnn")

@@ -1,10 +1,14 @@
 """fastrnn.from_torch against torch itself: outputs and final states, every module and option.
 
 Each case builds a real torch module with a fixed seed, converts it (as a module, a state dict, or
-a file), runs both on the same input and compares outputs and final states within DESIGN.md's
+a file), runs both on the same input and compares outputs and final states within fastrnn's
 tolerances: float32 3e-5, float64 1e-9. Padded batches are compared with torch's
-pack_padded_sequence(enforce_sorted=False) results.
+pack_padded_sequence(enforce_sorted=False) results. What a state dict leaves open (a plain RNN's
+nonlinearity, the layout) is assumed with one AssumptionWarning; inputs rounded to the model's
+dtype warn with a PrecisionWarning.
 """
+
+import warnings
 
 import numpy as np
 import pytest
@@ -14,10 +18,16 @@ nn = torch.nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 import fastrnn  # noqa: E402
-from fastrnn.converters.pytorch import from_torch as convert  # noqa: E402
+from fastrnn import validation  # noqa: E402
+from fastrnn.converters.pytorch import AssumptionWarning, from_torch as convert  # noqa: E402
+from fastrnn.validation import PrecisionWarning  # noqa: E402
 
-# torch warns that oneDNN has no projection path; it falls back to its reference one.
-pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
+pytestmark = [
+    # torch warns that oneDNN has no projection path; it falls back to its reference one.
+    pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning"),
+    # Most cases convert state dicts without stating the layout; the tests below assert it.
+    pytest.mark.filterwarnings("ignore::fastrnn.converters.pytorch.AssumptionWarning"),
+]
 
 TOLERANCE = {torch.float32: 3e-5, torch.float64: 1e-9}
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
@@ -247,9 +257,10 @@ def test_kind_picks_relu_for_a_plain_rnn():
     model = fastrnn.from_torch(module.state_dict(), kind="rnn_relu")
     assert model.kind == "rnn_relu"
     assert_matches_module(model, module, x, dtype)
-    # Shapes alone say tanh, which is a different network.
-    tanh_model = fastrnn.from_torch(module.state_dict())
-    assert tanh_model.kind == "rnn_tanh"
+    # Shapes alone say tanh, which is a different network: the converter says it assumed so.
+    with pytest.warns(AssumptionWarning, match=r"nonlinearity: tanh.*needs kind='rnn_relu'"):
+        tanh_model = fastrnn.from_torch(module.state_dict())
+    assert tanh_model.kind == "rnn_tanh" and tanh_model.assumptions["kind"] == "rnn_tanh"
     assert np.max(np.abs(tanh_model(x.numpy())[0] - model(x.numpy())[0])) > 1e-3
 
 
@@ -285,15 +296,49 @@ def test_pt_and_safetensors_files(tmp_path):
 def test_pt_file_holding_a_pickled_module_is_refused(tmp_path):
     """weights_only=True loading refuses arbitrary pickles; the message says what to save."""
     torch.save(nn.GRU(INPUT_SIZE, HIDDEN_SIZE), tmp_path / "module.pt")
-    with pytest.raises(ValueError, match=r"weights_only=True.*state_dict\(\)"):
+    with pytest.raises(ValueError) as error:
         fastrnn.from_torch(tmp_path / "module.pt")
+    message = str(error.value)
+    assert "holds a pickled torch.nn.modules.rnn.GRU" in message
+    assert "weights_only=True" in message and "torch.save(module.state_dict(), path)" in message
+    assert "trust_pickle=True" in message
+    assert "\x1b" not in message and "\n" not in message  # torch's own text is not passed on
+
+
+def test_trusted_pickle_converts_the_module_it_holds(tmp_path):
+    dtype = torch.float32
+    module = make_module(nn.GRU, dict(num_layers=2, batch_first=True), dtype)
+    torch.save(module, tmp_path / "module.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the module says its layout: nothing is assumed
+        model = convert(tmp_path / "module.pt", trust_pickle=True)
+    assert model.config.batch_first and model.assumptions == {}
+    assert_matches_module(model, module, random_input(module, dtype), dtype)
+
+
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
+    (tmp_path / "x.pt").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"x\.pt is a directory; expected a checkpoint"):
+        fastrnn.from_torch(tmp_path / "x.pt")
+    (tmp_path / "x.pt" / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(IsADirectoryError, match="it holds weights.safetensors: pass one"):
+        fastrnn.from_torch(tmp_path / "x.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pt is empty \(0 bytes\); expected a "
+                                         r"checkpoint written by torch\.save"):
+        fastrnn.from_torch(tmp_path / "empty.pt")
+    (tmp_path / "notes.pt").write_text("these are my notes\n")
+    with pytest.raises(ValueError, match=r"notes\.pt is not a PyTorch checkpoint: torch\.save "
+                                         r"writes a zip archive, and this file starts with "
+                                         r"b'these are my not' \(it looks like text\)"):
+        fastrnn.from_torch(tmp_path / "notes.pt")
 
 
 def test_unreadable_files_are_clear_errors(tmp_path):
     garbage = bytes(range(256)) * 8
     for name in ("garbage.pt", "garbage.pth", "garbage.safetensors"):
         (tmp_path / name).write_bytes(garbage)
-        with pytest.raises(ValueError, match="not a readable"):
+        with pytest.raises(ValueError, match="is not a (PyTorch checkpoint|readable safetensors)"):
             fastrnn.from_torch(tmp_path / name)
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     with pytest.raises(ValueError, match="holds a Tensor, expected a state dict"):
@@ -369,9 +414,139 @@ def test_not_a_state_dict_is_a_clear_error():
 def test_whole_checkpoint_without_prefix_points_at_the_prefix():
     checkpoint = {"model": {"encoder.rnn." + k: v for k, v in lstm_state_dict().items()},
                   "epoch": 3}
-    hint = r"unexpected key .*found under prefix 'model\.encoder\.rnn\.'"
-    with pytest.raises(ValueError, match=hint):
+    hint = r"no recurrent weights .* at the top level.*found under prefix 'model\.encoder\.rnn\.'"
+    with pytest.raises(KeyError, match=hint):
         fastrnn.from_torch(checkpoint)
+
+
+@pytest.mark.parametrize("prefix", ["model.encoder", "model.encoder.", "model.encoder.rn"])
+def test_partial_prefix_suggests_the_prefix_that_matches(prefix):
+    checkpoint = {"model": {"encoder.rnn." + k: v for k, v in lstm_state_dict().items()},
+                  "model.encoder.head.weight": torch.zeros(2, 2)}
+    with pytest.raises(KeyError, match=rf"no recurrent weights .* directly under prefix "
+                                       rf"'{prefix}'; recurrent weights were found under prefix "
+                                       rf"'model\.encoder\.rnn\.': pass that as the prefix"):
+        fastrnn.from_torch(checkpoint, prefix=prefix)
+
+
+def test_key_beside_recurrent_weights_names_the_other_prefixes():
+    state_dict = {**lstm_state_dict(), "head.weight": torch.zeros(1, 1),
+                  "decoder.rnn.weight_hh_l0": torch.zeros(4, 1)}
+    with pytest.raises(ValueError, match=r"unexpected key 'head\.weight': not a weight .*found "
+                                         r"under prefix 'decoder\.rnn\.'"):
+        fastrnn.from_torch(state_dict)
+
+
+# -- assumptions: what a state dict cannot tell ------------------------------------------------
+
+
+def only_warning(record, category):
+    """The one warning of `category` in a pytest.warns record."""
+    found = [w for w in record if issubclass(w.category, category)]
+    assert len(found) == 1, [str(w.message) for w in found]
+    return found[0]
+
+
+def test_state_dict_assumptions_are_one_warning_and_recorded():
+    """nn.RNN(relu, batch_first=True)'s state dict: both facts are missing, one warning says so."""
+    dtype = torch.float32
+    module = make_module(nn.RNN, dict(nonlinearity="relu", batch_first=True), dtype)
+    with pytest.warns(AssumptionWarning) as record:
+        model = fastrnn.from_torch(module.state_dict())
+    warning = only_warning(record, AssumptionWarning)
+    message = str(warning.message)
+    assert "nonlinearity: tanh (kind='rnn_tanh')" in message
+    assert "time-major (T, B, I) inputs (batch_first=False)" in message
+    assert "Pass kind= and batch_first= to state them" in message
+    assert warning.filename == __file__  # attributed to the caller's line, not fastrnn's
+    assert model.assumptions == {"kind": "rnn_tanh", "batch_first": False}
+    assert repr(model).endswith("assumed kind='rnn_tanh', assumed batch_first=False)")
+    # Stated, the same weights give torch's network, without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = fastrnn.from_torch(module.state_dict(), kind="rnn_relu", batch_first=True)
+    assert model.assumptions == {} and "assumed" not in repr(model)
+    assert_matches_module(model, module, random_input(module, dtype), dtype)
+
+
+def test_layout_alone_is_assumed_for_lstm_and_gru_state_dicts(tmp_path):
+    module = make_module(nn.LSTM, dict(batch_first=True), torch.float32)
+    torch.save(module.state_dict(), tmp_path / "lstm.pt")
+    for source in (module.state_dict(), tmp_path / "lstm.pt"):
+        with pytest.warns(AssumptionWarning) as record:
+            model = fastrnn.from_torch(source)
+        message = str(only_warning(record, AssumptionWarning).message)
+        assert "time-major" in message and "nonlinearity" not in message
+        assert "Pass batch_first= to state it" in message
+        assert model.assumptions == {"batch_first": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fastrnn.from_torch(tmp_path / "lstm.pt", batch_first=False).assumptions == {}
+
+
+def test_modules_and_cells_assume_nothing_but_an_rnn_cell_nonlinearity():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for module in (nn.RNN(3, 4, nonlinearity="relu", batch_first=True), nn.RNNCell(3, 4),
+                       nn.GRUCell(3, 4)):
+            assert fastrnn.from_torch(module).assumptions == {}
+        # A cell steps (B, I) rows: its state dict has no sequence layout to guess.
+        assert fastrnn.from_torch(nn.LSTMCell(3, 4).state_dict()).assumptions == {}
+    with pytest.warns(AssumptionWarning, match="nonlinearity: tanh") as record:
+        model = fastrnn.from_torch(nn.RNNCell(3, 4, nonlinearity="relu").state_dict())
+    assert "time-major" not in str(only_warning(record, AssumptionWarning).message)
+    assert model.assumptions == {"kind": "rnn_tanh"}
+
+
+def test_module_with_prefix_converts_the_named_layer():
+    """A whole network and prefix= its recurrent layer: kind and layout come from the layer."""
+    torch.manual_seed(8)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Linear(3, 3))
+            self.encoder.add_module("rnn", nn.RNN(INPUT_SIZE, HIDDEN_SIZE, nonlinearity="relu",
+                                                  batch_first=True))
+
+    net = Net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = fastrnn.from_torch(net, prefix="encoder.rnn.")
+    assert model.kind == "rnn_relu" and model.config.batch_first and model.assumptions == {}
+    assert_matches_module(model, net.encoder.rnn, random_input(net.encoder.rnn, torch.float32),
+                          torch.float32)
+    with pytest.raises(KeyError, match=r"no submodule 'encoder\.gru'.*at prefix 'encoder\.rnn'"):
+        fastrnn.from_torch(net, prefix="encoder.gru")
+    with pytest.raises(TypeError, match=r"got Net.*recurrent layers are at prefix 'encoder\.rnn'"):
+        fastrnn.from_torch(net)
+
+
+# -- dtypes of inputs --------------------------------------------------------------------------
+
+
+def test_lossy_input_cast_warns_once_per_dtype_pair(monkeypatch):
+    monkeypatch.setattr(validation, "_WARNED_CASTS", set())
+    module = make_module(nn.GRU, {}, torch.float32)
+    model = fastrnn.from_torch(module)
+    x64 = random_input(module, torch.float64)
+    with pytest.warns(PrecisionWarning) as record:
+        y, _ = model(x64.numpy())
+    warning = only_warning(record, PrecisionWarning)
+    assert warning.filename == __file__
+    assert str(warning.message).startswith("input x is float64 and the model computes in "
+                                           "float32: inputs are rounded to float32")
+    assert "Pass float32 arrays" in str(warning.message)
+    assert y.dtype == np.float32  # the cast is kept: the answer is the float32 model's
+    assert_close(y, module(x64.float())[0], torch.float32, "y of a float64 input")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x64)  # the same pair again (a torch tensor this time): warned already
+        model(x64.numpy().astype(np.float16))  # widening is exact
+        model(x64.float().numpy())
+        fastrnn.from_torch(module.double())(x64.float().numpy())  # float32 into float64
+        stream = model.stream(batch=BATCH)
+        stream.step(x64[0].numpy())
 
 
 def test_shipped_demo_model_converts_and_matches_torch():
