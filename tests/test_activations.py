@@ -1,14 +1,16 @@
 """The activation kernel against exact float64 functions: the float32 fast tanh/sigmoid error bound
-stated in fastrnn/activations.py, float64 exactness, the ONNX set with alpha/beta, and the edges
-(+-0, +-inf, NaN, float32's extremes and subnormals)."""
+stated in fastrnn/engine/activations.py, float64 exactness, the ONNX set with alpha/beta, the edges
+(+-0, +-inf, NaN, float32's extremes and subnormals), and the grid of every code and parameter
+set that tests/cuda/test_cuda_activations.py also runs on the CUDA device function."""
 
 import numpy as np
 import pytest
 
 import reference
-from fastrnn.engine.activations import ACTIVATION_CODES, activate
+from fastrnn.engine.activations import (_TANH_CLAMP, ACTIVATION_CODES, DEFAULT_ALPHA_BETA,
+                                        activate)
 
-# The bounds fastrnn/activations.py states for its float32 approximations (absolute error).
+# The bounds fastrnn/engine/activations.py states for its float32 approximations (absolute error).
 TANH_BOUND_FLOAT32 = 3e-7
 SIGMOID_BOUND_FLOAT32 = 1.7e-7
 # float64 is computed with the exact functions (libm): a few units in the last place at most.
@@ -127,3 +129,138 @@ def test_activation_touches_only_its_range():
     np.testing.assert_array_equal(out[:5], values[:5])
     np.testing.assert_array_equal(out[12:], values[12:])
     np.testing.assert_allclose(out[5:12], np.tanh(values[5:12]), rtol=1e-15)
+
+
+# The grid: every activation code, with ONNX's defaults and other alpha/beta, on finite values,
+# +-inf and NaN, against the float64 reference. tests/cuda/test_cuda_activations.py runs the same
+# cases on the CUDA device function and compares it with the CPU results below.
+
+# ONNX's defaults for every code, then: a negative alpha and one above 1 (the infinities flip, a
+# product overflows), alphas float32 cannot hold (float32(0.3) is above 0.3, at ThresholdedRelu's
+# jump), a beta the operator does not use, and a zero parameter, where the formula is 0 * inf at
+# +-inf and so NaN.
+GRID_CASES = [(name, *DEFAULT_ALPHA_BETA.get(name, (0.0, 0.0))) for name in ACTIVATION_CODES] + [
+    ("Affine", -1.7, 0.3), ("Affine", 0.0, 0.25),
+    ("LeakyRelu", 0.3, 0.5), ("LeakyRelu", 0.0, 0.0),
+    ("ThresholdedRelu", 0.3, 0.5), ("ThresholdedRelu", -0.35, 0.0),
+    ("ScaledTanh", 1.6, 0.45), ("ScaledTanh", 0.9, 0.0),
+    ("HardSigmoid", 1.3, -0.2), ("HardSigmoid", 0.0, 0.6),
+    ("Elu", 2.5, 0.5),
+]
+
+# Relative error allowed where no approximation is stated: 4 units in the last place.
+GRID_RTOL = {np.dtype(np.float32): 2.0 ** -21, np.dtype(np.float64): 2.0 ** -50}
+
+
+def grid_kinks():
+    """Where the activations or their implementations change form, both signs: the kinks and
+    clamps of every case, the float32 tanh's clamp and linear range (and sigmoid's, at twice x),
+    where exp overflows, leaves the normal range and underflows in each dtype, and the old CUDA
+    Softplus's linear cut at 30 (float64 lost e^-x there, up to about 37)."""
+    points = [0.0, 1.0, 4e-4, 8e-4, float(_TANH_CLAMP), 2 * float(_TANH_CLAMP), 30.0, 36.0]
+    for dtype in (np.float32, np.float64):
+        info = np.finfo(dtype)
+        points += [float(np.log(info.max)), -float(np.log(info.tiny)),
+                   -float(np.log(info.smallest_subnormal))]
+    for name, alpha, beta in GRID_CASES:
+        if name == "ThresholdedRelu":
+            points.append(alpha)
+        if name in ("Affine", "HardSigmoid") and alpha != 0:
+            points += [-beta / alpha, (1 - beta) / alpha]
+        if name == "ScaledTanh" and beta != 0:
+            points += [float(_TANH_CLAMP) / beta, 4e-4 / beta]
+    points = np.array(points)
+    return np.concatenate([points, -points])
+
+
+def grid_values(dtype):
+    """Zero, subnormals, every few decades up to the dtype's largest and a step of 0.25 over
+    [0, 40], both signs; each kink with its three neighbours either side and points 1e-6, 1e-3 and
+    0.1 away (relative above 1); then +inf, -inf, NaN. About 1000 values: the CUDA simulator
+    takes ~0.1 ms a value and case."""
+    info = np.finfo(dtype)
+    with np.errstate(over="ignore"):
+        kinks = grid_kinks().astype(dtype)
+    kinks = kinks[np.isfinite(kinks)]
+    near = [kinks]
+    up = down = kinks
+    for _ in range(3):
+        up, down = np.nextafter(up, dtype(np.inf)), np.nextafter(down, dtype(-np.inf))
+        near += [up, down]
+    for offset in (1e-6, 1e-3, 0.1):
+        step = offset * np.maximum(1.0, np.abs(kinks.astype(np.float64)))
+        near += [(kinks + step).astype(dtype), (kinks - step).astype(dtype)]
+    magnitudes = np.concatenate([
+        [0.0, info.smallest_subnormal, 3 * info.smallest_subnormal, info.tiny, info.max],
+        np.geomspace(info.tiny, info.max / 4, 61),
+        np.linspace(0.0, 40.0, 161)]).astype(dtype)
+    finite = np.concatenate([magnitudes, -magnitudes, *near]).astype(dtype)
+    return np.concatenate([np.unique(finite), np.array([np.inf, -np.inf, np.nan], dtype)])
+
+
+def grid_bound(side, dtype, name, alpha, beta, x, exact):
+    """The error allowed for each result: GRID_RTOL relative to the result, or to the terms that
+    cancel in alpha * x + beta (Affine, HardSigmoid before its clamps), or the float32 CPU
+    tanh/sigmoid's stated absolute bound; absolute below the smallest normal number."""
+    dtype = np.dtype(dtype)
+    if side == "cpu" and dtype == np.float32 and name in ("Tanh", "Sigmoid"):
+        return np.full(x.shape, TANH_BOUND_FLOAT32 if name == "Tanh" else SIGMOID_BOUND_FLOAT32)
+    scale = np.abs(exact)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if name == "Affine":
+            scale = np.abs(alpha * x) + abs(beta)
+        elif name == "HardSigmoid":  # outputs in [0, 1]: up to 1 + 2|beta| cancels at the clamps
+            scale = np.maximum(scale, 1 + 2 * abs(beta))
+    bound = np.finfo(dtype).tiny + GRID_RTOL[dtype] * scale
+    if side == "cpu" and dtype == np.float32 and name == "ScaledTanh":
+        bound = bound + abs(alpha) * TANH_BOUND_FLOAT32
+    return bound
+
+
+def grid_failures(side, values, results):
+    """One line per wrong result (at most 4 per case): NaN in -> NaN out; NaN out only where the
+    reference is NaN (a zero parameter times an infinity); infinities and overflows exactly the
+    reference's; where the reference returns the input, exactly the input (tiny and subnormal
+    inputs pass through unrounded); elsewhere within grid_bound."""
+    dtype = values.dtype
+    x = values.astype(np.float64)
+    failures = []
+    for case, (name, alpha, beta) in enumerate(GRID_CASES):
+        got = results[case].astype(np.float64)
+        exact = reference.activation(name, x, alpha, beta)
+        with np.errstate(over="ignore"):
+            rounded = exact.astype(dtype).astype(np.float64)
+        bound = grid_bound(side, dtype, name, alpha, beta, x, exact)
+        with np.errstate(invalid="ignore"):
+            error = np.abs(got - exact)
+        correct = np.where(np.isnan(exact), np.isnan(got),
+                           np.where(np.isinf(rounded), got == rounded, error <= bound))
+        correct &= (exact != x) | (got == x)
+        for j in np.flatnonzero(~correct)[:4]:
+            failures.append(f"{side} {dtype}: {name}(alpha={alpha}, beta={beta}) of {values[j]!r}"
+                            f" = {results[case][j]!r}, reference {exact[j]!r}"
+                            f" (error {error[j]:.3g}, bound {bound[j]:.3g})")
+    return failures
+
+
+def run_cpu_grid(values):
+    """Every case of GRID_CASES by the CPU kernel: one compilation per dtype, one call per case."""
+    results = np.empty((len(GRID_CASES), values.size), values.dtype)
+    for case, (name, alpha, beta) in enumerate(GRID_CASES):
+        results[case] = values
+        activate(results[case], 0, values.size, ACTIVATION_CODES[name], alpha, beta)
+    return results
+
+
+def test_grid_covers_every_code_with_defaults_and_other_parameters():
+    names = [name for name, _, _ in GRID_CASES]
+    assert set(names) == set(ACTIVATION_CODES)
+    for name in DEFAULT_ALPHA_BETA:
+        assert names.count(name) >= 2, name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_activation_grid_on_the_cpu(dtype):
+    values = grid_values(dtype)
+    failures = grid_failures("cpu", values, run_cpu_grid(values))
+    assert not failures, "\n".join(failures)
