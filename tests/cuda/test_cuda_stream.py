@@ -6,7 +6,7 @@ import pytest
 
 import fastrnn
 import reference
-from fastrnn.cuda.stream import CudaStream, CudaStreamPool
+from fastrnn.cuda.stream import DeviceStateTable
 from fastrnn.cuda import to_cuda
 
 SMALL = dict(threads_per_block=2, tile=4)
@@ -39,7 +39,7 @@ def test_steps_then_chunk_equal_the_whole_sequence(name):
     model, gpu = build(**case["build"])
     batch = case["batch"]
     stream = gpu.stream(batch)
-    assert isinstance(stream, CudaStream) and isinstance(stream, fastrnn.Stream)
+    assert isinstance(stream, fastrnn.Stream) and isinstance(stream._table, DeviceStateTable)
     x = np.random.default_rng(5).normal(size=(5, batch, I)).astype(model.dtype)  # (T, B, I)
     outputs = [stream.step(x[t, 0] if batch == 1 else x[t]) for t in range(3)]  # (I,) for B == 1
     chunk = x[3:].transpose(1, 0, 2) if model.config.batch_first else x[3:]
@@ -109,7 +109,7 @@ def test_pool_matches_the_cpu_pool_and_isolates_slots():
     model, gpu = build("lstm", num_layers=2, proj_size=3)
     pool = fastrnn.StreamPool(gpu, capacity=4)
     cpu_pool = fastrnn.StreamPool(model, capacity=4)
-    assert isinstance(pool, CudaStreamPool) and pool.capacity == 4
+    assert isinstance(pool._table, DeviceStateTable) and pool.capacity == 4
     slots = [pool.open() for _ in range(3)]
     assert slots == [cpu_pool.open() for _ in range(3)] == [0, 1, 2]
     rng = np.random.default_rng(4)
