@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	mkdir -p bench/results
-	$(PY) -m pytest bench -q --benchmark-only --benchmark-json=bench/results/latest.json
-	$(PY) bench/report.py bench/results/latest.json
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) -m pytest bench -q --benchmark-only --benchmark-json=bench/results/latest.json
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) bench/report.py bench/results/latest.json
+
+# The documentation site, into site/ (git-ignored); --strict makes every warning an error.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache .benchmarks

@@ -15,10 +15,15 @@ from fastrnn.engine.parallel import get_num_threads, set_num_threads
 __version__ = "0.1.0"
 
 
-def from_torch(obj, *, prefix="", kind=None, batch_first=None):
-    """A Model from a torch module, a state dict, or a .pt/.pth/.safetensors file (converters.pytorch)."""
+def from_torch(obj, *, prefix="", kind=None, batch_first=None, trust_pickle=False):
+    """A Model from a torch module, a state dict, or a .pt/.pth/.safetensors file.
+
+    What a state dict cannot tell (a plain RNN's nonlinearity, batch_first) is assumed with an
+    AssumptionWarning unless kind= and batch_first= state it; see fastrnn.converters.pytorch.
+    """
     from fastrnn.converters.pytorch import from_torch as convert
-    return convert(obj, prefix=prefix, kind=kind, batch_first=batch_first)
+    return convert(obj, prefix=prefix, kind=kind, batch_first=batch_first,
+                   trust_pickle=trust_pickle)
 
 
 def from_onnx(model):

@@ -311,7 +311,7 @@ def test_trusted_pickle_converts_the_module_it_holds(tmp_path):
     torch.save(module, tmp_path / "module.pt")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the module says its layout: nothing is assumed
-        model = convert(tmp_path / "module.pt", trust_pickle=True)
+        model = fastrnn.from_torch(tmp_path / "module.pt", trust_pickle=True)
     assert model.config.batch_first and model.assumptions == {}
     assert_matches_module(model, module, random_input(module, dtype), dtype)
 
