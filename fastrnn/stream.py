@@ -23,7 +23,7 @@ import threading
 
 import numpy as np
 
-from fastrnn.engine.jit import kernel
+from fastrnn.engine.jit import call, kernel
 from fastrnn.snapshot import decode_snapshot, encode_snapshot, model_fingerprint
 from fastrnn.state import State
 from fastrnn.validation import as_float_array, check_shape
@@ -240,6 +240,7 @@ class StreamPool:
         self._seen = np.zeros(self.capacity, np.bool_)
         self._free = list(range(self.capacity - 1, -1, -1))  # popped from the end: lowest first
         self._lock = threading.RLock()
+        call(_first_bad_slot, np.zeros(0, np.int64), self._is_open, self._seen)  # compiled now
 
     def __repr__(self):
         return (f"fastrnn.StreamPool({self.model!r}, capacity={self.capacity}, "

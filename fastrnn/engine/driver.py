@@ -20,7 +20,7 @@ from numba import prange
 
 from fastrnn.engine import parallel
 from fastrnn.engine.cells import GRU, cell_step
-from fastrnn.engine.jit import kernel, parallel_kernel
+from fastrnn.engine.jit import call, kernel, parallel_kernel
 from fastrnn.engine.plan import (ALPHAS, B_HN, BETAS, BIAS, CELL, CLIP, CODES, FLAG, GATES, HIDDEN,
                                  INPUTS, OUTPUTS, PEEPHOLE, PEEPHOLE_WIDTH, PROJ_ROWS, REVERSE,
                                  W_HH, W_IH, W_PROJ)
@@ -174,10 +174,10 @@ def run_sequence(plan, x, h, c, lengths):
         blocks = plan.threads_for(batch)
         arguments = (plan.weights, plan.layout, plan.parameters, x, lengths, h, c, buffers)
         if blocks == 1:
-            sequence_block(*arguments, 0, batch)
+            call(sequence_block, *arguments, 0, batch)
         else:
             with parallel.parallel_section():
-                sequence_blocks(*arguments, blocks)
+                call(sequence_blocks, *arguments, blocks)
     return buffers[(plan.num_layers - 1) % 2]
 
 

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from fastrnn.engine import parallel
+from fastrnn.engine.jit import call
 from fastrnn.engine.plan import MIN_ROWS_PER_THREAD
 from fastrnn.engine.driver import run_sequence, step_block, step_blocks, step_scratch_size
 
@@ -59,7 +60,8 @@ class CpuStateTable:
             self._serial(*self._front, x, slots, self.h, self.c, out, self._scratch[0], 0, count)
         else:
             with parallel.parallel_section():
-                step_blocks(*self._front, x, slots, self.h, self.c, out, self._scratch, blocks)
+                call(step_blocks, *self._front, x, slots, self.h, self.c, out, self._scratch,
+                     blocks)
         return out
 
     def run_chunk(self, xs):
@@ -82,7 +84,7 @@ class CpuStateTable:
 def _entry_point(kernel_function, arguments):
     """kernel_function's compiled entry point for these arguments' types, compiled now by calling
     it with them, or the dispatcher where Numba lacks those internals."""
-    kernel_function(*arguments)
+    call(kernel_function, *arguments)
     try:
         return kernel_function.overloads[tuple(numba.typeof(a) for a in arguments)].entry_point
     except (KeyError, AttributeError):
