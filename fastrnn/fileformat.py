@@ -11,15 +11,24 @@
     then          the arrays, little-endian, C order, back to back from offset 0 of the data
                   section (which therefore starts 8-byte aligned)
 
-Weights are stored in fastrnn's own layout (fastrnn.engine.weights), layers listed as PyTorch names them
-(l0, l0_reverse, l1, ...). The two CRCs catch truncated and garbled files; every array entry is
-checked against the data section before it is read. Files are written to a temporary name and
-renamed, so an interrupted save never leaves a half-written model behind.
+Weights are stored in fastrnn's own layout (fastrnn.engine.weights), layers listed as PyTorch
+names them (l0, l0_reverse, l1, ...). The two CRCs catch truncated and garbled files; every array
+entry is checked against the data section before it is read. Files are written to a temporary
+file of a unique name in the target directory, flushed to disk and renamed over the target, so an
+interrupted save, or two processes saving to one path at once, never leaves a half-written model.
+
+Loading is bounded by the file: only a regular file is opened (a FIFO or a device such as
+/dev/zero is refused at once), the magic bytes come from a bounded read of the preamble, and every
+size the file declares (header length, data length, layer count, array shapes) is checked against
+the file's real size before anything of that size is read or allocated.
 """
 
 import json
+import math
 import os
+import stat
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -32,11 +41,18 @@ _PREFIX = struct.Struct("<8sIQI")
 _ALIGNMENT = 8
 _DTYPES = ("float32", "float64")
 _WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh", "peephole", "w_proj")
+_REQUIRED_PER_LAYER = 4  # w_ih, w_hh, b_ih, b_hh
 
 
 def save(model, path):
-    """Write `model` to `path` (any name; ".fastrnn" is the convention)."""
+    """Write `model` to `path` (any name; ".fastrnn" is the convention).
+
+    The bytes go to a temporary file of a unique name in the same directory, are flushed to disk,
+    and the file is renamed over `path`: a reader (or another process saving at the same time)
+    sees the old file or a whole new one, and a crash leaves no half-written model at `path`.
+    """
     from fastrnn import __version__
+    path = _as_path(path)
     dtype = np.dtype(model.dtype).newbyteorder("<")
     entries, chunks, offset = [], [], 0
     for index, weights in enumerate(model.layers):
@@ -58,91 +74,248 @@ def save(model, path):
     }).encode()
     header += b" " * (-(_PREFIX.size + len(header)) % _ALIGNMENT)
     blob = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header)) + header + data
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
+    _write_atomically(path, blob)
+
+
+def _write_atomically(path, blob):
+    directory = path.parent
     try:
-        partial.write_bytes(blob)
-        os.replace(partial, path)
+        mode = stat.S_IMODE(os.stat(path).st_mode)  # an overwritten file keeps its permissions
+    except OSError:
+        mode = 0o666 & ~_umask()                   # as open() would create it
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as error:
+        raise _save_error(error, path) from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(blob)
+            file.flush()
+            os.fchmod(file.fileno(), mode)  # mkstemp makes the file 0600
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException as error:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        if isinstance(error, OSError):
+            raise _save_error(error, path) from None
+        raise
+    _fsync_directory(directory)
+
+
+def _save_error(error, path):
+    """The OSError `error` (same type and errno) with a message naming the user's path, never the
+    temporary file's."""
+    reason = error.strerror or str(error)
+    return type(error)(error.errno, f"cannot save the model to {path}: {reason}")
+
+
+def _fsync_directory(directory):
+    """Flush the rename to disk; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
-        partial.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _umask():
+    """The process's umask, read without changing it where the system tells it (Linux 4.7+)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_path(path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a model path must be a str or os.PathLike, got {type(path).__name__}")
+    return Path(path)
+
+
+def _open_model_file(path):
+    """(binary file, size) for a regular file at `path`; a clear error for anything else.
+
+    Opened without blocking, so that a FIFO is refused at once instead of waiting for a writer; a
+    device such as /dev/zero or a socket is refused before anything is read from it.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such model file: {path}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a fastrnn model file") from None
+    except OSError as error:
+        raise type(error)(error.errno, f"cannot read {path}: {error.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ValueError(f"{path} is a directory, not a fastrnn model file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file (a device, FIFO or socket); fastrnn "
+                             f"reads model files only")
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_exactly(file, count, path, what):
+    data = file.read(count)
+    if len(data) != count:
+        raise ValueError(f"{path} is truncated: {what} ends after {len(data)} of {count} bytes "
+                         f"(the file changed while it was read?)")
+    return data
+
+
+def starts_with_magic(path):
+    """Whether `path` is a regular file that starts with MAGIC (read from its first bytes only)."""
+    try:
+        file, size = _open_model_file(_as_path(path))
+    except (OSError, ValueError):
+        return False
+    with file:
+        return file.read(len(MAGIC)) == MAGIC
 
 
 def read_header(path):
-    """(format version, parsed header, raw data section) of a model file, checked for integrity."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such model file: {path}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a fastrnn model file")
-    blob = path.read_bytes()
-    if blob[:len(MAGIC)] != MAGIC:
-        raise ValueError(f"{path} is not a fastrnn model file (expected it to start with "
-                         f"{MAGIC!r}, as files written by Model.save do)")
-    if len(blob) < _PREFIX.size:
-        raise ValueError(f"{path} is truncated: {len(blob)} bytes, shorter than the "
-                         f"{_PREFIX.size}-byte preamble")
-    _, version, header_size, header_crc = _PREFIX.unpack_from(blob)
-    if version != FORMAT_VERSION:
-        newer = " (written by a newer fastrnn)" if version > FORMAT_VERSION else ""
-        raise ValueError(f"{path} has format version {version}{newer}; this fastrnn reads "
-                         f"version {FORMAT_VERSION}")
-    header_end = _PREFIX.size + header_size
-    if header_end > len(blob):
-        raise ValueError(f"{path} is truncated: its header runs past the end of the file")
-    header_bytes = blob[_PREFIX.size:header_end]
-    if zlib.crc32(header_bytes) != header_crc:
-        raise ValueError(f"{path} has a damaged header: its checksum does not match")
-    try:
-        header = json.loads(header_bytes.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} has a damaged header: {error}") from None
-    if not isinstance(header, dict):
-        raise ValueError(f"{path} has a malformed header: expected a JSON object")
-    data = blob[header_end:]
-    if len(data) != header.get("data_bytes"):
-        raise ValueError(f"{path} is truncated or padded: {len(data)} bytes of weights, expected "
-                         f"{header.get('data_bytes')}")
+    """(format version, parsed header, raw data section) of a model file, checked for integrity.
+
+    Every size the file declares is checked against the file's real size before anything of that
+    size is read, so a small damaged or hostile file never makes a large allocation.
+    """
+    path = _as_path(path)
+    file, size = _open_model_file(path)
+    with file:
+        prefix = file.read(_PREFIX.size)  # the magic bytes first, from a bounded read
+        if prefix[:len(MAGIC)] != MAGIC:
+            raise ValueError(f"{path} is not a fastrnn model file (expected it to start with "
+                             f"{MAGIC!r}, as files written by Model.save do)")
+        if len(prefix) < _PREFIX.size:
+            raise ValueError(f"{path} is truncated: {len(prefix)} bytes, shorter than the "
+                             f"{_PREFIX.size}-byte preamble")
+        _, version, header_size, header_crc = _PREFIX.unpack(prefix)
+        if version != FORMAT_VERSION:
+            newer = " (written by a newer fastrnn)" if version > FORMAT_VERSION else ""
+            raise ValueError(f"{path} has format version {version}{newer}; this fastrnn reads "
+                             f"version {FORMAT_VERSION}")
+        header_end = _PREFIX.size + header_size
+        if header_end > size:
+            raise ValueError(f"{path} is truncated: its header ({header_size} bytes) runs past "
+                             f"the end of the file ({size} bytes)")
+        header_bytes = _read_exactly(file, header_size, path, "the header")
+        if zlib.crc32(header_bytes) != header_crc:
+            raise ValueError(f"{path} has a damaged header: its checksum does not match")
+        header = _parse_header(header_bytes, path)
+        data_bytes = header.get("data_bytes")
+        if not _is_count(data_bytes) or data_bytes != size - header_end:
+            raise ValueError(f"{path} is truncated or padded: {size - header_end} bytes of "
+                             f"weights, expected {data_bytes!r}")
+        data = _read_exactly(file, data_bytes, path, "the weights")
     if zlib.crc32(data) != header.get("crc32"):
         raise ValueError(f"{path} is damaged: the weights' checksum does not match")
     return version, header, data
 
 
+def _parse_header(header_bytes, path):
+    try:
+        header = json.loads(header_bytes.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} has a damaged header: {error}") from None
+    except RecursionError:  # JSON nested deeper than Python's recursion limit
+        raise ValueError(f"{path} has a malformed header: its JSON is nested too deeply") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} has a malformed header: expected a JSON object")
+    return header
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def load(path):
     """Read a Model written by Model.save; the weights come back bit for bit."""
     from fastrnn.model import Model
-    from fastrnn.engine.weights import Config, LayerWeights, layer_names
+    from fastrnn.engine.weights import Config, LayerWeights
+    path = _as_path(path)
     _, header, data = read_header(path)
     try:
         config = Config.from_json(header["config"])
         if header["dtype"] not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {header['dtype']!r}")
         dtype = np.dtype(header["dtype"])
-        layers = [dict() for _ in layer_names(config)]
-        for entry in header["arrays"]:
-            layers[_layer_index(entry["name"], len(layers))].update(
-                [_read_array(entry, data, dtype)])
+        entries = header["arrays"]
+        if not isinstance(entries, list):
+            raise ValueError(f"'arrays' must be a list of array entries, got "
+                             f"{type(entries).__name__}")
+        _check_sizes(config, dtype, len(entries), len(data))
+        layers = [dict() for _ in range(config.num_layers * config.num_directions)]
+        for entry in entries:
+            index, weight = _array_name(entry, len(layers))
+            if weight in layers[index]:
+                raise ValueError(f"array {entry['name']!r} is listed twice")
+            layers[index][weight] = _read_array(entry, data, dtype)
         return Model(config, [LayerWeights(**w) for w in layers], dtype=dtype)
-    except (KeyError, TypeError, IndexError, ValueError) as error:
+    except (KeyError, TypeError, IndexError, ValueError, OverflowError) as error:
         raise ValueError(f"{path} has a malformed header: {error}") from None
 
 
-def _layer_index(name, count):
-    index, _, weight = str(name).partition(".")
-    if not index.isdigit() or int(index) >= count or weight not in _WEIGHT_NAMES:
+def _check_sizes(config, dtype, num_entries, data_bytes):
+    """Refuse a config that the file cannot hold, before anything is allocated for it: its layers
+    need four arrays each in the header, and their weights need bytes in the data section."""
+    layers = config.num_layers * config.num_directions
+    if _REQUIRED_PER_LAYER * layers > num_entries:
+        raise ValueError(f"the config declares {config.num_layers} layer(s) of "
+                         f"{config.num_directions} direction(s), which need at least "
+                         f"{_REQUIRED_PER_LAYER * layers} arrays; the header lists {num_entries}")
+    rows = config.num_gates * config.hidden_size
+    projection = config.proj_size * config.hidden_size
+
+    def per_direction(inputs):
+        return rows * (inputs + config.output_size + 2) + projection
+
+    later_input = config.num_directions * config.output_size
+    elements = config.num_directions * (per_direction(config.input_size)
+                                         + (config.num_layers - 1) * per_direction(later_input))
+    if elements * dtype.itemsize > data_bytes:
+        raise ValueError(f"the config declares {elements * dtype.itemsize} bytes of weights; the "
+                         f"data section holds {data_bytes}")
+
+
+def _array_name(entry, count):
+    """(layer index, weight name) of an array entry named '<layer index>.<weight name>'."""
+    name = entry["name"]
+    index, _, weight = name.partition(".") if isinstance(name, str) else ("", "", "")
+    if not (index.isascii() and index.isdigit()) or int(index) >= count or \
+            weight not in _WEIGHT_NAMES:
         raise ValueError(f"array name {name!r} is not '<layer index below {count}>.<one of "
                          f"{', '.join(_WEIGHT_NAMES)}>'")
-    return int(index)
+    return int(index), weight
 
 
 def _read_array(entry, data, dtype):
-    """(weight name, native-order copy) of one array entry, checked against the data section."""
-    shape = tuple(entry["shape"])
-    offset = entry["offset"]
-    if not all(isinstance(n, int) and n >= 0 for n in shape + (offset,)):
+    """A native-order array for one entry, checked against the data section before it is read."""
+    shape, offset = entry["shape"], entry["offset"]
+    if not isinstance(shape, list) or not all(map(_is_count, shape + [offset])):
         raise ValueError(f"array {entry['name']!r}: shape and offset must be non-negative "
-                         f"integers, got {shape} and {offset!r}")
-    count = int(np.prod(shape, dtype=np.int64))
-    if offset + count * dtype.itemsize > len(data):
-        raise ValueError(f"array {entry['name']!r} runs past the end of the data section")
-    stored = np.frombuffer(data, dtype.newbyteorder("<"), count, offset).reshape(shape)
-    return entry["name"].partition(".")[2], stored.astype(dtype, copy=False)  # packing copies it
+                         f"integers, got {shape!r} and {offset!r}")
+    size = math.prod(shape) * dtype.itemsize  # Python ints: a shape of 2**70 cannot overflow
+    if offset + size > len(data):
+        raise ValueError(f"array {entry['name']!r} of shape {tuple(shape)} runs past the end of "
+                         f"the data section ({len(data)} bytes)")
+    stored = np.frombuffer(data, dtype.newbyteorder("<"), size // dtype.itemsize, offset)
+    return stored.reshape(shape).astype(dtype, copy=False)  # packing copies it

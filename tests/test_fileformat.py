@@ -1,12 +1,22 @@
-"""The native file: bit-exact round trips for every kind and option, clear errors for bad files."""
+"""The native file: bit-exact round trips for every kind and option, clear errors for bad files,
+bounded memory for hostile ones, and saves that stay atomic when processes race."""
 
+import os
+import stat
 import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastrnn
+import limited
 from fastrnn import fileformat
 
 INPUT_SIZE, HIDDEN_SIZE = 3, 4
@@ -103,7 +113,7 @@ def test_header_records_what_the_file_holds(saved_model):
     assert header["config"]["kind"] == "lstm" and header["config"]["clip"] == 2.5
     assert header["fastrnn_version"] == fastrnn.__version__
     assert len(data) == 4 * model.num_parameters
-    assert not list(path.parent.glob("*.partial"))
+    assert os.listdir(path.parent) == [path.name]  # no temporary file left behind
 
 
 def test_missing_path_is_file_not_found(tmp_path):
@@ -186,3 +196,171 @@ def test_other_format_version_is_refused(saved_model, version):
     with pytest.raises(ValueError, match=f"format version {version}.*reads version 1"):
         fastrnn.load(path)
 
+
+
+# -- hostile files: every size checked against the file before anything is allocated ---------
+
+def test_declared_layer_count_beyond_the_file_is_refused_in_bounded_memory(saved_model, tmp_path):
+    """A 1 KB file whose config claims 1e8 or 1e9 layers (valid checksums) once allocated GiBs."""
+    _, path = saved_model
+    paths = []
+    for num_layers in (10 ** 8, 10 ** 9):
+        bomb = tmp_path / f"layers-{num_layers}.fastrnn"
+        bomb.write_bytes(path.read_bytes())
+        rewrite_header(bomb, lambda h: h["config"].update(num_layers=num_layers))
+        paths.append(bomb)
+    for bomb in paths:
+        outcome = limited.worker().call("load", str(bomb), timeout=60)
+        assert outcome.kind == "error" and outcome.type == "ValueError", outcome
+        assert str(bomb) in outcome.message and "layer" in outcome.message, outcome
+
+
+@pytest.mark.parametrize("shape", [[2 ** 70], [2 ** 40, 2 ** 40], [2 ** 62, 4]])
+def test_shape_too_large_for_the_file_is_a_value_error(saved_model, shape):
+    _, path = saved_model
+    rewrite_header(path, lambda h: h["arrays"][0].update(shape=shape))
+    with pytest.raises(ValueError, match=f"{path}.*runs past the end of the data section"):
+        fastrnn.load(path)
+
+
+def test_deeply_nested_header_is_a_value_error(tmp_path):
+    text = b'{"config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    path = tmp_path / "nested.fastrnn"
+    path.write_bytes(struct.pack("<8sIQI", fileformat.MAGIC, 1, len(text), zlib.crc32(text))
+                     + text)
+    with pytest.raises(ValueError, match=f"{path}.*nested too deeply"):
+        fastrnn.load(path)
+
+
+@pytest.mark.parametrize("claim", ["header", "data"])
+def test_declared_sizes_beyond_the_file_are_refused(saved_model, claim):
+    _, path = saved_model
+    blob = bytearray(path.read_bytes())
+    if claim == "header":
+        blob[12:20] = struct.pack("<Q", 2 ** 63)
+        message = "truncated: its header"
+    else:
+        rewrite_header(path, lambda h: h.update(data_bytes=2 ** 62))
+        blob = path.read_bytes()
+        message = "truncated or padded"
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match=f"{path}.*{message}"):
+        fastrnn.load(path)
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    """/dev/zero was read until MemoryError and a FIFO blocked for ever: both must be refused
+    before anything is read."""
+    if kind == "device":
+        path = "/dev/zero"
+    else:
+        path = str(tmp_path / "pipe.fastrnn")
+        os.mkfifo(path)
+    outcome = limited.worker().call("load", path, timeout=30)
+    assert outcome.kind == "error" and outcome.type == "ValueError", outcome
+    assert path in outcome.message and "not a regular file" in outcome.message, outcome
+    assert outcome.seconds < 5, outcome
+
+
+def test_magic_bytes_come_from_a_bounded_read(tmp_path):
+    """A 4 GiB file that is not a model is refused from its first bytes, not read whole."""
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as file:
+        file.truncate(4 << 30)  # sparse: no disk used
+    outcome = limited.worker().call("load", str(path), timeout=30)
+    assert outcome.kind == "error" and "not a fastrnn model file" in outcome.message, outcome
+    assert outcome.seconds < 5, outcome
+
+
+# -- atomic saves ------------------------------------------------------------------------------
+
+def test_save_keeps_permissions_and_leaves_no_temporary_file(saved_model, tmp_path):
+    model, path = saved_model
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # as open() would have made it
+    path.chmod(0o640)
+    model.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # an overwritten file keeps its mode
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_save_errors_name_the_users_path(saved_model, tmp_path):
+    model, _ = saved_model
+    missing = tmp_path / "no such directory" / "model.fastrnn"
+    with pytest.raises(FileNotFoundError) as error:
+        model.save(missing)
+    assert str(missing) in str(error.value) and ".tmp" not in str(error.value)
+    directory = tmp_path / "a directory"
+    directory.mkdir()
+    with pytest.raises(IsADirectoryError) as error:
+        model.save(directory)
+    assert str(directory) in str(error.value) and ".tmp" not in str(error.value)
+    assert os.listdir(tmp_path) == sorted(os.listdir(tmp_path)) and \
+        sorted(os.listdir(tmp_path)) == ["a directory", "model.fastrnn"]
+    with pytest.raises(TypeError, match="str or os.PathLike"):
+        model.save(42)
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    import fastrnn
+    path, seed, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    rng = np.random.default_rng(seed)
+    layer = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in
+             (("w_ih", (64, 16)), ("w_hh", (64, 16)), ("b_ih", (64,)), ("b_hh", (64,)))}
+    model = fastrnn.from_numpy("lstm", [layer] * 8)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    saves = failures = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            model.save(path)
+            saves += 1
+        except Exception as error:
+            failures += 1
+            last = error
+    print(saves, failures, repr(last) if failures else "", flush=True)
+""")
+
+
+def test_concurrent_saves_from_two_processes_leave_a_model_at_every_moment(tmp_path):
+    """Two processes saving to one path once shared a temporary name: saves failed and readers
+    found a half-written file at the path."""
+    path = tmp_path / "shared.fastrnn"
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(seed), "1.5"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+               for seed in (1, 2)]
+    for writer in writers:
+        assert writer.stdout.readline().strip() == "ready"
+    for writer in writers:
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+    reads, bad, stop = [0], [], threading.Event()
+
+    def read_while_they_write():
+        while not stop.is_set():
+            try:
+                fileformat.read_header(path)
+                reads[0] += 1
+            except FileNotFoundError:
+                pass  # before the first save lands
+            except ValueError as error:
+                bad.append(str(error))
+    reader = threading.Thread(target=read_while_they_write)
+    reader.start()
+    results = [writer.communicate(timeout=120)[0].split(maxsplit=2) for writer in writers]
+    stop.set()
+    reader.join()
+    for saves, failures, *last in results:
+        assert int(saves) > 0 and int(failures) == 0, (saves, failures, last)
+    assert not bad, f"{len(bad)} of {len(bad) + reads[0]} reads found a damaged file: {bad[0]}"
+    assert reads[0] > 0
+    assert fastrnn.load(path).config.num_layers == 8
+    assert os.listdir(tmp_path) == [path.name]
