@@ -197,7 +197,7 @@ def _info(args):
     if path.is_dir():
         raise CommandError(f"{path} is a directory; expected a model file{_files_in(path)}")
     is_native = path.suffix.lower() == fileformat.SUFFIX or (
-        path.is_file() and path.read_bytes()[:len(fileformat.MAGIC)] == fileformat.MAGIC)
+        fileformat.starts_with_magic(path))  # reads the first bytes only
     if is_native:
         version, header, _ = fileformat.read_header(path)
         model = fileformat.load(path)
