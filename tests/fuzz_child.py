@@ -142,6 +142,16 @@ def case_session(source):
     return [v.name for v in fastrnn.InferenceSession(source).get_inputs()]
 
 
+def case_cli(argv):
+    """The fastrnn command: (exit status, what it wrote to stderr)."""
+    import contextlib
+    from fastrnn import cli
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+        status = cli.main(argv)
+    return status, errors.getvalue()
+
+
 def case_save_spec(spec, path):
     build_model(spec).save(path)
     return path

@@ -273,6 +273,17 @@ def test_magic_bytes_come_from_a_bounded_read(tmp_path):
     assert outcome.seconds < 5, outcome
 
 
+def test_cli_info_sniffs_the_magic_from_the_first_bytes(tmp_path):
+    """`fastrnn info` read a whole file to look at its first eight bytes."""
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as file:
+        file.truncate(4 << 30)
+    outcome = limited.worker().call("cli", ["info", str(path)], timeout=30)
+    assert outcome.kind == "ok", outcome
+    status, errors = outcome.value
+    assert status == 1 and "unknown checkpoint type '.bin'" in errors, errors
+
+
 # -- atomic saves ------------------------------------------------------------------------------
 
 def test_save_keeps_permissions_and_leaves_no_temporary_file(saved_model, tmp_path):
