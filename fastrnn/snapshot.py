@@ -88,6 +88,15 @@ def encode_snapshot(fingerprint, h, c=None):
     return body + _CHECKSUM.pack(zlib.crc32(body))
 
 
+def snapshot_rows(blob):
+    """How many rows (streams) a snapshot holds, from its header; decode_snapshot checks the rest."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a snapshot is bytes, got {type(blob).__name__}")
+    if len(blob) < _HEADER.size + _CHECKSUM.size or bytes(blob[:8]) != SNAPSHOT_MAGIC:
+        raise ValueError("not a fastrnn stream snapshot (it does not start with the snapshot header)")
+    return _HEADER.unpack_from(blob)[5]  # (magic, version, fingerprint, dtype, L, B, ...)
+
+
 def decode_snapshot(blob, fingerprint, dtype, h_shape, c_shape=None):
     """(h, c) as fresh arrays from a snapshot, checked against the model and the expected shapes.
 

@@ -24,7 +24,7 @@ import threading
 import numpy as np
 
 from fastrnn.engine.jit import call, kernel
-from fastrnn.snapshot import decode_snapshot, encode_snapshot, model_fingerprint
+from fastrnn.snapshot import decode_snapshot, encode_snapshot, model_fingerprint, snapshot_rows
 from fastrnn.state import State
 from fastrnn.validation import as_float_array, check_shape
 
@@ -376,6 +376,45 @@ class StreamPool:
         slot = self._check_slot(slot)
         h, c = self._decode(blob)
         self._write(slot, h, c)
+
+    # -- many slots at once: sessions that move between processes --
+
+    def export(self, slots):
+        """The state of the open `slots` as one snapshot (bytes), their rows in that order, for
+        import_() into a pool of this model in any process (slots stay open here)."""
+        slots = self._as_slots(slots)
+        with self._lock:
+            bad = _first_bad_slot(slots, self._is_open, self._seen)
+            if bad >= 0:
+                self._explain_bad_slot(slots, bad)
+            parts = [self._table.read(_one(int(slot))) for slot in slots]
+        layers = self.model.config.num_layers
+        h = np.concatenate([h for h, _ in parts], axis=1) if parts else \
+            np.zeros((layers, 0, self._output_size), self._dtype)
+        c = None
+        if self.model.kind == "lstm":
+            c = np.concatenate([c for _, c in parts], axis=1) if parts else \
+                np.zeros((layers, 0, self.model.config.hidden_size), self._dtype)
+        return encode_snapshot(model_fingerprint(self.model.to("cpu")), h, c)
+
+    def import_(self, blob):
+        """Open one slot for every stream an export() (or a snapshot()) holds, with its state;
+        returns the new slots in the blob's row order. ValueError if the blob is not of this
+        model or the pool has too few free slots (then none is opened)."""
+        rows = snapshot_rows(blob)
+        h_shape, c_shape = self.model.state_shapes(rows)
+        h, c = decode_snapshot(blob, model_fingerprint(self.model.to("cpu")), self._dtype,
+                               h_shape, c_shape)
+        with self._lock:
+            if rows > len(self._free):
+                raise ValueError(f"the snapshot holds {rows} streams and the pool has "
+                                 f"{len(self._free)} free slots; close some or make a larger pool")
+            slots = [self._free.pop() for _ in range(rows)]
+            for row, slot in enumerate(slots):
+                self._is_open[slot] = True
+                self._table.write(_one(slot), h[:, row:row + 1],
+                                  None if c is None else c[:, row:row + 1])
+        return slots
 
     def _decode(self, blob):
         h_shape, c_shape = self.model.state_shapes(1)

@@ -278,3 +278,58 @@ def test_batched_steps_of_many_slots_equal_independent_runs(kind):
     stream = model.stream(batch=users)
     np.testing.assert_allclose(np.stack([stream.step(x) for x in data]), expected_y,
                                atol=STREAM_TOLERANCE)
+
+
+# -- sessions that move between processes -------------------------------------------------------
+
+def test_a_thousand_live_streams_move_to_another_process_mid_sequence(tmp_path):
+    """export() in one process, import_() in a fresh one: the streams go on exactly as if they had
+    stayed (the same kernels, the same dtype, the same state)."""
+    import subprocess
+    import sys
+    rng = np.random.default_rng(5)
+    layers = [dict(w_ih=rng.standard_normal((32, 3)) * 0.4, w_hh=rng.standard_normal((32, 8)) * 0.4),
+              dict(w_ih=rng.standard_normal((32, 8)) * 0.4, w_hh=rng.standard_normal((32, 8)) * 0.4)]
+    model = fastrnn.from_numpy("lstm", layers, dtype=np.float32)
+    model.save(tmp_path / "model.fastrnn")
+    pool = fastrnn.StreamPool(model, capacity=1200)
+    for _ in range(100):  # slots the moved streams do not start at
+        pool.open()
+    users = [pool.open() for _ in range(1000)]
+    data = rng.standard_normal((12, 1000, 3)).astype(np.float32)
+    for t in range(6):
+        pool.step(users, data[t])
+    np.save(tmp_path / "data.npy", data[6:])
+    (tmp_path / "streams.snapshot").write_bytes(pool.export(users))
+    code = f"""
+import numpy as np, fastrnn
+model = fastrnn.load({str(tmp_path / "model.fastrnn")!r})
+pool = fastrnn.StreamPool(model, capacity=1000)
+slots = pool.import_(open({str(tmp_path / "streams.snapshot")!r}, "rb").read())
+data = np.load({str(tmp_path / "data.npy")!r})
+np.save({str(tmp_path / "moved.npy")!r}, np.stack([pool.step(slots, x) for x in data]))
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    stayed = np.stack([pool.step(users, x) for x in data[6:]])
+    np.testing.assert_array_equal(np.load(tmp_path / "moved.npy"), stayed)
+
+
+def test_import_refuses_what_does_not_fit():
+    model = fastrnn.from_numpy("gru", [{"w_ih": np.ones((6, 3)), "w_hh": np.ones((6, 2))}],
+                               dtype=np.float32)
+    pool = fastrnn.StreamPool(model, capacity=3)
+    slots = [pool.open(), pool.open()]
+    blob = pool.export(slots)
+    with pytest.raises(ValueError, match="2 streams and the pool has 1 free"):
+        pool.import_(blob)
+    assert pool.num_open == 2
+    other = fastrnn.from_numpy("gru", [{"w_ih": np.zeros((6, 3)), "w_hh": np.ones((6, 2))}],
+                               dtype=np.float32)
+    with pytest.raises(ValueError, match="different model"):
+        fastrnn.StreamPool(other, capacity=3).import_(blob)
+    with pytest.raises(ValueError, match="not open"):
+        pool.export([slots[0], 2])
+    with pytest.raises(ValueError, match="not a fastrnn stream snapshot"):
+        pool.import_(b"junk")
+    fresh = fastrnn.StreamPool(model, capacity=3)
+    assert fresh.import_(pool.snapshot(slots[1])) == [0]  # a one-stream snapshot imports too
