@@ -25,10 +25,19 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+# Variables that steer OpenBLAS's kernel choice; `make bench` unsets them for its run (on some
+# machines OPENBLAS_CORETYPE forces AVX2 kernels onto an AVX-512 CPU), tests and CI keep them.
+OPENBLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# The vector extensions worth naming beside the figures.
+VECTOR_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
 def versions():
     """Versions of the engines and the libraries they stand on."""
     found = {"python": platform.python_version()}
-    for name in ("fastrnn", "numpy", "numba", "torch", "onnxruntime", "onnx"):
+    for name in ("fastrnn", "numpy", "numba", "torch", "onnxruntime", "onnx", "openvino",
+                 "threadpoolctl"):
         try:
             module = __import__(name)
             found[name] = getattr(module, "__version__", "?")
@@ -37,12 +46,38 @@ def versions():
     return found
 
 
+def blas_libraries():
+    """The BLAS (and OpenMP) libraries loaded in this process as threadpoolctl sees them, numpy's
+    first: which kernel set they run (architecture), with how many threads."""
+    try:
+        import numpy  # noqa: F401  (loaded, so that its BLAS is listed)
+        from threadpoolctl import threadpool_info
+    except ImportError as error:
+        return {"error": f"threadpoolctl is not installed ({error})"}
+    keys = ("user_api", "internal_api", "prefix", "version", "architecture", "num_threads",
+            "threading_layer")
+    found = []
+    for library in threadpool_info():
+        entry = {key: library.get(key) for key in keys}
+        # numpy's own BLAS is the one shipped in numpy's wheel (numpy.libs).
+        entry["numpy"] = "numpy" in Path(library.get("filepath", "")).parent.name
+        found.append(entry)
+    return sorted(found, key=lambda entry: not entry["numpy"])
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
-    from registry import cpu_count
+    from registry import bf16_row, cpu_count, cpu_flags
+    flags = cpu_flags()
+    _, why = bf16_row()
     machine_info["fastrnn_bench"] = {
         "cpu_model": cpu_model(),
         "cores": cpu_count(),
+        "cpu_flags": [flag for flag in VECTOR_FLAGS if flag in flags],
         "versions": versions(),
+        "blas": blas_libraries(),
+        # What the run saw of the variables make bench unsets (None: not set).
+        "openblas_environment": {name: os.environ.get(name) for name in OPENBLAS_VARIABLES},
+        "openvino_bf16_row": why,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     # Probed at the start and the end of the run that measured the benchmarks, on the same

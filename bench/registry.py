@@ -36,10 +36,28 @@ Peers (engines whose name does not start with "fastrnn") are each compared with 
 same device: a peer with "cuda" or "cudnn" in its name with "fastrnn-cuda", any other with
 "fastrnn". The table gives the speed-up (peer figure / fastrnn figure, > 1: fastrnn is faster);
 other fastrnn variants ("fastrnn-coldcache", ...) get a column of their own and no ratio.
+
+Interleaved rounds (`measured`, below): the engines of one workload are built, checked and then
+timed together, round by round (round r: each engine in turn for a few calls, the order rotated
+from round to round), so that the machine's drift over a run falls on every engine alike. Each
+case of such a workload adds to its extra_info:
+
+        "method": "interleaved rounds", "rounds": int, "calls_per_round": int,
+        "round_seconds": [seconds per call in each round],
+        "metric": the median of round_seconds (what the table shows),
+        "fastrnn_speedup": float             peers: the median over rounds of this peer's time /
+                                             fastrnn's time in the same round (> 1: fastrnn faster)
+        "best_peer": str,                    the fastest peer (median) whose answer was correct at
+                                             float32 precision; absent if there is none
+        "ratio_to_best_peer": float          the median over rounds of best peer's time / this
+                                             engine's time (fastrnn's case: its headline ratio)
+        "precision": "fp32" | "bf16" ...     the arithmetic the engine was asked for
 """
 
 import os
+import statistics
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
@@ -49,8 +67,17 @@ import numpy as np
 # Float32 answers within this of the float64 reference (DESIGN.md: 3e-5 vs torch); onnxruntime's
 # own float32 kernels are held to the same bound so that every engine passes the same test.
 FLOAT32_TOLERANCE = 3e-5
+# bfloat16 keeps 8 bits of mantissa (a rounding step of 2^-8 = 3.9e-3 of a value): an engine asked
+# for bf16 arithmetic is checked against this, and its row is never counted as a float32 peer.
+BF16_TOLERANCE = 5e-2
 
-ENGINES = ("fastrnn", "torch", "onnxruntime")
+ENGINES = ("fastrnn", "torch", "onnxruntime", "openvino", "openvino-bf16")
+
+# OpenVINO compiles the exported ONNX file itself; INFERENCE_PRECISION_HINT f32 holds it to
+# float32 arithmetic (its default on CPUs with bf16 units is bf16). LATENCY: one request at a
+# time on all cores, as each call here is.
+OPENVINO_FP32 = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+OPENVINO_DEFAULT = {"PERFORMANCE_HINT": "LATENCY"}
 
 
 def cpu_count():
@@ -59,6 +86,42 @@ def cpu_count():
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def cpu_flags():
+    """The CPU's feature flags as /proc/cpuinfo lists them (an empty set elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_row():
+    """(whether the OpenVINO default-precision (bf16) row runs here, why or why not)."""
+    flags = cpu_flags() & {"avx512_bf16", "amx_bf16"}
+    if not flags:
+        return False, ("not run: the CPU has neither avx512_bf16 nor amx_bf16, so OpenVINO's "
+                       "default precision here is f32, the same arithmetic as the fp32 row")
+    return True, f"run: the CPU has {', '.join(sorted(flags))}"
+
+
+def unavailable(engine):
+    """Why `engine` cannot run in this environment, or None if it can."""
+    module = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino",
+              "openvino-bf16": "openvino"}.get(engine)
+    if module:
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed (pip install -e \".[bench]\")"
+    if engine == "openvino-bf16":
+        runs, why = bf16_row()
+        if not runs:
+            return f"OpenVINO bf16 row {why}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -174,12 +237,16 @@ class Implementation:
     spec: ModelSpec
     run_sequence: object
     keep_alive: list = field(default_factory=list)   # sessions, temp dirs: live as long as this
+    precision: str = "fp32"                          # the arithmetic the engine runs
 
 
 def build(engine, spec):
     """The Implementation of `spec` on `engine` (one of ENGINES), ready to run and warmed up."""
     builders = {"fastrnn": _build_fastrnn, "torch": _build_torch,
-                "onnxruntime": _build_onnxruntime}
+                "onnxruntime": _build_onnxruntime,
+                "openvino": lambda spec: _build_openvino(spec, "openvino", OPENVINO_FP32),
+                "openvino-bf16": lambda spec: _build_openvino(spec, "openvino-bf16",
+                                                              OPENVINO_DEFAULT)}
     if engine not in builders:
         raise KeyError(f"engine must be one of {tuple(builders)}, got {engine!r}")
     implementation = builders[engine](spec)
@@ -236,15 +303,187 @@ def _build_onnxruntime(spec):
     return Implementation("onnxruntime", spec, run_sequence, [session, folder])
 
 
+class OpenVinoSession:
+    """OpenVINO's CPU plugin running an ONNX file, called as onnxruntime is: run(names, feeds)
+    gives the named outputs (all of them for None) as numpy arrays."""
+
+    def __init__(self, path, config=OPENVINO_FP32):
+        import openvino
+        self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.ports = {port.get_any_name(): port for port in self.compiled.outputs}
+        self.all_outputs = [port.get_any_name() for port in self.compiled.outputs]
+        name = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.precision = {"f32": "fp32", "f16": "fp16"}.get(name, name)
+
+    def run(self, names, feeds):
+        results = self.request.infer(feeds)
+        # The results are the request's own buffers, overwritten by its next call (which may
+        # take them back as its state inputs): copied.
+        return [np.array(results[self.ports[name]]) for name in names or self.all_outputs]
+
+
+def _build_openvino(spec, engine, config):
+    folder = tempfile.TemporaryDirectory(prefix="fastrnn-bench-")
+    session = OpenVinoSession(export_onnx(spec, Path(folder.name) / "model.onnx"), config)
+
+    def run_sequence(x):
+        return session.run(["y"], {"x": x})[0]
+
+    return Implementation(engine, spec, run_sequence, [session, folder],
+                          precision=session.precision)
+
+
+def answer_check(precision, answer, reference, matches):
+    """(correct, error) of an answer: float32's tolerance, or bf16's for an engine running bf16."""
+    correct, error = matches(answer, reference)
+    if precision == "bf16":
+        correct = bool(error <= BF16_TOLERANCE)
+    return correct, error
+
+
 def checked(engine, spec, x=None, reference=None):
     """(Implementation, extra_info) with the engine's answer compared to the reference first."""
     x = spec.input() if x is None else x
     reference = spec.reference(x) if reference is None else reference
     implementation = build(engine, spec)
-    correct, error = spec.matches(implementation.run_sequence(x), reference)
+    correct, error = answer_check(implementation.precision, implementation.run_sequence(x),
+                                  reference, spec.matches)
     info = {"engine": engine, "correct": correct, "max_abs_error": error,
-            "workload": "sequence", **spec.info()}
+            "workload": "sequence", "precision": implementation.precision, **spec.info()}
     return implementation, info
+
+
+# -- interleaved rounds ------------------------------------------------------------------------
+
+ROUNDS = 15                 # interleaved rounds under make bench
+ROUND_SECONDS = 0.02        # each engine's share of one round (at least one call)
+# Idle time before each engine's turn: the thread pools of the engine before it (onnxruntime's,
+# OpenMP's in torch, OpenVINO's) spin for a while after their last call and would take a core
+# from the next engine; a service runs one engine, so each turn starts from quiet cores.
+TURN_PAUSE = 0.005
+
+
+@dataclass
+class Entrant:
+    """One engine on one workload: `call()` is one timed call (state carried where it has one);
+    `info` is its extra_info so far (engine, correct, max_abs_error, the spec's sizes)."""
+
+    call: object
+    info: dict
+    keep_alive: list = field(default_factory=list)
+
+
+def calls_per_round(call, seconds):
+    """How many calls of `call` take about `seconds` (at least one), calibrated on a few calls."""
+    calls, elapsed = 1, 0.0
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds / 4 or calls >= 1 << 20:
+            break
+        calls *= 4
+    return max(1, min(int(calls * seconds / max(elapsed, 1e-9)), 1 << 20))
+
+
+def interleaved_rounds(calls, rounds, seconds):
+    """({engine: [seconds per call, one figure per round]}, {engine: calls per round}).
+
+    Round r times each engine in turn for its calls per round, starting from the r-th engine, so
+    that no engine always follows the same one (threads another engine leaves spinning, or the
+    caches it leaves cold, fall on each engine alike). With seconds=0: one call per round.
+    """
+    engines = list(calls)
+    counts = {engine: calls_per_round(calls[engine], seconds) if seconds > 0 else 1
+              for engine in engines}
+    times = {engine: [] for engine in engines}
+    for r in range(rounds):
+        for engine in engines[r % len(engines):] + engines[:r % len(engines)]:
+            call, count = calls[engine], counts[engine]
+            if seconds > 0:
+                time.sleep(TURN_PAUSE)
+            start = time.perf_counter()
+            for _ in range(count):
+                call()
+            times[engine].append((time.perf_counter() - start) / count)
+    return times, counts
+
+
+def compare_rounds(times, infos, base="fastrnn"):
+    """{engine: extra_info fields} from interleaved times (the fields are listed at the top)."""
+    peers = [engine for engine in times if not engine.startswith("fastrnn")]
+    fp32_peers = [engine for engine in peers if infos[engine].get("correct")
+                  and infos[engine].get("precision", "fp32") == "fp32"]
+    best = min(fp32_peers, key=lambda engine: statistics.median(times[engine]), default=None)
+
+    def ratio(numerator, denominator):
+        return statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
+
+    fields = {}
+    for engine, seconds in times.items():
+        entry = {"method": "interleaved rounds", "rounds": len(seconds),
+                 "round_seconds": list(seconds),
+                 "metric": {"name": "median over interleaved rounds, per call",
+                            "value": statistics.median(seconds), "unit": "s"}}
+        if engine in peers and base in times:
+            entry["fastrnn_speedup"] = ratio(engine, base)
+        if best is not None:
+            entry["best_peer"] = best
+            entry["ratio_to_best_peer"] = ratio(best, engine)
+        fields[engine] = entry
+    return fields
+
+
+_MEASURED = {}
+
+
+def measured(group, engines, build_entrants, enabled):
+    """{engine: Entrant or the reason it cannot run}, each Entrant's info completed with its
+    interleaved timings; built, checked and timed once per group, for the first of its cases.
+
+    build_entrants(engines) gives {engine: Entrant} for the engines that can run here (each
+    already warmed up: JIT compiled, sessions initialised, answer checked). Under
+    --benchmark-disable (`enabled` false) one round of one call per engine. The group's entry is
+    let go once each of `engines` has asked for it.
+    """
+    if group not in _MEASURED:
+        reasons = {engine: unavailable(engine) for engine in engines}
+        runnable = [engine for engine in engines if reasons[engine] is None]
+        entrants = build_entrants(runnable)
+        times, counts = interleaved_rounds({e: entrants[e].call for e in runnable},
+                                           ROUNDS if enabled else 1,
+                                           ROUND_SECONDS if enabled else 0.0)
+        fields = compare_rounds(times, {e: entrants[e].info for e in runnable})
+        for engine in runnable:
+            entrants[engine].info.update(fields[engine], calls_per_round=counts[engine])
+        _MEASURED[group] = ({**reasons, **entrants}, set(engines))
+    results, waiting = _MEASURED[group]
+    return results
+
+
+def report_case(benchmark, group, engine, build_entrants, engines, enabled):
+    """One engine's case of an interleaved workload: its figures into benchmark.extra_info, a
+    spot check of one more round of its calls as pytest-benchmark's own timing (the table shows
+    the interleaved median, extra_info "metric"), and its correctness asserted under
+    --benchmark-disable (under make bench a wrong answer is kept, marked, in the table)."""
+    import pytest
+    results = measured(group, engines, build_entrants, enabled)
+    _, waiting = _MEASURED[group]
+    waiting.discard(engine)
+    if not waiting:
+        del _MEASURED[group]
+    entrant = results[engine]
+    if isinstance(entrant, str) or entrant is None:
+        pytest.skip(entrant or f"{engine} was not built")
+    benchmark.group = group
+    benchmark.extra_info.update(entrant.info)
+    benchmark.pedantic(entrant.call, rounds=1, iterations=entrant.info["calls_per_round"])
+    info = entrant.info
+    assert info["correct"] or benchmark.enabled, (
+        f"{engine} differs from the float64 reference by {info['max_abs_error']:.3g} on {group}")
+    return entrant
 
 
 # -- fresh processes (cold start, memory) -------------------------------------------------------

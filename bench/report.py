@@ -63,12 +63,12 @@ def read_groups(benchmarks):
 
 def engine_order(engines):
     """fastrnn first, its variants next, then the peers in their usual order, then the rest."""
-    usual = {"fastrnn": 0, "torch": 2, "onnxruntime": 3}
+    usual = {"fastrnn": 0, "torch": 2, "onnxruntime": 3, "openvino": 4, "openvino-bf16": 5}
 
     def key(engine):
         if engine in usual:
             return (usual[engine], engine)
-        return (1 if engine.startswith("fastrnn") else 4, engine)
+        return (1 if engine.startswith("fastrnn") else 6, engine)
 
     return sorted(engines, key=key)
 
@@ -89,6 +89,23 @@ def comparisons(engines):
     return pairs
 
 
+def speedup(cases, base, peer):
+    """base's speed-up over peer (> 1: base is faster): the median of the per-round ratios where
+    the two were timed in interleaved rounds (registry.measured), else the ratio of medians."""
+    if base == BASE_ENGINE and "fastrnn_speedup" in cases[peer].info:
+        return cases[peer].info["fastrnn_speedup"]
+    return cases[peer].value / cases[base].value if cases[base].value > 0 else None
+
+
+def best_peer(cases):
+    """'peer: ratio' of fastrnn against the fastest float32 peer with a correct answer, measured
+    in the same interleaved rounds; '' where the group has none."""
+    info = cases[BASE_ENGINE].info if BASE_ENGINE in cases else {}
+    if "best_peer" not in info or "ratio_to_best_peer" not in info:
+        return ""
+    return f"{format_ratio(info['ratio_to_best_peer'])} ({info['best_peer']})"
+
+
 # -- the limit -----------------------------------------------------------------------------------
 
 def layer_sizes(info):
@@ -105,8 +122,10 @@ def limit(info, probes):
     """(seconds, what bounds it) the machine allows for the workload in `info`, or None.
 
     Per-step workloads (step, pool, threads): every weight of the stack is read once per timestep,
-      at the read bandwidth all cores reach together on a working set of that size, each core
-      reading its share from its own cache (weights stay in cache between calls when they fit).
+      and each row's input, output and state (h, and c for an LSTM, per layer-direction) read or
+      written once (a pool's state table is what grows with its streams), at the read bandwidth
+      all cores reach together on a working set of that size, each core reading its share from
+      its own cache (weights stay in cache between calls when they fit).
     Sequences (sequence, chunk): the input projection is one GEMM, so the recurrence reads each
       layer-direction's W_hh once per timestep, one after the other, at the all-cores bandwidth
       for that working set.
@@ -131,8 +150,14 @@ def limit(info, probes):
     compute = flops / gemm
     if per_step:
         weights = sum(gates * hidden * (width + hidden + 2) * itemsize for width, hidden in sizes)
-        memory = steps * weights / bandwidth_at(curve, weights)
-        what = f"{format_bytes(weights)} weight reads"
+        states = 2 if kind == "lstm" else 1                  # h, and c for an LSTM
+        output = (2 if info.get("bidirectional") else 1) * info["hidden_size"]
+        per_row = (info["input_size"] + output
+                   + sum(2 * states * hidden for _, hidden in sizes)) * itemsize
+        nbytes = weights + rows * per_row
+        memory = steps * nbytes / bandwidth_at(curve, nbytes)
+        what = (f"{format_bytes(weights)} weight reads" if rows * per_row < weights / 10 else
+                f"{format_bytes(weights)} weights + {format_bytes(rows * per_row)} rows")
     else:
         recurrent = [gates * hidden * (hidden + 1) * itemsize for _, hidden in sizes]
         memory = steps * sum(nbytes / bandwidth_at(curve, nbytes) for nbytes in recurrent)
@@ -182,6 +207,8 @@ def table(groups, probes):
         with_limit = (BASE_ENGINE in engines and
                       any(limit(next(iter(cases.values())).info, probes) for _, cases in rows))
         header = ["workload"] + engines + [f"{base} vs {peer}" for base, peer in pairs]
+        with_best = any(best_peer(cases) for _, cases in rows)
+        header += [f"{BASE_ENGINE} vs best peer"] if with_best else []
         header += ["correct"]
         header += ["limit", f"{BASE_ENGINE} vs limit"] if with_limit else []
         lines += [f"### {workload}", "", "| " + " | ".join(header) + " |",
@@ -189,10 +216,10 @@ def table(groups, probes):
         for group, cases in rows:
             row = [group] + [format_value(cases[e]) if e in cases else "" for e in engines]
             for base, peer in pairs:
-                if base in cases and peer in cases and cases[base].value > 0:
-                    row.append(format_ratio(cases[peer].value / cases[base].value))
-                else:
-                    row.append("")
+                ratio = speedup(cases, base, peer) if base in cases and peer in cases else None
+                row.append(format_ratio(ratio) if ratio is not None else "")
+            if with_best:
+                row.append(best_peer(cases))
             wrong = [e for e in engine_order(cases) if cases[e].correct is False]
             unchecked = [e for e in engine_order(cases) if cases[e].correct is None]
             row.append("no: " + ", ".join(wrong) if wrong else
@@ -213,9 +240,15 @@ def table(groups, probes):
     lines += [
         "Medians of the run (coldstart: from starting a fresh process to its first answer; "
         "memory: peak resident memory the loaded model and its first answer add to a fresh "
-        "process). `A vs B` is B's figure over A's: above 1 A is faster (or "
-        "smaller). `correct`: every engine's answer was checked against a float64 torch run of "
-        "the same weights (float32 within 3e-5) before it was timed. `limit`: the least time the "
+        "process). Where a workload's engines were timed in interleaved rounds (each round "
+        "times every engine in turn for a few calls, the order rotated each round), the figure "
+        "is the median over the rounds of the seconds per call, and `A vs B` is the median over "
+        "the rounds of B's time / A's in the same round; elsewhere `A vs B` is B's figure over "
+        "A's. Above 1 A is faster (or smaller). `vs best peer`: against the fastest peer whose "
+        "answer was correct at float32 (a bf16 row is never that peer). `correct`: every "
+        "engine's answer was checked against a float64 torch run of "
+        "the same weights (float32 within 3e-5; an engine running bf16 within 5e-2) before it "
+        "was timed. `limit`: the least time the "
         "machine allows (bench/probes.py, all cores' read bandwidth together at the weights' "
         "working-set size, all cores' float32 GEMM rate); `% of limit` is limit / fastrnn's "
         "median, 100% would be at the limit (above 100%, other load slowed the probes more than "
@@ -252,14 +285,34 @@ def machine_section(machine, probes, probed_now, benchmark_json):
     bandwidth = bandwidths("read_bandwidth_bytes_per_s")
     all_cores = bandwidths("read_bandwidth_all_cores_bytes_per_s")
     load = bench.get("load_average")
+    lines_blas = []
+    for library in bench.get("blas") or []:
+        if isinstance(library, dict) and library.get("user_api") == "blas":
+            lines_blas.append(
+                f"{'numpy: ' if library.get('numpy') else ''}{library.get('internal_api')} "
+                f"{library.get('version') or ''} ({library.get('prefix')}), kernels "
+                f"{library.get('architecture')}, {library.get('num_threads')} threads")
+    environment = bench.get("openblas_environment")
+    if environment is not None:
+        set_ones = [f"{name}={value}" for name, value in environment.items() if value is not None]
+        lines_blas.append("OpenBLAS environment in the run: " + (", ".join(set_ones) if set_ones
+                                                                   else "none of "
+                                                                   + ", ".join(environment)
+                                                                   + " set"))
     lines = [
         "## Machine",
         "",
         f"- CPU: {bench.get('cpu_model') or machine.get('cpu', {}).get('brand_raw', '?')}, "
         f"{bench.get('cores', '?')} cores ({machine.get('machine', '?')}, "
         f"{machine.get('system', '?')} {machine.get('release', '')})",
+        *([f"- CPU flags: {', '.join(bench['cpu_flags'])}"
+           + ("" if "avx512f" in bench["cpu_flags"] else " (no AVX-512)")]
+          if "cpu_flags" in bench else []),
         "- versions: " + ", ".join(f"{name} {version}" for name, version in versions.items()
                                     if version),
+        *([f"- BLAS: {'; '.join(lines_blas)}"] if lines_blas else []),
+        *([f"- OpenVINO bf16 row (its default precision): {bench['openvino_bf16_row']}"]
+          if bench.get("openvino_bf16_row") else []),
         f"- one core's read bandwidth by working set: {bandwidth}",
         *([f"- all {probes.get('cores', '?')} cores' read bandwidth together, by total working "
            f"set: {all_cores}"] if all_cores else []),

@@ -1,11 +1,13 @@
-"""fastrnn.InferenceSession beside onnxruntime.InferenceSession on the same ONNX file.
+"""fastrnn.InferenceSession beside onnxruntime.InferenceSession and OpenVINO (float32 precision
+hint) on the same ONNX file.
 
 Two workloads on an LSTM exported by torch.onnx.export (dynamo=False) from the seeded module of a
 ModelSpec (bench/registry.py), I=64, H=128, B=1:
 - one timestep per call, the state fed in as inputs (h0, c0) and taken back from the outputs, as a
   streaming service runs an ONNX model;
 - a 1000-step sequence in one call.
-Each engine's answer is compared with the float64 torch reference before it is timed.
+Each engine's answer is compared with the float64 torch reference before the engines are timed in
+interleaved rounds (registry.measured).
 """
 
 import functools
@@ -16,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry import ModelSpec
+from registry import Entrant, ModelSpec, OpenVinoSession, report_case
 
-ENGINES = ("fastrnn", "onnxruntime")
+ENGINES = ("fastrnn", "onnxruntime", "openvino")
 STEP = ModelSpec("lstm", input_size=64, hidden_size=128, steps=1, batch=1)
 SEQUENCE = ModelSpec("lstm", input_size=64, hidden_size=128, steps=1000, batch=1)
 CHECKED_STEPS = 50          # steps of the step workload compared with the reference
@@ -47,6 +49,8 @@ def session(engine, path):
     if engine == "fastrnn":
         import fastrnn
         return fastrnn.InferenceSession(path)
+    if engine == "openvino":
+        return OpenVinoSession(path)
     import onnxruntime
     return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
 
@@ -68,38 +72,46 @@ def run_steps(runner, xs, h, c):
     return np.stack(ys)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-def test_single_step(benchmark, benchmark_disabled, engine):
-    runner = session(engine, onnx_file(STEP, with_state=True))
+def step_entrants(engines):
     xs, reference = step_inputs_and_reference()
     zeros = np.zeros((1, 1, STEP.hidden_size), np.float32)
-    answer = run_steps(runner, xs, zeros, zeros)          # also the warm-up (JIT, first touch)
-    error = float(np.max(np.abs(answer.astype(np.float64) - reference)))
-    correct = error <= TOLERANCE
-    benchmark.group = STEP.workload_id("onnx step")
-    benchmark.extra_info.update({"engine": engine, "correct": correct, "max_abs_error": error,
-                                 "workload": "step", "api": "InferenceSession.run",
-                                 **STEP.info()})
-    state = {"x": xs[0][None], "h0": zeros, "c0": zeros}
+    built = {}
+    for engine in engines:
+        runner = session(engine, onnx_file(STEP, with_state=True))
+        answer = run_steps(runner, xs, zeros, zeros)      # also the warm-up (JIT, first touch)
+        error = float(np.max(np.abs(answer.astype(np.float64) - reference)))
+        info = {"engine": engine, "correct": error <= TOLERANCE, "max_abs_error": error,
+                "workload": "step", "api": "InferenceSession.run", **STEP.info()}
+        state = {"x": xs[0][None], "h0": zeros, "c0": zeros}
 
-    def one_step():
-        _, state["h0"], state["c0"] = runner.run(None, state)
+        def one_step(runner=runner, state=state):
+            _, state["h0"], state["c0"] = runner.run(None, state)
 
-    benchmark(one_step)
-    assert correct, f"{engine} differs from the float64 reference by {error:.3g}"
+        built[engine] = Entrant(one_step, info, [runner])
+    return built
+
+
+def sequence_entrants(engines):
+    x = SEQUENCE.input()
+    reference = SEQUENCE.reference(x)
+    built = {}
+    for engine in engines:
+        runner = session(engine, onnx_file(SEQUENCE, with_state=False))
+        y = runner.run(["y"], {"x": x})[0]                 # also the warm-up
+        error = float(np.max(np.abs(y.astype(np.float64) - reference)))
+        info = {"engine": engine, "correct": error <= TOLERANCE, "max_abs_error": error,
+                "workload": "sequence", "api": "InferenceSession.run", **SEQUENCE.info()}
+        built[engine] = Entrant(lambda runner=runner: runner.run(["y"], {"x": x}), info, [runner])
+    return built
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_sequence(benchmark, benchmark_disabled, engine):
-    runner = session(engine, onnx_file(SEQUENCE, with_state=False))
-    x = SEQUENCE.input()
-    reference = SEQUENCE.reference(x)
-    y = runner.run(["y"], {"x": x})[0]                     # also the warm-up
-    error = float(np.max(np.abs(y.astype(np.float64) - reference)))
-    correct = error <= TOLERANCE
-    benchmark.group = SEQUENCE.workload_id("onnx seq")
-    benchmark.extra_info.update({"engine": engine, "correct": correct, "max_abs_error": error,
-                                 "workload": "sequence", "api": "InferenceSession.run",
-                                 **SEQUENCE.info()})
-    benchmark(runner.run, ["y"], {"x": x})
-    assert correct, f"{engine} differs from the float64 reference by {error:.3g}"
+def test_single_step(benchmark, engine):
+    report_case(benchmark, STEP.workload_id("onnx step"), engine, step_entrants, ENGINES,
+                benchmark.enabled)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sequence(benchmark, engine):
+    report_case(benchmark, SEQUENCE.workload_id("onnx seq"), engine, sequence_entrants, ENGINES,
+                benchmark.enabled)

@@ -79,9 +79,10 @@ def test_report_table_and_plots(tmp_path, capsys):
     assert step["fastrnn-cuda vs torch-cudnn"] == "3.00x"
     assert "fastrnn vs torch-cudnn" not in step
     assert step["correct"] == "no: onnxruntime"
-    # weights 4*128*(64+128+2)*4 bytes = 397312 B, read at 100 GB/s (the 64 KiB point, the
-    # next size down) = 3.97 us
-    assert step["limit"].startswith("3.97 us")
+    # weights 4*128*(64+128+2)*4 bytes = 397312 B, and the row's x, y, h and c read or written
+    # (64+128+2*2*128)*4 = 2816 B: 400128 B read at 100 GB/s (the 64 KiB point, the next size
+    # down) = 4.00 us
+    assert step["limit"] == "4 us (388 KiB weight reads)"
     assert step["fastrnn vs limit"] == "20% of limit"
     small = rows["lstm step H=32"]
     assert small["torch"] == "" and small["fastrnn vs onnxruntime"] == "10x"
@@ -152,9 +153,9 @@ def test_limit_reads_at_all_cores_bandwidth_when_probed():
     info = dict(kind="lstm", input_size=64, hidden_size=128, num_layers=1, bidirectional=False,
                 batch=1, steps=1, workload="step")
     both = dict(PROBES, read_bandwidth_all_cores_bytes_per_s={"65536": 200e9}, cores=2)
-    # the same 397312 B as test_report_table's step, at 200 GB/s
-    assert report.limit(info, both) == pytest.approx((397312 / 200e9, "388 KiB weight reads"))
-    assert report.limit(info, PROBES)[0] == pytest.approx(397312 / 100e9)
+    # the same 400128 B as test_report_table's step, at 200 GB/s
+    assert report.limit(info, both) == pytest.approx((400128 / 200e9, "388 KiB weight reads"))
+    assert report.limit(info, PROBES)[0] == pytest.approx(400128 / 100e9)
 
 
 def test_all_cores_probe_reads_from_every_core():
@@ -164,3 +165,56 @@ def test_all_cores_probe_reads_from_every_core():
                                    "cores": 2, "gemm_flops_per_s": 1e9})
     assert best["read_bandwidth_all_cores_bytes_per_s"] == {"65536": 150e9}
     assert best["cores"] == 2
+
+
+def test_interleaved_ratios_and_the_best_peer(tmp_path):
+    """Interleaved cases: the ratio columns are the per-round medians the cases carry (not the
+    ratio of the medians), and fastrnn's ratio to its best peer gets a column."""
+    pytest.importorskip("matplotlib")
+    sequence = dict(kind="lstm", input_size=256, hidden_size=256, num_layers=1,
+                    bidirectional=False, batch=64, steps=100)
+
+    def interleaved(engine, median, **fields):
+        return case("lstm seq B=64", engine, 1.0, "sequence", **sequence,
+                    metric={"name": "median over interleaved rounds, per call", "value": median,
+                            "unit": "s"}, method="interleaved rounds", **fields)
+
+    run = {"datetime": "2026-01-01T00:00:00", "benchmarks": [
+        interleaved("fastrnn", 30e-3, best_peer="openvino", ratio_to_best_peer=0.55),
+        interleaved("onnxruntime", 40e-3, fastrnn_speedup=1.25, best_peer="openvino",
+                    ratio_to_best_peer=0.4),
+        interleaved("openvino", 15e-3, fastrnn_speedup=0.55, best_peer="openvino",
+                    ratio_to_best_peer=1.0)],
+        "machine_info": {"fastrnn_bench": {
+            "cpu_model": "Test CPU", "cores": 2, "cpu_flags": ["avx", "avx2", "fma"],
+            "blas": [{"user_api": "blas", "internal_api": "openblas", "prefix": "libopenblas",
+                      "version": "0.3", "architecture": "Haswell", "num_threads": 2,
+                      "numpy": True}],
+            "openblas_environment": {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None},
+            "openvino_bf16_row": "not run: no bf16 here", "probes": PROBES}}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    report.main([str(tmp_path / "run.json")])
+    text = (tmp_path / "README-table.md").read_text()
+    row = read_tables(text)["lstm seq B=64"]
+    assert (row["fastrnn"], row["onnxruntime"], row["openvino"]) == ("30 ms", "40 ms", "15 ms")
+    # 40/30 would be 1.33x: the per-round median 1.25 is shown instead
+    assert row["fastrnn vs onnxruntime"] == "1.25x"
+    assert row["fastrnn vs openvino"] == "0.55x"
+    assert row["fastrnn vs best peer"] == "0.55x (openvino)"
+    assert "CPU flags: avx, avx2, fma (no AVX-512)" in text
+    assert "numpy: openblas 0.3 (libopenblas), kernels Haswell, 2 threads" in text
+    assert "none of OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE set" in text
+    assert "OpenVINO bf16 row (its default precision): not run: no bf16 here" in text
+
+
+def test_pool_limit_counts_the_state_table():
+    """A pool tick reads and writes each stream's x, y, h and c besides the weights: with many
+    streams that traffic, not the weights, is what the memory side of the limit reads."""
+    info = dict(kind="lstm", input_size=64, hidden_size=128, num_layers=1, bidirectional=False,
+                batch=1, steps=1, workload="pool", streams=4096)
+    # 2*512*192*4096 = 805 MFLOP at 100 GFLOP/s = 8.05 ms; memory 397312 + 4096*2816 B =
+    # 11.9 MB at 50 GB/s (the 1 MiB point) = 239 us: the GEMM rate bounds it
+    assert report.limit(info, PROBES) == pytest.approx((805306368 / 100e9, "GEMM rate"))
+    fast_gemm = dict(PROBES, gemm_flops_per_s=1e15)
+    assert report.limit(info, fast_gemm) == pytest.approx(
+        (11931648 / 50e9, "388 KiB weights + 11 MiB rows"))

@@ -1,14 +1,17 @@
-"""Whole sequences, LSTM and GRU: fastrnn beside torch and onnxruntime on the same weights.
+"""Whole sequences, LSTM and GRU: fastrnn beside torch, onnxruntime and OpenVINO on the same
+weights (onnxruntime and OpenVINO run the same exported ONNX file; OpenVINO held to float32 by
+its precision hint, and its default precision in a row of its own on CPUs with bf16 units).
 
-Each case checks its engine's answer against the float64 reference before it is timed and
-records the result in extra_info (bench/registry.py), so a fast wrong answer shows in the table.
+The engines of a workload are built, checked against the float64 reference and then timed in
+interleaved rounds (bench/registry.py: measured), so a fast wrong answer shows in the table and
+the ratios come from rounds measured side by side.
 """
 
 import functools
 
 import pytest
 
-from registry import ENGINES, ModelSpec, checked
+from registry import ENGINES, Entrant, ModelSpec, checked, report_case
 
 WORKLOADS = [
     spec
@@ -29,15 +32,18 @@ def input_and_reference(spec):
     return x, spec.reference(x)
 
 
+def entrants(spec, engines):
+    x, reference = input_and_reference(spec)
+    built = {}
+    for engine in engines:
+        implementation, info = checked(engine, spec, x, reference)   # built, warmed and checked
+        built[engine] = Entrant(lambda run=implementation.run_sequence: run(x), info,
+                                [implementation])
+    return built
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("spec", WORKLOADS, ids=lambda spec: spec.workload_id().replace(" ", "-"))
-def test_sequence(benchmark, benchmark_disabled, spec, engine):
-    x, reference = input_and_reference(spec)
-    implementation, info = checked(engine, spec, x, reference)   # built, warmed and checked
-    benchmark.group = spec.workload_id()
-    benchmark.extra_info.update(info)
-    y = benchmark(implementation.run_sequence, x)
-    assert y.shape == reference.shape
-    # Under make test a wrong answer fails; under make bench it is kept, marked, in the table.
-    assert info["correct"] or not benchmark_disabled, (f"{engine} differs from the float64 reference by "
-                             f"{info['max_abs_error']:.3g} on {spec.workload_id()}")
+def test_sequence(benchmark, spec, engine):
+    report_case(benchmark, spec.workload_id(), engine,
+                lambda engines: entrants(spec, engines), ENGINES, benchmark.enabled)

@@ -1,35 +1,41 @@
 """Streaming: one timestep per call with the state carried, as a service runs a recurrent model.
 
 Every engine carries its state between calls: fastrnn in a Stream or a StreamPool, torch by
-passing (h, c) back into nn.LSTM/GRU or LSTMCell/GRUCell, onnxruntime by feeding the one-step
-graph's h_n/c_n outputs back as its h0/c0 inputs (it keeps no state of its own). Each case first
-steps its engine through a short sequence from the zero state and checks the answers against the
-float64 reference of the same weights (bench/registry.py), then times it.
+passing (h, c) back into nn.LSTM/GRU or LSTMCell/GRUCell, onnxruntime and OpenVINO by feeding the
+one-step graph's h_n/c_n outputs back as its h0/c0 inputs (they keep no state of their own). Each
+engine first steps through a short sequence from the zero state and its answers are checked
+against the float64 reference of the same weights (bench/registry.py); then the engines of a
+workload are timed in interleaved rounds (registry.measured).
 
-Workloads (groups): per-call step at B=1; `process` on a 128-step chunk; 256 live streams advanced
-one step each (a StreamPool call, 256 separate Stream.step calls, onnxruntime and torch with the
-256 states gathered into one batch and scattered back); two threads each driving a stream against
-one thread driving both.
+Workloads (groups): per-call step at B=1; `process` on a 128-step chunk; a StreamPool tick, N live
+streams advanced one step each (N = 16, 64, 256, 4096: one StreamPool.step; up to 256, N separate
+Stream.step calls too; the peers as their users must write it: the N streams' h and c gathered
+from a state table by fancy indexing, one batched T=1 step with them as the initial state, the
+new h and c scattered back); two threads each driving a stream against one thread driving both.
 """
 
+import tempfile
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from registry import ModelSpec, cpu_count
+from registry import Entrant, ModelSpec, OpenVinoSession, cpu_count, report_case
 
 CHECK_STEPS = 16          # steps each engine takes from zero before timing, checked
 CHUNK = 128               # the `process` workload's chunk length
-POOL_STREAMS = 256        # live streams in the pool workload
 THREAD_STEPS = 400        # steps per stream in the threads workload
+SEPARATE_STEPS_UP_TO = 256  # the pool's "N separate Stream.step calls" variant, up to this N
 
 STEP_SPECS = [ModelSpec(kind, input_size=inputs, hidden_size=hidden)
               for kind in ("lstm", "gru")
               for inputs, hidden in ((64, 128), (1, 32), (64, 512), (256, 1024))]
-POOL_SPECS = [ModelSpec("lstm", input_size=1, hidden_size=32),
-              ModelSpec("lstm", input_size=64, hidden_size=128)]
+# (model, live streams N) of the StreamPool tick
+POOL_CASES = [(ModelSpec("lstm", input_size=64, hidden_size=128), streams)
+              for streams in (16, 64, 256, 4096)] + [
+             (ModelSpec("lstm", input_size=1, hidden_size=32), 256)]
 
 
 def spec_id(spec):
@@ -135,15 +141,22 @@ def export_step_graph(spec, path, steps=1, dynamic_batch=False):
     return path
 
 
-class OnnxStepper:
-    """onnxruntime running the one-step (or one-chunk) graph, its state outputs fed back in."""
+def onnx_session(engine, path):
+    """onnxruntime's or OpenVINO's session on the ONNX file, all cores, float32."""
+    if engine == "openvino":
+        return OpenVinoSession(path)
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = cpu_count()
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def __init__(self, spec, path, batch=1):
-        import onnxruntime
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = cpu_count()
-        self.session = onnxruntime.InferenceSession(str(path), options,
-                                                    providers=["CPUExecutionProvider"])
+
+class OnnxStepper:
+    """onnxruntime (or OpenVINO) running the one-step (or one-chunk) graph, its state outputs fed
+    back in."""
+
+    def __init__(self, spec, path, batch=1, engine="onnxruntime"):
+        self.session = onnx_session(engine, path)
         self.is_lstm = spec.kind == "lstm"
         self.shape = (1, batch, spec.hidden_size)
         self.reset()
@@ -174,57 +187,75 @@ def stepped(stepper, reset):
 
 # -- per-call step, B=1 ----------------------------------------------------------------------------
 
-STEP_ENGINES = ["fastrnn", "torch", "torch-cell", "onnxruntime"]
+STEP_ENGINES = ["fastrnn", "torch", "torch-cell", "onnxruntime", "openvino"]
+
+
+def step_entrants(spec, engines):
+    """{engine: Entrant} of one step per call at B=1, each checked over CHECK_STEPS steps."""
+    x_t = np.random.default_rng(3).standard_normal((1, spec.input_size)).astype(np.float32)
+    built = {}
+    with tempfile.TemporaryDirectory(prefix="fastrnn-bench-") as folder:
+        path = export_step_graph(spec, Path(folder) / "step.onnx")
+        for engine in engines:
+            if engine == "fastrnn":
+                stepper = fastrnn_stream(spec)
+            elif engine.startswith("torch"):
+                stepper = TorchStepper(spec, cell=engine == "torch-cell")
+            else:
+                stepper = OnnxStepper(spec, path, engine=engine)
+            correct, error = check(spec, CHECK_STEPS, 1, stepped(stepper.step, stepper.reset))
+            info = {"engine": engine, "correct": correct, "max_abs_error": error,
+                    "workload": "step", **spec.info()}
+            built[engine] = Entrant(lambda step=stepper.step: step(x_t), info, [stepper])
+    return built
 
 
 @pytest.mark.parametrize("engine", STEP_ENGINES)
 @pytest.mark.parametrize("spec", STEP_SPECS, ids=spec_id)
-def test_step(benchmark, tmp_path, spec, engine):
-    if engine == "fastrnn":
-        stream = fastrnn_stream(spec)
-        step, reset = stream.step, stream.reset
-    elif engine.startswith("torch"):
-        stepper = TorchStepper(spec, cell=engine == "torch-cell")
-        step, reset = stepper.step, stepper.reset
-    else:
-        stepper = OnnxStepper(spec, export_step_graph(spec, tmp_path / "step.onnx"))
-        step, reset = stepper.step, stepper.reset
-    outcome = check(spec, CHECK_STEPS, 1, stepped(step, reset))
+def test_step(benchmark, spec, engine):
     group = f"{spec.kind} step B=1 I={spec.input_size} H={spec.hidden_size}"
-    record(benchmark, group, engine, spec, outcome, workload="step")
-    x_t = np.random.default_rng(3).standard_normal((1, spec.input_size)).astype(np.float32)
-    y = benchmark(step, x_t)
-    assert y.shape == (1, spec.hidden_size)
+    report_case(benchmark, group, engine, lambda engines: step_entrants(spec, engines),
+                STEP_ENGINES, benchmark.enabled)
 
 
 # -- process a 128-step chunk, B=1 ---------------------------------------------------------------
 
-@pytest.mark.parametrize("engine", ["fastrnn", "torch", "onnxruntime"])
-def test_process_chunk(benchmark, tmp_path, engine):
-    spec = ModelSpec("lstm", input_size=1, hidden_size=32, steps=CHUNK)
-    if engine == "fastrnn":
-        stream = fastrnn_stream(spec)
-        process, reset = stream.process, stream.reset
-    elif engine == "torch":
-        stepper = TorchStepper(spec)
-        process, reset = stepper.process, stepper.reset
-    else:
-        stepper = OnnxStepper(spec, export_step_graph(spec, tmp_path / "chunk.onnx", steps=CHUNK))
-        process, reset = stepper.process, stepper.reset
+CHUNK_ENGINES = ["fastrnn", "torch", "onnxruntime", "openvino"]
 
-    def run_chunks(xs):  # two chunks, the second from the first's state
-        reset()
-        return np.concatenate([process(xs[:CHUNK]), process(xs[CHUNK:])])
 
-    outcome = check(spec, 2 * CHUNK, 1, run_chunks)
-    record(benchmark, f"lstm process chunk T={CHUNK} B=1 I=1 H=32", engine, spec, outcome,
-           workload="chunk", samples_per_call=CHUNK)
+def chunk_entrants(spec, engines):
     chunk = np.random.default_rng(3).standard_normal((CHUNK, 1, 1)).astype(np.float32)
-    ys = benchmark(process, chunk)
-    assert ys.shape == (CHUNK, 1, 32)
+    built = {}
+    with tempfile.TemporaryDirectory(prefix="fastrnn-bench-") as folder:
+        path = export_step_graph(spec, Path(folder) / "chunk.onnx", steps=CHUNK)
+        for engine in engines:
+            if engine == "fastrnn":
+                stepper = fastrnn_stream(spec)
+            elif engine == "torch":
+                stepper = TorchStepper(spec)
+            else:
+                stepper = OnnxStepper(spec, path, engine=engine)
+
+            def run_chunks(xs, stepper=stepper):  # two chunks, the second from the first's state
+                stepper.reset()
+                return np.concatenate([stepper.process(xs[:CHUNK]), stepper.process(xs[CHUNK:])])
+
+            correct, error = check(spec, 2 * CHUNK, 1, run_chunks)
+            info = {"engine": engine, "correct": correct, "max_abs_error": error,
+                    "workload": "chunk", "samples_per_call": CHUNK, **spec.info()}
+            built[engine] = Entrant(lambda process=stepper.process: process(chunk), info,
+                                    [stepper])
+    return built
 
 
-# -- 256 live streams, one step each ---------------------------------------------------------------
+@pytest.mark.parametrize("engine", CHUNK_ENGINES)
+def test_process_chunk(benchmark, engine):
+    spec = ModelSpec("lstm", input_size=1, hidden_size=32, steps=CHUNK)
+    report_case(benchmark, f"lstm process chunk T={CHUNK} B=1 I=1 H=32", engine,
+                lambda engines: chunk_entrants(spec, engines), CHUNK_ENGINES, benchmark.enabled)
+
+
+# -- a StreamPool tick: N live streams, one step each ---------------------------------------------
 
 class GatheredBatch:
     """A peer serving many streams: their states kept in tables, gathered into one batch per tick
@@ -250,11 +281,8 @@ class GatheredBatch:
         return y[0]
 
 
-def onnx_batch_runner(spec, path):
-    import onnxruntime
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = cpu_count()
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def onnx_batch_runner(spec, path, engine="onnxruntime"):
+    session = onnx_session(engine, path)
 
     def run_batch(x, h, c):
         if spec.kind == "lstm":
@@ -281,29 +309,24 @@ def torch_batch_runner(spec):
 
 
 # The report names engines per group: "fastrnn" is the pool here, the peers gather and scatter.
-POOL_ENGINES = ["fastrnn", "fastrnn-separate-steps", "onnxruntime", "torch"]
+POOL_ENGINES = ["fastrnn", "fastrnn-separate-steps", "onnxruntime", "torch", "openvino"]
+POOL_VARIANTS = {"fastrnn": "StreamPool.step", "fastrnn-separate-steps": "Stream.step x streams"}
 
 
-@pytest.mark.parametrize("engine", POOL_ENGINES)
-@pytest.mark.parametrize("spec", POOL_SPECS, ids=spec_id)
-def test_many_streams_one_step_each(benchmark, tmp_path, spec, engine):
+def pool_stepper(spec, streams, slots, engine, path):
+    """(step(xs (N, I)) -> ys (N, H), reset()) of `engine` serving the streams at `slots`."""
     import fastrnn
-    streams = POOL_STREAMS
-    # The streams sit at scattered slots of a larger table, as they would in a live service.
-    slots = np.random.default_rng(0).permutation(2 * streams)[:streams].astype(np.int64)
+    capacity = 2 * streams
     if engine == "fastrnn":
-        model = fastrnn.from_torch(spec.torch_module())
-        pool = fastrnn.StreamPool(model, capacity=2 * streams)
-        for _ in range(2 * streams):
+        pool = fastrnn.StreamPool(fastrnn.from_torch(spec.torch_module()), capacity=capacity)
+        for _ in range(capacity):
             pool.open()
-
-        def step(xs):
-            return pool.step(slots, xs)
 
         def reset():
             for slot in slots:
                 pool.reset(int(slot))
-    elif engine == "fastrnn-separate-steps":
+        return (lambda xs: pool.step(slots, xs)), reset
+    if engine == "fastrnn-separate-steps":
         model = fastrnn.from_torch(spec.torch_module())
         separate = [model.stream() for _ in range(streams)]
         outputs = np.empty((streams, spec.hidden_size), np.float32)
@@ -316,28 +339,48 @@ def test_many_streams_one_step_each(benchmark, tmp_path, spec, engine):
         def reset():
             for stream in separate:
                 stream.reset()
+        return step, reset
+    if engine == "torch":
+        runner = torch_batch_runner(spec)
     else:
-        if engine == "onnxruntime":
-            path = export_step_graph(spec, tmp_path / "pool.onnx", dynamic_batch=True)
-            runner = onnx_batch_runner(spec, path)
-        else:
-            runner = torch_batch_runner(spec)
-        peer = GatheredBatch(spec, 2 * streams, runner)
+        runner = onnx_batch_runner(spec, path, engine)
+    peer = GatheredBatch(spec, capacity, runner)
+    return (lambda xs: peer.step(slots, xs)), peer.reset
 
-        def step(xs):
-            return peer.step(slots, xs)
 
-        reset = peer.reset
-    # Copies: the separate-steps case returns one reused output buffer.
-    outcome = check(spec, 4, streams,
-                    lambda xs: (reset(), np.stack([np.array(step(x)) for x in xs]))[1])
-    group = f"{spec.kind} {streams} streams one step I={spec.input_size} H={spec.hidden_size}"
-    variant = {"fastrnn": "StreamPool.step", "fastrnn-separate-steps": "Stream.step x streams"}
-    record(benchmark, group, engine, spec, outcome, workload="pool", streams=streams,
-           variant=variant.get(engine, "states gathered into one batch, scattered back"))
+def pool_entrants(spec, streams, engines):
+    # The streams sit at scattered slots of a table twice their number, as in a live service.
+    slots = np.random.default_rng(0).permutation(2 * streams)[:streams].astype(np.int64)
     xs = np.random.default_rng(3).standard_normal((streams, spec.input_size)).astype(np.float32)
-    ys = benchmark(step, xs)
-    assert ys.shape == (streams, spec.hidden_size)
+    built = {}
+    with tempfile.TemporaryDirectory(prefix="fastrnn-bench-") as folder:
+        path = export_step_graph(spec, Path(folder) / "pool.onnx", dynamic_batch=True)
+        for engine in engines:
+            step, reset = pool_stepper(spec, streams, slots, engine, path)
+            # Copies: the separate-steps case returns one reused output buffer.
+            correct, error = check(spec, 4, streams, lambda steps: (
+                reset(), np.stack([np.array(step(x)) for x in steps]))[1])
+            info = {"engine": engine, "correct": correct, "max_abs_error": error,
+                    "workload": "pool", "streams": streams, **spec.info(),
+                    "variant": POOL_VARIANTS.get(
+                        engine, "states gathered from a table, one batched step, scattered back")}
+            built[engine] = Entrant(lambda step=step: step(xs), info, [step, reset])
+    return built
+
+
+@pytest.mark.parametrize("engine", POOL_ENGINES)
+@pytest.mark.parametrize("spec, streams", POOL_CASES,
+                         ids=[f"{spec_id(spec)}-N{streams}" for spec, streams in POOL_CASES])
+def test_many_streams_one_step_each(benchmark, spec, streams, engine):
+    engines = [engine for engine in POOL_ENGINES
+               if engine != "fastrnn-separate-steps" or streams <= SEPARATE_STEPS_UP_TO]
+    if engine not in engines:
+        pytest.skip(f"{streams} separate Stream.step calls: the variant is shown up to "
+                    f"{SEPARATE_STEPS_UP_TO} streams")
+    group = f"{spec.kind} {streams} streams one step I={spec.input_size} H={spec.hidden_size}"
+    report_case(benchmark, group, engine,
+                lambda engines: pool_entrants(spec, streams, engines), engines,
+                benchmark.enabled)
 
 
 # -- two threads, two streams ----------------------------------------------------------------------
