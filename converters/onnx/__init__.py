@@ -28,6 +28,13 @@ Refused when loading, naming the op and node: any other op, ops of other domains
 22, recurrent weights (W, R, B, P) that are graph inputs, float16 recurrent weights. Inputs that
 override initializers are not accepted as feeds.
 
+Loading is bounded by what the file holds: a path that is not a regular file (a FIFO, a device) is
+refused before it is read, external data must lie in regular files in the model's directory and
+within them, and constant folding may create at most graph.FOLD_LIMIT_BYTES (256 MiB, or twice
+the bytes of the stored tensors if more) in all: a node whose folded result would pass that is
+refused, named, before anything is allocated for it. Outputs are fresh, writable arrays of their
+own on every run: never a constant of the plan, a feed, or memory shared with another output.
+
 ONNX's GRU default (linear_before_reset=0, reset applied to h before the product) maps to
 Config(linear_before_reset=False); activations, clip and input_forget map to the Config fields of
 the same names. Recurrent weights must be known when the graph is loaded (initializers, Constant

@@ -6,18 +6,30 @@ what is computed from them alone: the weight slicing and concatenation torch exp
 constants, and lists the remaining nodes as steps over numbered value slots. A run fills the input
 slots, calls each step's function and reads the output slots: no lookups by name, no re-validation
 of what loading already checked.
+
+Loading is bounded: a path must be a regular file (a FIFO or a device is refused before it is
+read), external data must lie in regular files beside the model and inside them, and folding may
+create at most FOLD_LIMIT_BYTES of constants in all (or twice what the file stores, if that is
+more): an op whose folded result would pass that (a ConstantOfShape or Expand that turns a few
+bytes into gigabytes) is refused, naming the node, before its result is allocated.
 """
 
 import collections
+import math
 import os
+import stat
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from fastrnn.converters.onnx import glue, recurrent  # noqa: F401  (registers the handlers)
 from fastrnn.converters.onnx.registry import NodeContext, lookup
 
+# The bytes that constant folding may create when a graph is loaded, in all: far above what the
+# weight slicing and zero states of exported graphs need, far below what would exhaust a machine.
+# The bound grows to twice the bytes the model stores, for graphs whose folding copies big weights.
+FOLD_LIMIT_BYTES = 256 << 20
 # Ops whose output may be a view of their first input: a graph output reached from a graph input or
 # a constant only through these is copied, so a caller never holds the plan's constants.
 VIEW_OPS = {"Identity", "Squeeze", "Unsqueeze", "Reshape", "Transpose", "Slice", "Flatten", "Cast",
@@ -48,16 +60,92 @@ def load_model(source):
             raise ValueError("the bytes given are not an ONNX model (no graph in them)")
         return model
     if isinstance(source, (str, os.PathLike)):
-        if not os.path.exists(source):
-            raise FileNotFoundError(f"no ONNX file at {os.fspath(source)!r}")
+        path = os.fspath(source)
+        _check_regular_file(path, "ONNX file")
         try:
-            model = onnx.load(os.fspath(source))  # also reads tensors stored as external data
+            model = onnx.load(path, load_external_data=False)
         except Exception as error:
-            raise ValueError(f"{os.fspath(source)!r} is not an ONNX model: {error}") from None
+            raise ValueError(f"{path!r} is not an ONNX model: {error}") from None
         if not model.HasField("graph"):
-            raise ValueError(f"{os.fspath(source)!r} is not an ONNX model (no graph in it)")
+            raise ValueError(f"{path!r} is not an ONNX model (no graph in it)")
+        if any(map(external_data_helper.uses_external_data, _stored_tensors(model))):
+            _check_external_data(model, path)
+            try:
+                external_data_helper.load_external_data_for_model(model, os.path.dirname(path))
+            except Exception as error:
+                raise ValueError(f"{path!r}: its external data cannot be read: {error}") from None
         return model
     raise TypeError(f"expected a path, bytes or an onnx.ModelProto, got {type(source).__name__}")
+
+
+def _check_regular_file(path, what):
+    """FileNotFoundError or ValueError unless `path` is a regular file. Checked on an open file
+    descriptor, opened without blocking: a FIFO is refused at once, not waited on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {what} at {path!r}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path!r} is a directory, not an {what}") from None
+    except OSError as error:
+        raise type(error)(error.errno, f"cannot read {what} {path!r}: {error.strerror}") from None
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{path!r} is a directory, not an {what}")
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{path!r} is not a regular file (a device, FIFO or socket); fastrnn "
+                         f"reads {what}s from regular files only")
+    return info.st_size
+
+
+def _stored_tensors(model):
+    """Every TensorProto of the main graph: initializers and Constant nodes' values."""
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                yield attribute.t
+
+
+def _check_external_data(model, path):
+    """Every tensor stored outside the model must lie in a regular file in the model's directory,
+    within that file: nothing is read from a device, a FIFO or past a file's end."""
+    base = os.path.dirname(os.path.abspath(path))
+    for tensor in _stored_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = {entry.key: entry.value for entry in tensor.external_data}
+        location = info.get("location", "")
+        target = os.path.normpath(os.path.join(base, location))
+        if not location or os.path.isabs(location) or \
+                os.path.commonpath([base, target]) != base:
+            raise ValueError(f"{path!r}: tensor {tensor.name!r} names external data "
+                             f"{location!r}, which is not a file in the model's directory")
+        size = _check_regular_file(target, "external data file")
+        try:
+            offset, length = int(info.get("offset", 0)), int(info.get("length", size))
+        except ValueError:
+            raise ValueError(f"{path!r}: tensor {tensor.name!r} has a malformed external data "
+                             f"offset or length") from None
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ValueError(f"{path!r}: tensor {tensor.name!r} declares external data at "
+                             f"{offset}..{offset + length} of {location!r}, which holds {size} "
+                             f"bytes")
+
+
+def tensor_to_array(tensor, where):
+    """numpy_helper.to_array with an error naming the tensor and where it is."""
+    if any(dim < 0 for dim in tensor.dims):
+        raise ValueError(f"{where} tensor {tensor.name!r} has a negative dimension: "
+                         f"{list(tensor.dims)}")
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as error:
+        raise ValueError(f"{where} tensor {tensor.name!r} (dims {list(tensor.dims)}) cannot be "
+                         f"read: {error}") from None
 
 
 class ValueInfo:
@@ -89,11 +177,12 @@ class Step:
     that followed it (fused when loading; see Graph._fuse_direction_squeezes).
     """
 
-    __slots__ = ("function", "inputs", "outputs", "node", "op_type", "squeeze_y")
+    __slots__ = ("function", "inputs", "outputs", "node", "op_type", "attributes", "squeeze_y")
 
-    def __init__(self, function, inputs, outputs, node, op_type):
+    def __init__(self, function, inputs, outputs, node, op_type, attributes):
         self.function, self.inputs, self.outputs = function, inputs, outputs
         self.node, self.op_type = node, op_type  # the node's name and op type, for messages
+        self.attributes = attributes
         self.squeeze_y = False
 
 
@@ -106,7 +195,8 @@ class Graph:
         graph = model.graph
         self.opsets = {entry.domain: entry.version for entry in model.opset_import}
         self.opset = self.opsets.get("", self.opsets.get("ai.onnx", 1))
-        constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+        constants = {tensor.name: tensor_to_array(tensor, "initializer")
+                     for tensor in graph.initializer}
         self.inputs = [ValueInfo(v) for v in graph.input if v.name not in constants]
         self.outputs = [ValueInfo(v) for v in _with_inferred_shapes(model).graph.output]
         slots = {"": 0}
@@ -114,8 +204,12 @@ class Graph:
         step_protos = []             # the node proto of each step
         self.recurrent_nodes = []    # (RecurrentNode, step) in graph order
         self.producers = {}          # value name -> (node proto, output index) for runtime values
-        may_alias = set(constants) | {v.name for v in self.inputs}
+        # Values a run may hand over as a graph input's or a constant's own memory, and for every
+        # runtime value the value whose memory it may view: outputs that share memory are copied.
+        may_alias = {v.name for v in self.inputs}
+        viewed = {}
         available = set(constants) | {v.name for v in self.inputs} | {""}
+        folding = _FoldBudget(sum(array.nbytes for array in constants.values()))
         for index, node in enumerate(graph.node):
             name = node.name or f"{node.op_type}_{index}"
             handler = lookup(node.op_type, node.domain, self.opsets.get(node.domain, self.opset),
@@ -126,30 +220,40 @@ class Graph:
                                      f"earlier node, input or initializer provides")
             context = NodeContext(
                 op_type=node.op_type, name=name, opset=self.opset,
-                attributes={a.name: _attribute(a) for a in node.attribute},
+                attributes={a.name: _attribute(a, name) for a in node.attribute},
                 inputs=list(node.input), outputs=list(node.output), constants=constants)
-            function = handler(context)
+            with _naming(node.op_type, name):
+                function = handler(context)
             available.update(node.output)
             is_recurrent = isinstance(function, recurrent.RecurrentNode)
             if not is_recurrent and all(v == "" or v in constants for v in node.input):
-                results = function(*[constants.get(v) for v in node.input])
-                for value_name, value in zip(node.output, _as_tuple(results)):
+                values = [constants.get(v) for v in node.input]
+                folding.check(node.op_type, name, _fold_bytes(context, values))
+                with _naming(node.op_type, name):
+                    results = [np.asarray(value) for value in _as_tuple(function(*values))]
+                folding.add(node.op_type, name, results)
+                for value_name, value in zip(node.output, results):
                     if value_name:
-                        constants[value_name] = np.asarray(value)
+                        constants[value_name] = value
                 continue
             for value_name in list(node.input) + list(node.output):
                 if value_name not in slots:
                     slots[value_name] = len(slots)
             step = Step(function, tuple(slots[v] for v in node.input),
-                        tuple(slots[v] for v in node.output), name, node.op_type)
+                        tuple(slots[v] for v in node.output), name, node.op_type,
+                        context.attributes)
             self.steps.append(step)
             step_protos.append(node)
             for position, value_name in enumerate(node.output):
                 self.producers[value_name] = (node, position)
             if is_recurrent:
                 self.recurrent_nodes.append((function, node))
-            elif node.op_type in VIEW_OPS and node.input and node.input[0] in may_alias:
-                may_alias.update(node.output)
+            elif node.op_type in VIEW_OPS and node.input:
+                source = node.input[0]
+                for value_name in node.output:
+                    viewed[value_name] = viewed.get(source, source)
+                if source in may_alias or source in constants:
+                    may_alias.update(node.output)
         self.constants = constants
         self._fuse_direction_squeezes(step_protos, slots)
         for value in self.inputs:
@@ -165,13 +269,23 @@ class Graph:
         for value_name, slot in slots.items():
             if value_name in constants:
                 self.template[slot] = constants[value_name]
-        self.copy_outputs = {v.name for v in self.outputs if v.name in may_alias}
+        # Copied on every run: outputs that may be a graph input, a constant or a view of one (a
+        # caller must never hold the plan's own arrays), and outputs that may view the memory of
+        # an earlier output (each output is an array of its own, as onnxruntime's are).
+        self.copy_outputs = {v.name for v in self.outputs
+                             if v.name in may_alias or v.name in constants}
+        seen = set()
+        for value in self.outputs:
+            root = viewed.get(value.name, value.name)
+            if root in seen:
+                self.copy_outputs.add(value.name)
+            seen.add(root)
         # Outputs a recurrent step writes: fresh C-contiguous arrays, handed over as they are.
         recurrent_slots = {slot for step in self.steps
                            if isinstance(step.function, recurrent.RecurrentNode)
                            for slot in step.outputs}
-        self.fresh_outputs = {v.name for v in self.outputs
-                              if slots[v.name] in recurrent_slots and v.name not in may_alias}
+        self.fresh_outputs = {v.name for v in self.outputs if slots[v.name] in recurrent_slots
+                              and v.name not in self.copy_outputs}
 
     def _fuse_direction_squeezes(self, step_protos, slots):
         """Fuse the Squeeze of axis 1 that torch puts after every one-direction LSTM/GRU/RNN into
@@ -216,10 +330,10 @@ def _with_inferred_shapes(model):
         return model
 
 
-def _attribute(proto):
+def _attribute(proto, node_name):
     value = helper.get_attribute_value(proto)
     if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
+        return tensor_to_array(value, f"node {node_name!r}: attribute {proto.name!r}:")
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, list) and value and isinstance(value[0], bytes):
@@ -229,3 +343,113 @@ def _attribute(proto):
 
 def _as_tuple(results):
     return results if isinstance(results, tuple) else (results,)
+
+
+class _naming:
+    """Re-raise a user-facing error from a handler or a fold as a ValueError (TypeError kept)
+    whose message names the node, unless it does already."""
+
+    def __init__(self, op_type, name):
+        self.label = f"{op_type} node {name!r}"
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if kind is None or not issubclass(kind, (ValueError, TypeError, KeyError, IndexError,
+                                                  OverflowError, ZeroDivisionError)):
+            return False
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        if repr(self.name) in message:
+            if kind in (ValueError, TypeError):
+                return False
+            raise ValueError(message) from None
+        raise (TypeError if kind is TypeError else ValueError)(
+            f"{self.label}: {message}") from None
+
+
+class _FoldBudget:
+    """The bytes constant folding has created so far, against FOLD_LIMIT_BYTES (or twice the
+    bytes the graph stores, if that is more)."""
+
+    def __init__(self, stored_bytes):
+        self.stored, self.folded = stored_bytes, 0
+
+    def limit(self):
+        return max(FOLD_LIMIT_BYTES, 2 * self.stored)
+
+    def check(self, op_type, name, size):
+        if size is not None and self.folded + size > self.limit():
+            raise ValueError(
+                f"{op_type} node {name!r}: folding it when the graph is loaded would create "
+                f"{size:,} bytes of constants, beyond the {self.limit():,} bytes folding may "
+                f"create in all ({self.folded:,} used); fastrnn refuses graphs whose constants "
+                f"expand that far")
+
+    def add(self, op_type, name, results):
+        size = sum(result.nbytes for result in results)
+        if op_type == "Constant":  # its value is stored in the file, not created by folding
+            self.stored += size
+            return
+        self.check(op_type, name, size)
+        self.folded += size
+
+
+def _fold_bytes(node, values):
+    """An upper bound on the bytes of a folded node's outputs, known before it runs, for ops whose
+    outputs may be far larger than their inputs; None for the others (at most a few times their
+    inputs, checked after they run) and for inputs the op itself will refuse."""
+    try:
+        op, shapes = node.op_type, [np.shape(v) for v in values if v is not None]
+        widest = max((np.asarray(v).dtype.itemsize for v in values if v is not None), default=8)
+        if op == "ConstantOfShape":
+            fill = node.attribute("value")
+            itemsize = 4 if fill is None else np.asarray(fill).dtype.itemsize
+            return _count(_ints(values[0])) * itemsize
+        if op == "ConstantFill":
+            if node.attribute("input_as_shape", 0):
+                return _count(_ints(values[0])) * 8
+            if node.attribute("shape") is not None:
+                return _count(node.attribute("shape")) * 8
+            return None
+        if op == "Expand":
+            return _count(_broadcast(shapes[0], _ints(values[1]))) * widest
+        if op in ("Add", "Sub", "Mul", "Div"):
+            return _count(_broadcast(*shapes)) * widest
+        if op == "Cast":
+            return _count(shapes[0]) * 8
+        if op == "Concat":
+            return sum(_count(shape) for shape in shapes) * widest
+        if op == "Gather":
+            axis = node.attribute("axis", 0)
+            rank = len(shapes[0])
+            axis = axis + rank if axis < 0 else axis
+            return _count(shapes[0][:axis] + shapes[1] + shapes[0][axis + 1:]) * widest
+        if op in ("MatMul", "Gemm"):
+            a, b = (list(shape) for shape in shapes[:2])
+            if op == "Gemm":
+                rows = a[-1] if node.attribute("transA", 0) else a[0]
+                columns = b[0] if node.attribute("transB", 0) else b[-1]
+                return (rows * columns + sum(_count(s) for s in shapes[2:])) * widest
+            batch = _broadcast(a[:-2], b[:-2])
+            return _count(batch + a[-2:-1] + b[-1:]) * widest
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return None  # malformed inputs: the op's own run refuses them, with the node named
+    return None
+
+
+def _ints(value):
+    return [int(v) for v in np.asarray(value).reshape(-1)]
+
+
+def _count(shape):
+    """Elements of `shape`, in Python ints (2**70 does not overflow); negative sizes count as 0."""
+    return math.prod(max(int(size), 0) for size in shape)
+
+
+def _broadcast(*shapes):
+    """The broadcast of `shapes` (sequences of Python ints), largest size where they disagree."""
+    rank = max((len(shape) for shape in shapes), default=0)
+    padded = [[1] * (rank - len(shape)) + [int(size) for size in shape] for shape in shapes]
+    return [max(column) if 0 not in column else 0 for column in zip(*padded)]

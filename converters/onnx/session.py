@@ -41,7 +41,8 @@ class InferenceSession:
         known = {slot: (value.dtype, value.shape) for slot, value in enumerate(self._template)
                  if type(value) is ndarray}
         known.update((slot, (dtype, shape)) for _, slot, dtype, shape in self._static_feeds)
-        self._plan = [step.function.bind(step.inputs, step.outputs, step.squeeze_y, known)
+        self._plan = [_empty_batch_lengths(step, step.function.bind(
+                          step.inputs, step.outputs, step.squeeze_y, known))
                       if hasattr(step.function, "bind") else
                       _bind(step.function, step.inputs, step.outputs) for step in graph.steps]
         self._step_nodes = [step.node for step in graph.steps]
@@ -95,7 +96,17 @@ class InferenceSession:
             raise type(error)(f"node {node!r}: {error}") from error
         if output_names is None:
             return self._all_outputs(slots)
-        return _output_taker([self._output(name) for name in output_names])(slots)
+        if isinstance(output_names, str):
+            raise TypeError(f"output_names must be a list of output names or None, got the "
+                            f"string {output_names!r}")
+        wanted = [self._output(name) for name in output_names]
+        # A name asked for twice gets two arrays, as from onnxruntime.
+        taken = set()
+        for index, (slot, finish) in enumerate(wanted):
+            if slot in taken:
+                wanted[index] = (slot, np.array)
+            taken.add(slot)
+        return _output_taker(wanted)(slots)
 
     # -- errors ----------------------------------------------------------------------------------
 
@@ -175,6 +186,28 @@ def _output_taker(outputs):
         return lambda slots: [*take_all(slots)]
     return lambda slots: [slots[slot] if finish is None else finish(slots[slot])
                           for slot, finish in outputs]
+
+
+def _empty_batch_lengths(step, run):
+    """A recurrent step that runs a batch of 0 rows as if sequence_lens were omitted: an empty
+    sequence_lens says nothing about no rows (the node's own checks would reduce over none)."""
+    lens_slot = step.inputs[4] if len(step.inputs) > 4 else 0
+    if not lens_slot:
+        return run
+    batch_axis = 0 if step.attributes.get("layout", 0) else 1
+    x_slot = step.inputs[0]
+
+    def run_empty_batch_too(slots):
+        lengths, x = slots[lens_slot], slots[x_slot]
+        if np.shape(lengths) == (0,) and np.ndim(x) == 3 and np.shape(x)[batch_axis] == 0:
+            slots[lens_slot] = None
+            try:
+                run(slots)
+            finally:
+                slots[lens_slot] = lengths  # other nodes may read the same feed
+        else:
+            run(slots)
+    return run_empty_batch_too
 
 
 def _bind(function, inputs, outputs):

@@ -101,15 +101,41 @@ def _trace(graph, nodes, node, previous):
 def _probe(session, model, source_input):
     """Run graph and model on a small random input: the graph's first output must be the model's."""
     rng = np.random.default_rng(0)
-    feeds = {}
+    c = model.config
     x_info = next(v for v in session.get_inputs() if v.name == source_input)
-    x_shape = [size if isinstance(size, int) and size > 0 else 2 for size in x_info.shape]
-    steps = x_shape[1] if model.config.batch_first else x_shape[0]
+    # X's declared sizes, 2 where a size is not fixed (or no shape is declared at all), and the
+    # model's input size on the feature axis.
+    x_shape = _probe_shape(x_info.shape, [2, 2, c.input_size])
+    if len(x_shape) == 3:
+        x_shape[2] = c.input_size
+    steps, batch = (x_shape[1], x_shape[0]) if c.batch_first else (x_shape[0], x_shape[1])
+    roles = {name: (position, node) for node, proto in session._graph.recurrent_nodes
+             for position, name in enumerate(proto.input) if name}
+    feeds = {}
     for info in session.get_inputs():
-        shape = [size if isinstance(size, int) and size > 0 else 2 for size in info.shape or []]
         if info.name == source_input:
-            feeds[info.name] = rng.standard_normal(shape).astype(info.dtype)
-        elif info.dtype is not None and info.dtype.kind in "iu":
+            feeds[info.name] = rng.standard_normal(x_shape).astype(info.dtype)
+            continue
+        position, node = roles.get(info.name, (None, None))
+        if position == 4:         # sequence_lens
+            role_shape = [batch]
+        elif position in (5, 6):  # initial_h, initial_c
+            role_shape = [node.num_directions, batch, c.hidden_size if position == 6
+                          else c.output_size]
+            if node.layout:
+                role_shape[:2] = role_shape[1::-1]
+        elif info.shape is None:
+            raise ValueError(f"graph input {info.name!r} declares no shape and is not a "
+                             f"recurrent node's sequence_lens or initial state: "
+                             f"fastrnn.from_onnx cannot make a feed for it to check the "
+                             f"conversion (declare its shape in the graph)")
+        else:
+            role_shape = None
+        shape = _probe_shape(info.shape, role_shape)
+        if info.dtype is None:
+            raise ValueError(f"graph input {info.name!r} has element type {info.type}, which "
+                             f"fastrnn.from_onnx cannot feed")
+        if info.dtype.kind in "iu":
             feeds[info.name] = np.full(shape, steps, info.dtype)
         else:
             feeds[info.name] = np.zeros(shape, info.dtype)
@@ -129,3 +155,14 @@ def _probe(session, model, source_input):
     raise ValueError("the graph's glue changes the recurrent stack's result (its first output "
                      "matches none of the Model's); this graph is not a plain recurrent stack: "
                      "run it with fastrnn.InferenceSession")
+
+
+def _probe_shape(declared, role_shape):
+    """A probe feed's shape: the declared sizes where fixed, else those of its role (role_shape,
+    when the rank agrees), else 2; the role's shape when nothing is declared."""
+    if declared is None:
+        return list(role_shape)
+    if role_shape is None or len(role_shape) != len(declared):
+        role_shape = [2] * len(declared)
+    return [size if isinstance(size, int) and size > 0 else fallback
+            for size, fallback in zip(declared, role_shape)]

@@ -1,13 +1,17 @@
 """Bad graphs and bad feeds: each a clear error naming what was wrong."""
 
+import os
+
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import fastrnn
+import limited
 from fastrnn.converters.onnx import register
-from onnx_cases import random_feeds, recurrent_graph
+from fastrnn.converters.onnx.graph import FOLD_LIMIT_BYTES
+from onnx_cases import assert_outputs_close, onnxruntime_session, random_feeds, recurrent_graph
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +124,8 @@ def test_dynamic_shapes_checked_against_the_weights():
 def test_unknown_output_name(session, lstm_model):
     with pytest.raises(ValueError, match=r"unknown output 'Z'"):
         session.run(["Z"], random_feeds(lstm_model))
+    with pytest.raises(TypeError, match=r"output_names must be a list.*'Y'"):
+        session.run("Y", random_feeds(lstm_model))  # not the list of its letters
 
 
 def test_from_onnx_refuses_graphs_that_are_not_stacks():
@@ -181,3 +187,171 @@ def test_weights_stored_as_external_data(tmp_path):
     in_memory = fastrnn.InferenceSession(model).run(None, feeds)
     for a, b in zip(from_file, in_memory):
         np.testing.assert_array_equal(a, b)
+
+
+# -- bounded loading ---------------------------------------------------------------------------
+
+def I64(*values):
+    return np.array(values, np.int64)
+
+
+def _folding_graph(nodes, initializers):
+    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info(
+        nodes[-1].output[0], TensorProto.FLOAT, None)], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _doubling_concats(count):
+    """x0 = 1 KiB of floats; x(k+1) = Concat(xk, xk): 2**count KiB from a file of a few KB."""
+    nodes = [helper.make_node("Concat", [f"x{k}", f"x{k}"], [f"x{k + 1}"], axis=0,
+                              name=f"concat_{k}") for k in range(count)]
+    return _folding_graph(nodes, [numpy_helper.from_array(np.ones(256, np.float32), "x0")])
+
+
+FOLDING_BOMBS = {
+    # 1 GiB from 82 bytes (it took 1.17 GiB to load), and sizes numpy cannot even allocate
+    "ConstantOfShape 1 GiB": (_folding_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["y"], name="bomb")],
+        [numpy_helper.from_array(I64(2 ** 14, 2 ** 14), "shape")]), "bomb"),
+    "ConstantOfShape 2**124": (_folding_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["y"], name="bomb")],
+        [numpy_helper.from_array(I64(2 ** 62, 2 ** 62), "shape")]), "bomb"),
+    "Expand": (_folding_graph(
+        [helper.make_node("Expand", ["one", "shape"], ["y"], name="expand")],
+        [numpy_helper.from_array(np.ones(1, np.float32), "one"),
+         numpy_helper.from_array(I64(2 ** 15, 2 ** 15), "shape")]), "expand"),
+    "Add broadcast": (_folding_graph(
+        [helper.make_node("Add", ["column", "row"], ["y"], name="outer")],
+        [numpy_helper.from_array(np.ones((2 ** 15, 1), np.float32), "column"),
+         numpy_helper.from_array(np.ones((1, 2 ** 15), np.float32), "row")]), "outer"),
+    # each result within bounds, together past them
+    "doubling Concats": (_doubling_concats(22), "concat_"),
+}
+
+
+@pytest.mark.parametrize("case", list(FOLDING_BOMBS))
+def test_constant_folding_is_bounded(case):
+    model, node = FOLDING_BOMBS[case]
+    assert model.ByteSize() < 300_000
+    outcome = limited.worker().call("session", model.SerializeToString(), timeout=60)
+    assert outcome.kind == "error" and outcome.type == "ValueError", outcome
+    assert f"node '{node}" in outcome.message and "folding" in outcome.message, outcome
+    assert f"{FOLD_LIMIT_BYTES:,} bytes" in outcome.message, outcome
+
+
+def test_constant_folding_within_the_bound_matches_onnxruntime():
+    model = _doubling_concats(10)  # 1 MiB
+    ours = fastrnn.InferenceSession(model).run(None, {})
+    assert_outputs_close(ours, onnxruntime_session(model).run(None, {}))
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_onnx_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    if kind == "device":
+        path = "/dev/zero"
+    else:
+        path = str(tmp_path / "pipe.onnx")
+        os.mkfifo(path)
+    outcome = limited.worker().call("session", path, timeout=30)
+    assert outcome.kind == "error" and outcome.type == "ValueError", outcome
+    assert path in outcome.message and "not a regular file" in outcome.message, outcome
+    assert outcome.seconds < 5, outcome
+
+
+def _external_model(tmp_path):
+    model = recurrent_graph("GRU", hidden=16, input_size=8)
+    path = tmp_path / "external.onnx"
+    saved = onnx.ModelProto()
+    saved.CopyFrom(model)
+    onnx.save_model(saved, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda entries: entries.update(length=str(2 ** 40)), "declares external data"),
+    (lambda entries: entries.update(offset=str(2 ** 40)), "declares external data"),
+    (lambda entries: entries.update(location="../outside.bin"), "not a file in the model's"),
+    (lambda entries: entries.update(location="/dev/zero"), "not a file in the model's"),
+])
+def test_external_data_outside_its_file_is_refused(tmp_path, edit, message):
+    path = _external_model(tmp_path)
+    model = onnx.load(path, load_external_data=False)
+    tensor = model.graph.initializer[0]
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    edit(entries)
+    del tensor.external_data[:]
+    for key, value in entries.items():
+        tensor.external_data.add(key=key, value=value)
+    onnx.save(model, path)
+    with pytest.raises(ValueError, match=f"{tensor.name!r}.*{message}"):
+        fastrnn.InferenceSession(path)
+
+
+def test_initializer_with_dims_its_data_cannot_fill_names_the_tensor():
+    model = recurrent_graph("RNN")
+    weights = model.graph.initializer[0]
+    weights.dims[1] = 2 ** 40
+    with pytest.raises(ValueError, match=f"initializer tensor {weights.name!r}"):
+        fastrnn.InferenceSession(model)
+    weights.dims[1] = -3
+    with pytest.raises(ValueError, match=f"{weights.name!r} has a negative dimension"):
+        fastrnn.InferenceSession(model)
+
+
+# -- from_onnx on inputs of undeclared shape, and empty batches --------------------------------
+
+@pytest.mark.parametrize("declared", ["no shape", "named sizes"])
+def test_from_onnx_where_x_has_no_fixed_shape(declared):
+    """No declared shape crashed (TypeError: 'NoneType' object is not iterable); a named feature
+    size gave a probe of 2 features that the node refused."""
+    model = recurrent_graph("GRU", sequence_lens=True, initial_state=True)
+    for value in model.graph.input:
+        tensor_type = value.type.tensor_type
+        if declared == "no shape":
+            tensor_type.ClearField("shape")
+        else:
+            for index, dim in enumerate(tensor_type.shape.dim):
+                dim.dim_param = f"{value.name}_{index}"
+    converted = fastrnn.from_onnx(model)
+    assert converted.config.input_size == 3 and converted.config.hidden_size == 5
+    feeds = random_feeds(recurrent_graph("GRU", sequence_lens=True, initial_state=True))
+    expected = onnxruntime_session(model).run(None, feeds)
+    y, state = converted(feeds["X"], state=feeds["h0"], lengths=feeds["lens"])
+    np.testing.assert_allclose(y, expected[0][:, 0], atol=2e-5)
+    np.testing.assert_allclose(state.h, expected[1], atol=2e-5)
+
+
+def test_from_onnx_names_an_input_it_cannot_feed():
+    model = recurrent_graph("GRU")
+    model.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, None))
+    with pytest.raises(ValueError, match="graph input 'extra' declares no shape"):
+        fastrnn.from_onnx(model)
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+def test_a_batch_of_no_rows_with_sequence_lens(layout):
+    """0 rows with sequence_lens gave "zero-size array to reduction operation minimum"; it runs
+    as without sequence_lens: empty outputs of the shapes ONNX defines (onnxruntime itself
+    aborts the process on an empty batch, so the shapes are checked against the spec)."""
+    results = []
+    for lens in (True, False):
+        model = recurrent_graph("LSTM", sequence_lens=lens, direction="bidirectional",
+                                layout=layout)
+        for value in model.graph.input:
+            batch_axis = (0 if layout else 1) if value.name == "X" else 0
+            value.type.tensor_type.shape.dim[batch_axis].dim_param = "B"
+        x = np.zeros((4, 0, 3) if layout == 0 else (0, 4, 3), np.float32)
+        feeds = {"X": x, **({"lens": np.zeros(0, np.int32)} if lens else {})}
+        results.append(fastrnn.InferenceSession(model).run(None, feeds))
+    expected = [(4, 2, 0, 5), (2, 0, 5), (2, 0, 5)] if layout == 0 else \
+        [(0, 4, 2, 5), (0, 2, 5), (0, 2, 5)]
+    for with_lens, without in zip(*results):
+        assert with_lens.shape == without.shape
+    assert [y.shape for y in results[0]] == expected
+    model = recurrent_graph("LSTM", sequence_lens=True)
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "B"
+    model.graph.input[1].type.tensor_type.shape.dim[0].dim_param = "B"
+    with pytest.raises(ValueError, match=r"lstm_node.*sequence_lens must be \(3,\)"):
+        fastrnn.InferenceSession(model).run(None, {"X": np.zeros((4, 3, 3), np.float32),
+                                                   "lens": np.zeros(0, np.int32)})

@@ -129,3 +129,60 @@ def test_folded_constants_are_not_handed_out():
     folded[:] = 0
     again, _ = session.run(None, {"x": M[0]})
     np.testing.assert_array_equal(again, M.T)
+
+
+def _constant_graph(kind):
+    """A graph whose output "out" is known when loading, made as `kind`; and a runtime output."""
+    first, second = (numpy_helper.from_array(value, name) for value, name in
+                     ((M, "m"), (np.ones_like(M), "ones")))
+    nodes = {
+        "Add of initializers": [helper.make_node("Add", ["m", "ones"], ["out"])],
+        "ConstantOfShape": [helper.make_node("ConstantOfShape", ["shape"], ["out"],
+                                             value=numpy_helper.from_array(
+                                                 np.array([1.5], np.float32)))],
+        "Constant": [helper.make_node("Constant", [], ["out"],
+                                      value=numpy_helper.from_array(M))],
+        "Identity of a Constant": [helper.make_node("Constant", [], ["k"],
+                                                    value=numpy_helper.from_array(M)),
+                                   helper.make_node("Identity", ["k"], ["out"])],
+    }[kind]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])
+    nodes.append(helper.make_node("Relu", ["x"], ["relu"]))
+    graph = helper.make_graph(
+        nodes, "g", [x], [helper.make_tensor_value_info("out", TensorProto.FLOAT, None),
+                          helper.make_tensor_value_info("relu", TensorProto.FLOAT, None)],
+        [first, second, numpy_helper.from_array(I64(2, 3), "shape")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("kind", ["Add of initializers", "ConstantOfShape", "Constant",
+                                  "Identity of a Constant"])
+def test_folded_outputs_are_fresh_writable_arrays(kind):
+    """These came back as the session's own array (an edit reached the next run) or read-only."""
+    model = _constant_graph(kind)
+    session = fastrnn.InferenceSession(model)
+    feeds = {"x": M[0]}
+    expected = onnxruntime_session(model).run(None, feeds)
+    for names in (None, ["out"]):
+        first = session.run(names, feeds)[0]
+        assert first.flags.writeable
+        np.testing.assert_array_equal(first, expected[0])
+        first[...] = -999
+        np.testing.assert_array_equal(session.run(names, feeds)[0], expected[0])
+
+
+def test_outputs_that_view_one_another_are_separate_arrays():
+    """y and a Reshape of y are two outputs, as y asked for twice is: each its own array."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 5])
+    nodes = [helper.make_node("Relu", ["x"], ["y"]),
+             helper.make_node("Reshape", ["y", "flat"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [x], [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in "yz"],
+        [numpy_helper.from_array(I64(-1), "flat")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = fastrnn.InferenceSession(model)
+    feeds = {"x": M}
+    assert_outputs_close(session.run(None, feeds), onnxruntime_session(model).run(None, feeds))
+    for names in (None, ["y", "z"], ["z", "y"], ["y", "y"]):
+        outputs = session.run(names, feeds)
+        assert not np.shares_memory(outputs[0], outputs[1]), names
