@@ -94,6 +94,7 @@ class Stream:
         self._x_shape = (self.batch, model.config.input_size)
         self._y_shape = (self.batch, model.config.output_size)
         self._lock = threading.Lock()
+        self._step = self._table.stepper(self._rows)
 
     def __repr__(self):
         return f"fastrnn.Stream({self.model!r}, batch={self.batch})"
@@ -116,7 +117,8 @@ class Stream:
                   and out.shape == self._y_shape and out.flags.carray):
             out = _check_out(out, self._y_shape, self._dtype)
         with self._lock:
-            return self._table.advance(x, self._rows, out)
+            self._step(x, out)
+        return out
 
     def _check_step_input(self, x):
         x = _aligned(as_float_array(x, self._dtype, "x_t"))

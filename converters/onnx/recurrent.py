@@ -314,8 +314,8 @@ def _plan_step(node, inputs, outputs, squeeze_y, known):
         scratch = getattr(per_thread, "scratch", None)
         if scratch is None or scratch.shape[0] < step_scratch_size(node.plan, batch):
             scratch = per_thread.scratch = empty(step_scratch_size(node.plan, batch), dtype)
-        step_block(weights, layout, parameters, step_input, rows, h, c, y[y_rows_index], scratch,
-                   0, batch)
+        step_block(weights, layout, parameters, rows, h, c, scratch, 0, batch, step_input,
+                   y[y_rows_index])
         if y_out:
             slots[y_out] = y
         if h_out:
@@ -373,9 +373,10 @@ def _step_arguments(node):
     plan = node.plan
     arguments = (plan.weights, plan.layout, plan.parameters)
     dtype, hidden = node.dtype, node.hidden_size
-    step_block(*arguments, np.zeros((1, node.input_size), dtype), np.zeros(1, np.int64),
-               np.zeros((1, 1, hidden), dtype), np.zeros((1, 1, node.state_width_c), dtype),
-               np.zeros((1, hidden), dtype), np.zeros(step_scratch_size(plan, 1), dtype), 0, 0)
+    step_block(*arguments, np.zeros(1, np.int64), np.zeros((1, 1, hidden), dtype),
+               np.zeros((1, 1, node.state_width_c), dtype),
+               np.zeros(step_scratch_size(plan, 1), dtype), 0, 0,
+               np.zeros((1, node.input_size), dtype), np.zeros((1, hidden), dtype))
     return arguments
 
 

@@ -54,6 +54,10 @@ class DeviceStateTable:
             (self.y if full else self.y[:count]).copy_to_host(out)
         return out
 
+    def stepper(self, slots):
+        """advance as a callable step(x, out) for slots fixed once (a Stream's)."""
+        return lambda x, out: self.advance(x, slots, out)
+
     def run_chunk(self, xs):
         """Every row over xs (T, rows, I), time-major, on the device -> host ys (T, rows, H_out)."""
         model = self.model

@@ -191,22 +191,27 @@ def step_scratch_size(plan, rows):
 
 
 @kernel
-def step_block(weights, layout, parameters, x, slots, h, c, y, scratch, first, stop):
+def step_block(weights, layout, parameters, slots, h, c, scratch, first, stop, x, y):
     """One timestep of every layer of a unidirectional stack, for the streams slots[first:stop].
 
     x (N, I): row n is the input of slots[n]; y (N, H_out) gets the top layer's new h.
     h (L, capacity, H_out), c (L, capacity, H) or (L, capacity, 0): the state table, in place.
-    scratch (>= step_scratch_size(plan, stop - first),): the layer inputs and previous h of the
-    block's rows, gathered, their gates, R_n h and the cells' work space. Allocates nothing.
+    scratch (>= step_scratch_size(plan, stop - first),): where the block's layer inputs and
+    previous h are gathered (unless its slots are consecutive: a Stream's are, and then they are
+    read in place), its gates, R_n h and the cells' work space. Allocates nothing.
+    (x and y come last so that a Stream can bind the rest once: CpuStateTable.stepper.)
     """
     rows = stop - first
     layers = layout.shape[0]
     hidden, output, gate_rows = layout[0, HIDDEN], layout[0, OUTPUTS], layout[0, GATES]
-    widest = 0
+    start = slots[first] if rows > 0 else 0
+    consecutive = True
+    for r in range(rows):
+        consecutive = consecutive and slots[first + r] == start + r
+    end = 0
     for layer in range(layers):
-        widest = max(widest, layout[layer, INPUTS])
-    end = rows * widest
-    h_rows = scratch[end:end + rows * output].reshape((rows, output))
+        end = max(end, rows * layout[layer, INPUTS])
+    h_gathered = scratch[end:end + rows * output].reshape((rows, output))
     end += rows * output
     gates = scratch[end:end + rows * gate_rows].reshape((rows, gate_rows))
     end += rows * gate_rows
@@ -217,17 +222,22 @@ def step_block(weights, layout, parameters, x, slots, h, c, y, scratch, first, s
         (cell, flag, clip, w_ih_t, w_hh_t, bias, b_hn, peephole, w_proj_t, codes, alphas,
          betas) = layer_views(weights, layout, parameters, layer)
         inputs = layout[layer, INPUTS]
-        gathered = scratch[:rows * inputs].reshape((rows, inputs))
-        for r in range(rows):
-            slot = slots[first + r]
-            source = x[first + r] if layer == 0 else h[layer - 1, slot]
-            target = gathered[r]
-            for j in range(inputs):
-                target[j] = source[j]
-            source, target = h[layer, slot], h_rows[r]
-            for j in range(output):
-                target[j] = source[j]
-        add_input_products(gates, gathered, w_ih_t, bias)
+        if consecutive:
+            below = x[first:stop] if layer == 0 else h[layer - 1, start:start + rows]
+            h_rows = h[layer, start:start + rows]
+        else:
+            below = scratch[:rows * inputs].reshape((rows, inputs))
+            h_rows = h_gathered
+            for r in range(rows):
+                slot = slots[first + r]
+                source = x[first + r] if layer == 0 else h[layer - 1, slot]
+                target = below[r]
+                for j in range(inputs):
+                    target[j] = source[j]
+                source, target = h[layer, slot], h_rows[r]
+                for j in range(output):
+                    target[j] = source[j]
+        add_input_products(gates, below, w_ih_t, bias)
         add_recurrent_products(cell, flag, gates, recurrent_n, h_rows, w_hh_t)
         for r in range(rows):
             slot = slots[first + r]
@@ -245,5 +255,5 @@ def step_blocks(weights, layout, parameters, x, slots, h, c, y, scratch, blocks)
     """step_block for `blocks` near-equal blocks of the slots at once; scratch (blocks, size)."""
     count = slots.shape[0]
     for block in prange(blocks):
-        step_block(weights, layout, parameters, x, slots, h, c, y, scratch[block],
-                   block * count // blocks, (block + 1) * count // blocks)
+        step_block(weights, layout, parameters, slots, h, c, scratch[block],
+                   block * count // blocks, (block + 1) * count // blocks, x, y)
