@@ -233,9 +233,9 @@ class CudaModel:
 def to_cuda(model, device="cuda", *, threads_per_block=DEFAULT_THREADS_PER_BLOCK,
             tile=DEFAULT_TILE, steps_per_launch=None):
     """`model` (a fastrnn.Model) on a CUDA device; CudaUnavailableError when there is none."""
-    from fastrnn.model import Model
     if isinstance(model, CudaModel):
         model = model.to("cpu")
-    if not isinstance(model, Model):
+    # What a fastrnn.Model has (not an isinstance check: fastrnn.model imports this module).
+    if not (hasattr(model, "plan") and hasattr(model, "check_call")):
         raise TypeError(f"model must be a fastrnn.Model, got {type(model).__name__}")
     return CudaModel(model, parse_device(device), threads_per_block, tile, steps_per_launch)
