@@ -22,7 +22,13 @@ class InferenceSession:
     """
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None, **kwargs):
-        # sess_options/providers are accepted so that onnxruntime call sites work unchanged.
+        """Load a graph and check that fastrnn can run all of it.
+
+        path_or_bytes: a path to an .onnx file, the file's bytes, or an onnx.ModelProto.
+        sess_options, providers and other keyword arguments are accepted, and ignored, so that
+        onnxruntime call sites work unchanged: the graph runs on fastrnn's CPU kernels and numpy.
+        An op fastrnn cannot run is an error here, naming the op and its node.
+        """
         self._graph = graph = Graph(path_or_bytes)
         slots = graph.slots
         self._template = graph.template
