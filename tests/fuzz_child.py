@@ -86,9 +86,14 @@ def run_reference(model, x, state=None, lengths=None):
         activations=c.activations)
 
 
-def assert_matches(ours, expected, tolerance, what):
+def assert_matches(ours, expected, tolerance, what, infinities_saturate=False):
     """Wrong unless `ours` is `expected` within tolerance * (1 + |expected|); NaN where it is NaN,
-    the same infinity where it is infinite."""
+    the same infinity where it is infinite.
+
+    infinities_saturate: where the inputs hold infinities (and no NaN), a NaN of the reference
+    may be a number in fastrnn. float32's fast sigmoid is off by up to 1.7e-7 (README), so it
+    saturates at 1.2e-7 rather than 0: the reference's 0 * inf (a NaN) is a finite product there.
+    """
     ours, expected = np.asarray(ours), np.asarray(expected, np.float64)
     if ours.shape != expected.shape:
         raise Wrong(f"{what}: shape {ours.shape}, expected {expected.shape}")
@@ -96,13 +101,24 @@ def assert_matches(ours, expected, tolerance, what):
     nan = np.isnan(expected)
     infinite = np.isinf(expected)
     finite = ~(nan | infinite)
-    bad = (nan & ~np.isnan(ours64)) | (infinite & (ours64 != expected))
+    bad = infinite & (ours64 != expected)
+    if not infinities_saturate:
+        bad |= nan & ~np.isnan(ours64)
     with np.errstate(invalid="ignore"):
         bad |= finite & ~(np.abs(ours64 - expected) <= tolerance * (1 + np.abs(expected)))
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise Wrong(f"{what}: {int(bad.sum())} of {bad.size} values differ, first at {index}: "
                     f"{ours64[index]!r}, expected {expected[index]!r}")
+
+
+def saturates(model, *arrays):
+    """assert_matches' infinities_saturate for a run of `model` on `arrays` (inputs, states)."""
+    if model.dtype != np.float32:
+        return False
+    values = [np.asarray(a, np.float64) for a in arrays if a is not None] + \
+        [np.asarray(w, np.float64) for layer in model.layers for w in layer.arrays().values()]
+    return any(np.isinf(v).any() for v in values) and not any(np.isnan(v).any() for v in values)
 
 
 def check_model(model, seed=0):
@@ -115,11 +131,11 @@ def check_model(model, seed=0):
     lengths = np.array([steps, 2])
     y, state = model(x, lengths=lengths)
     y_ref, h_ref, c_ref = run_reference(model, x, lengths=lengths)
-    tolerance = TOLERANCE[model.dtype]
-    assert_matches(y, y_ref, tolerance, "y")
-    assert_matches(state.h, h_ref, tolerance, "h_n")
+    tolerance, lenient = TOLERANCE[model.dtype], saturates(model, x)
+    assert_matches(y, y_ref, tolerance, "y", lenient)
+    assert_matches(state.h, h_ref, tolerance, "h_n", lenient)
     if c_ref is not None:
-        assert_matches(state.c, c_ref, tolerance, "c_n")
+        assert_matches(state.c, c_ref, tolerance, "c_n", lenient)
 
 
 # -- cases ------------------------------------------------------------------------------------
@@ -218,7 +234,8 @@ def case_snapshot(spec, blob):
     c0 = None if state.c is None else state.c.copy()
     y = stream.step(x)
     y_ref, _, _ = run_reference(model, x[None], state=(h0, c0))
-    assert_matches(y, y_ref[0], TOLERANCE[model.dtype], "a restored stream's step")
+    assert_matches(y, y_ref[0], TOLERANCE[model.dtype], "a restored stream's step",
+                   saturates(model, x, h0, c0))
     again = model.stream(batch=1)
     again.restore(blob)
     second = model.stream(batch=1)
@@ -255,10 +272,11 @@ def case_model_call(spec, x, state, lengths):
         h_ref = h_ref[:, 0]
         c_ref = None if c_ref is None else c_ref[:, 0]
     tolerance = TOLERANCE[model.dtype]
-    assert_matches(y, y_ref, tolerance, "y")
-    assert_matches(final.h, h_ref, tolerance, "h_n")
+    lenient = saturates(model, x64, *(ref_state or ()))
+    assert_matches(y, y_ref, tolerance, "y", lenient)
+    assert_matches(final.h, h_ref, tolerance, "h_n", lenient)
     if c_ref is not None:
-        assert_matches(final.c, c_ref, tolerance, "c_n")
+        assert_matches(final.c, c_ref, tolerance, "c_n", lenient)
     if not y.flags.writeable or np.shares_memory(y, np.asarray(x)):
         raise Wrong("y is read-only or shares memory with x")
     return y.shape
@@ -281,7 +299,8 @@ def case_stream_step(spec, xs):
             continue
         x_ref = np.asarray(x, model.dtype).reshape(1, 1, model.input_size)
         y_ref, _, _ = run_reference(model, x_ref, state=(h0, c0))
-        assert_matches(y, y_ref[0], TOLERANCE[model.dtype], "a step")
+        y_ref = y_ref[0, 0] if np.ndim(x) == 1 else y_ref[0]  # (I,) -> (H_out,), documented
+        assert_matches(y, y_ref, TOLERANCE[model.dtype], "a step", saturates(model, x_ref, h0, c0))
         results.append("ok")
     return results
 

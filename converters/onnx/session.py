@@ -95,11 +95,14 @@ class InferenceSession:
         try:
             for step in self._plan:
                 step(slots)
-        except (TypeError, ValueError, KeyError, IndexError) as error:
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError,
+                ZeroDivisionError) as error:
             node = self._step_nodes[self._plan.index(step)] if step is not None else "?"
-            if str(node) in str(error):
+            if str(node) in str(error) and type(error) in (TypeError, ValueError, KeyError):
                 raise
-            raise type(error)(f"node {node!r}: {error}") from error
+            # An index or size out of range in what the graph computes is a bad value: ValueError.
+            kind = type(error) if type(error) in (TypeError, KeyError) else ValueError
+            raise kind(f"node {node!r}: {error}") from error
         if output_names is None:
             return self._all_outputs(slots)
         if isinstance(output_names, str):

@@ -355,3 +355,18 @@ def test_a_batch_of_no_rows_with_sequence_lens(layout):
     with pytest.raises(ValueError, match=r"lstm_node.*sequence_lens must be \(3,\)"):
         fastrnn.InferenceSession(model).run(None, {"X": np.zeros((4, 3, 3), np.float32),
                                                    "lens": np.zeros(0, np.int32)})
+
+
+def test_an_index_out_of_range_at_run_time_is_a_value_error_naming_the_node():
+    """Found by the fuzz suite: an IndexError from numpy came out as it was."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    indices = helper.make_tensor_value_info("i", TensorProto.INT64, [1])
+    graph = helper.make_graph([helper.make_node("Gather", ["x", "i"], ["y"], name="pick")], "g",
+                              [x, indices], [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                           None)])
+    session = fastrnn.InferenceSession(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)]))
+    feeds = {"x": np.zeros(3, np.float32)}
+    np.testing.assert_array_equal(session.run(None, {**feeds, "i": I64(2)})[0], [0.0])
+    with pytest.raises(ValueError, match="node 'pick'.*index 4 is out of bounds"):
+        session.run(None, {**feeds, "i": I64(4)})
