@@ -17,14 +17,17 @@ first task does not pay the compile; tasks then carry the hash alone. Without a 
 local schedulers) the tasks carry the bytes and each process loads them once, into a cache keyed
 by their hash. `release(model)` removes a model from the workers.
 
-Results are bit for bit those of the same Model called on the same batch locally. A row's result
-depends in its last bits on the batch it runs in (the input products are one BLAS product for the
-batch), so `run` equals model(x) called on each chunk of x, and run_bag and run_dataframe equal
-model called on the batches they document, not on each sequence alone (those agree to 1e-6).
+On the workers fastrnn runs each call on one thread (fastrnn.set_num_threads(1)), as Dask sets
+OMP_NUM_THREADS=1 for numpy: the worker's own threads already take the cores. A worker started
+with FASTRNN_NUM_THREADS in its environment keeps that count instead.
+
+Results are bit for bit those of the same Model called locally on the whole input: the engine
+computes every row on its own, so how rows are chunked or batched does not change a bit.
 """
 
 import asyncio
 import hashlib
+import operator
 import os
 import tempfile
 import threading
@@ -34,6 +37,7 @@ import numpy as np
 
 import dask
 import dask.array as da
+from dask.highlevelgraph import HighLevelGraph
 
 import fastrnn
 from fastrnn.state import State
@@ -109,6 +113,8 @@ class ModelPlugin(WorkerPlugin):
         self.name = PLUGIN_PREFIX + key
 
     async def setup(self, worker):
+        if "FASTRNN_NUM_THREADS" not in os.environ:
+            fastrnn.set_num_threads(1)
         # In a thread: a first compile can take seconds, and the worker's event loop must keep
         # answering the scheduler's heartbeats meanwhile.
         await asyncio.to_thread(_install, self.key, self.blob, worker.local_directory)
@@ -295,30 +301,41 @@ def _run_array(model, x, lengths, client):
 
     if lengths is not None:
         lengths = _lengths_array(lengths, x.shape[batch_axis], batch_chunks)
-        length_blocks = lengths.to_delayed().ravel()
-    else:
-        length_blocks = [None] * len(batch_chunks)
 
     ref = _reference(model, client)
     token = dask.base.tokenize(ref, x, lengths)
+    # One task per chunk runs the model; y, h and c are getitems of its result (a graph of its
+    # own: from_delayed and concatenate would add three more tasks per chunk for the scheduler).
+    run_name = f"fastrnn-run-{token}"
+    layers = {run_name: {
+        (run_name, i): (_run_block, ref,
+                        (x.name, i, 0, 0) if config.batch_first else (x.name, 0, i, 0),
+                        None if lengths is None else (lengths.name, i))
+        for i in range(len(batch_chunks))}}
+    dependencies = {run_name: {x.name} | (set() if lengths is None else {lengths.name})}
+    sources = [x.dask] + ([] if lengths is None else [lengths.dask])
+    for graph in sources:
+        layers.update(graph.layers)
+        dependencies.update(graph.dependencies)
+
+    def part(index, name, chunks, axis):
+        name = f"fastrnn-{name}-{token}"
+        keys = [(name, i, 0, 0) if axis == 0 else (name, 0, i, 0)
+                for i in range(len(batch_chunks))]
+        graph = HighLevelGraph(
+            {**layers, name: {key: (operator.getitem, (run_name, i), index)
+                              for i, key in enumerate(keys)}},
+            {**dependencies, name: {run_name}})
+        return da.Array(graph, name, chunks, meta=np.empty((0, 0, 0), model.dtype))
+
     steps = x.shape[time_axis]
     rows = config.num_layers * config.num_directions
-    is_lstm = model.kind == "lstm"
-    y_blocks, h_blocks, c_blocks = [], [], []
-    for index, (x_block, length_block) in enumerate(zip(x.to_delayed().ravel(), length_blocks)):
-        batch = batch_chunks[index]
-        out = dask.delayed(_run_block, nout=3, pure=True)(
-            ref, x_block, length_block, dask_key_name=f"fastrnn-run-{token}-{index}")
-        y_shape = ((batch, steps) if config.batch_first else (steps, batch)) + (model.output_size,)
-        y_blocks.append(da.from_delayed(out[0], y_shape, dtype=model.dtype))
-        h_blocks.append(da.from_delayed(out[1], (rows, batch, config.output_size),
-                                        dtype=model.dtype))
-        if is_lstm:
-            c_blocks.append(da.from_delayed(out[2], (rows, batch, config.hidden_size),
-                                            dtype=model.dtype))
-    y = da.concatenate(y_blocks, axis=batch_axis)
-    h = da.concatenate(h_blocks, axis=1)
-    c = da.concatenate(c_blocks, axis=1) if is_lstm else None
+    y_chunks = (((steps,), batch_chunks) if not config.batch_first
+                else (batch_chunks, (steps,))) + ((model.output_size,),)
+    y = part(0, "y", y_chunks, batch_axis)
+    h = part(1, "h", ((rows,), batch_chunks, (config.output_size,)), 1)
+    c = part(2, "c", ((rows,), batch_chunks, (config.hidden_size,)), 1) \
+        if model.kind == "lstm" else None
     return y, _as_state(h, c)
 
 
@@ -383,7 +400,7 @@ def _run_dataarray(model, x, lengths, dims, out_dim, client):
 
 # -- variable-length sequences: bags and dataframes -------------------------------------------------
 
-def length_batches(lengths, batch_size):
+def _length_batches(lengths, batch_size):
     """How run_bag and run_dataframe batch a partition: indices into `lengths`, sorted longest
     first (ties in their order), cut into consecutive batches of at most batch_size."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -399,7 +416,7 @@ def _check_batch_size(batch_size):
 
 def _run_sequences(model, sequences, batch_size, where):
     """[(y_i (T_i, D*H_out), h_i (L*D, H_out), c_i or None)] for (T_i, I) arrays, in their order,
-    run in padded batches of similar length (length_batches)."""
+    run in padded batches of similar length (_length_batches)."""
     arrays = []
     for index, sequence in enumerate(sequences):
         array = np.asarray(sequence)
@@ -412,7 +429,7 @@ def _run_sequences(model, sequences, batch_size, where):
         arrays.append(array)
     batch_first = model.config.batch_first
     results = [None] * len(arrays)
-    for batch in length_batches([len(a) for a in arrays], batch_size):
+    for batch in _length_batches([len(a) for a in arrays], batch_size):
         lengths = np.array([len(arrays[i]) for i in batch], np.int64)
         steps = int(lengths[0])
         x = np.zeros((steps, len(batch), model.input_size), model.dtype)
@@ -439,7 +456,7 @@ def run_bag(model, bag, *, batch_size=64, client=None):
     """Run `model` over a dask.bag of (T_i, I) arrays, one sequence each, any lengths.
 
     Inside each partition the sequences run in padded batches of at most batch_size, sorted by
-    length (length_batches). Returns a bag, in the input's order, of (y_i (T_i, D*H_out),
+    length (_length_batches). Returns a bag, in the input's order, of (y_i (T_i, D*H_out),
     fastrnn.State(h_i (L*D, H_out), c_i)): what model(sequence) returns for one sequence.
     """
     import dask.bag as db
@@ -499,7 +516,7 @@ def run_dataframe(model, df, by, time, features=None, *, batch_size=64, prefix="
     features: the input columns, in the model's input order (default: every column but `by` and
       `time`). shuffle=False when each key's rows are already in one partition (otherwise they
       are gathered by df.shuffle(on=by)). Each partition's sequences run in padded batches of at
-      most batch_size, sorted by length (length_batches over the keys in sorted order).
+      most batch_size, sorted by length (the keys in sorted order).
 
     Returns (y, state), dask DataFrames: y has one row per input row, its index kept, sorted by
     (by, time) within a partition, with columns by, time, prefix0 .. prefix{D*H_out - 1}; state

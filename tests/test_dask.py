@@ -1,8 +1,8 @@
 """fastrnn.dask on a distributed.LocalCluster of two worker processes (one thread each).
 
-"Exact" means bit for bit equal to the same Model called locally on the same batches: a row's
-last bits depend on the batch it runs in (fastrnn/dask.py's docstring), so the references below
-call the model on each chunk, or on the batches fastrnn.dask.length_batches documents.
+"Exact" is bit for bit: every result is compared with np.array_equal against the same Model
+called locally in this process on the whole input (or on each sequence alone for bags and
+dataframes), with the same kernels and dtype.
 """
 
 import inspect
@@ -51,25 +51,20 @@ def make_model(kind, *, seed=0, dtype=np.float32, layers=1, batch_first=False,
                               bidirectional=bidirectional)
 
 
-def per_chunk(model, x, lengths, chunk, batch_axis):
-    """model called locally on each batch chunk: (y, h, c) concatenated along the batch."""
-    ys, hs, cs = [], [], []
-    for start in range(0, x.shape[batch_axis], chunk):
-        rows = slice(start, start + chunk)
-        xb = x[:, rows] if batch_axis == 1 else x[rows]
-        y, state = model(xb, lengths=None if lengths is None else lengths[rows])
-        h, c = fdask._state_arrays(state)
-        ys.append(y)
-        hs.append(h)
-        cs.append(c)
-    c = None if cs[0] is None else np.concatenate(cs, axis=1)
-    return np.concatenate(ys, axis=batch_axis), np.concatenate(hs, axis=1), c
+def local(model, x, lengths=None):
+    """(y, h, c) of the model called here, c None for GRU/RNN."""
+    y, state = model(x, lengths=lengths)
+    return (y,) + fdask._state_arrays(state)
 
 
 @pytest.fixture(scope="module")
 def client():
     # The workers must import this module to run its functions (the kill below).
     sys.path.insert(0, os.path.dirname(__file__))
+    # Compiled here first, so that the workers load the kernels from Numba's cache instead of
+    # all three processes compiling them at once.
+    for dtype in (np.float32, np.float64):
+        make_model("lstm", dtype=dtype)(np.zeros((2, 1, INPUTS), dtype))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
@@ -84,7 +79,7 @@ def assert_exact(actual, expected):
 # -- padded batches ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_array_equals_local_model_per_chunk(client, kind):
+def test_array_with_lengths_equals_local_model(client, kind):
     model = make_model(kind, layers=2)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((15, 40, INPUTS)).astype(np.float32)
@@ -94,16 +89,13 @@ def test_array_equals_local_model_per_chunk(client, kind):
     y, state = fdask.run(model, dx, da.from_array(lengths, chunks=7))
     assert y.chunks[1] == (16, 16, 8) and state.h.chunks[1] == (16, 16, 8)
     y, h, c = dask.compute(y, state.h, state.c)
-    y_ref, h_ref, c_ref = per_chunk(model, x, lengths, 16, batch_axis=1)
+    y_ref, h_ref, c_ref = local(model, x, lengths)
     assert_exact(y, y_ref)
     assert_exact(h, h_ref)
     if kind == "lstm":
         assert_exact(c, c_ref)
     else:
         assert c is None
-    # And the whole batch at once agrees to float32 rounding.
-    whole_y, whole_state = model(x, lengths=lengths)
-    np.testing.assert_allclose(y, whole_y, atol=1e-6)
 
 
 def test_float64_bidirectional_gru(client):
@@ -111,7 +103,7 @@ def test_float64_bidirectional_gru(client):
     x = np.random.default_rng(2).standard_normal((9, 12, INPUTS))
     y, state = fdask.run(model, da.from_array(x, chunks=(9, 5, INPUTS)))
     y, h = dask.compute(y, state.h)
-    y_ref, h_ref, _ = per_chunk(model, x, None, 5, batch_axis=1)
+    y_ref, h_ref, _ = local(model, x)
     assert y.shape == (9, 12, 2 * HIDDEN) and h.shape == (2, 12, HIDDEN)
     assert_exact(y, y_ref)
     assert_exact(h, h_ref)
@@ -124,13 +116,13 @@ def test_batch_first_with_lengths(client):
     lengths = rng.integers(1, 12, 30)
     y, (h, c) = fdask.run(model, da.from_array(x, chunks=(10, 11, INPUTS)), lengths)
     y, h, c = dask.compute(y, h, c)
-    y_ref, h_ref, c_ref = per_chunk(model, x, lengths, 10, batch_axis=0)
+    y_ref, h_ref, c_ref = local(model, x, lengths)
     assert y.shape == (30, 11, HIDDEN)
     assert_exact(y, y_ref)
     assert_exact(h, h_ref)
     assert_exact(c, c_ref)
     # Past its length a row's output is zero, as Model gives it.
-    assert not y[lengths < 11][:, -1].any()
+    assert (lengths < 11).any() and not y[lengths < 11][:, -1].any()
 
 
 def test_xarray_with_named_dims(client):
@@ -150,30 +142,14 @@ def test_xarray_with_named_dims(client):
     y, h, c = dask.compute(y, state.h, state.c)
     assert list(y.series.values) == series and list(y.time.values) == list(np.arange(8) * 10)
     assert list(h.series.values) == series
-    y_ref, h_ref, c_ref = per_chunk(model, values.transpose(1, 0, 2), lengths.values, 8,
-                                    batch_axis=1)
+    y_ref, h_ref, c_ref = local(model, np.ascontiguousarray(values.transpose(1, 0, 2)),
+                                lengths.values)
     assert_exact(y.values, y_ref.transpose(1, 0, 2))
     assert_exact(h.values, h_ref)
     assert_exact(c.values, c_ref)
 
 
 # -- variable lengths: bags and dataframes ---------------------------------------------------------
-
-def run_batches_locally(model, sequences, batch_size):
-    """What run_bag documents for one partition: length_batches, padded, run, cut back."""
-    results = [None] * len(sequences)
-    for batch in fdask.length_batches([len(s) for s in sequences], batch_size):
-        lengths = np.array([len(sequences[i]) for i in batch])
-        x = np.zeros((lengths.max(), len(batch), INPUTS), np.float32)
-        for column, i in enumerate(batch):
-            x[:lengths[column], column] = sequences[i]
-        y, state = model(x, lengths=lengths)
-        h, c = fdask._state_arrays(state)
-        for column, i in enumerate(batch):
-            results[i] = (y[:lengths[column], column], h[:, column],
-                          None if c is None else c[:, column])
-    return results
-
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_bag_of_variable_length_sequences(client, kind):
@@ -184,18 +160,13 @@ def test_bag_of_variable_length_sequences(client, kind):
     bag = db.from_sequence(sequences, partition_size=20)   # partitions of 20, 20, 10
     results = fdask.run_bag(model, bag, batch_size=6).compute()
     assert len(results) == 50
-    expected = []
-    for start in range(0, 50, 20):
-        expected += run_batches_locally(model, sequences[start:start + 20], 6)
-    for (y, state), (y_ref, h_ref, c_ref), sequence in zip(results, expected, sequences):
+    for (y, state), sequence in zip(results, sequences):
+        y_ref, h_ref, c_ref = local(model, sequence)   # the sequence alone, unbatched
         assert y.shape == (len(sequence), HIDDEN)
         assert_exact(y, y_ref)
         assert_exact(state.h, h_ref)
         if kind == "lstm":
             assert_exact(state.c, c_ref)
-        # Each agrees with the sequence run alone to float32 rounding.
-        alone, _ = model(sequence)
-        np.testing.assert_allclose(y, alone, atol=1e-6)
 
 
 def sequences_frame(rng, keys, inputs=INPUTS):
@@ -211,48 +182,48 @@ def sequences_frame(rng, keys, inputs=INPUTS):
     return pd.concat(frames).sample(frac=1.0, random_state=0).reset_index(drop=True)
 
 
-def test_dataframe_partitions_equal_local_batches(client):
+FEATURES = [f"f{j}" for j in range(INPUTS)]
+OUTPUTS = [f"y{j}" for j in range(HIDDEN)]
+
+
+def check_frame_results(model, frame, y_frame, state_frame):
+    """Each key's rows: sorted by time, their index kept, outputs and final state exact."""
+    assert len(y_frame) == len(frame)
+    assert sorted(state_frame.index) == sorted(frame.user.unique())
+    for key, group in frame.groupby("user"):
+        group = group.sort_values("t")
+        rows = y_frame[y_frame.user == key]
+        assert list(rows.t) == list(group.t)
+        assert list(rows.index) == list(group.index)
+        y_ref, h_ref, c_ref = local(model, group[FEATURES].to_numpy())
+        assert_exact(rows[OUTPUTS].to_numpy(), y_ref)
+        state_ref = h_ref.ravel() if c_ref is None else np.concatenate([h_ref.ravel(),
+                                                                        c_ref.ravel()])
+        assert_exact(state_frame.loc[key].to_numpy(), state_ref)
+
+
+def test_dataframe_shuffled_by_key(client):
+    model = make_model("gru", seed=7)
+    frame = sequences_frame(np.random.default_rng(7), [f"k{i}" for i in range(12)])
+    df = dd.from_pandas(frame, npartitions=3)   # a key's rows spread over partitions
+    y_df, state_df = fdask.run_dataframe(model, df, by="user", time="t", batch_size=3)
+    y_frame, state_frame = dask.compute(y_df, state_df)
+    assert list(y_frame.columns) == ["user", "t"] + OUTPUTS
+    check_frame_results(model, frame, y_frame, state_frame)
+
+
+def test_dataframe_already_partitioned_by_key(client):
     model = make_model("lstm", seed=6)
     rng = np.random.default_rng(6)
     parts = [sequences_frame(rng, [f"u{i:02d}" for i in range(0, 9)]),
              sequences_frame(rng, [f"u{i:02d}" for i in range(9, 14)])]
     df = dd.concat([dd.from_pandas(p, npartitions=1) for p in parts])
     y_df, state_df = fdask.run_dataframe(model, df, by="user", time="t", batch_size=4,
-                                         shuffle=False)   # each part already holds whole keys
+                                         shuffle=False)   # each part holds whole keys
     y_frame, state_frame = dask.compute(y_df, state_df)
-    assert list(y_frame.columns) == ["user", "t"] + [f"y{j}" for j in range(HIDDEN)]
-    features = [f"f{j}" for j in range(INPUTS)]
-    for part in parts:
-        keys = sorted(part.user.unique())
-        groups = [part[part.user == k].sort_values("t") for k in keys]
-        expected = run_batches_locally(model, [g[features].to_numpy() for g in groups], 4)
-        for key, group, (y_ref, h_ref, c_ref) in zip(keys, groups, expected):
-            rows = y_frame[y_frame.user == key]
-            assert list(rows.t) == list(group.t)             # sorted by time
-            assert list(rows.index) == list(group.index)     # the input rows' index kept
-            assert_exact(rows[[f"y{j}" for j in range(HIDDEN)]].to_numpy(), y_ref)
-            state = state_frame.loc[key].to_numpy()
-            assert_exact(state, np.concatenate([h_ref.ravel(), c_ref.ravel()]))
-
-
-def test_dataframe_shuffled_by_key(client):
-    model = make_model("gru", seed=7)
-    rng = np.random.default_rng(7)
-    frame = sequences_frame(rng, [f"k{i}" for i in range(12)])
-    df = dd.from_pandas(frame, npartitions=3)   # a key's rows spread over partitions
-    y_df, state_df = fdask.run_dataframe(model, df, by="user", time="t")
-    y_frame, state_frame = dask.compute(y_df, state_df)
-    assert len(y_frame) == len(frame) and sorted(state_frame.index) == sorted(frame.user.unique())
-    features = [f"f{j}" for j in range(INPUTS)]
-    for key, group in frame.groupby("user"):
-        group = group.sort_values("t")
-        rows = y_frame[y_frame.user == key]
-        assert list(rows.t) == list(group.t)
-        alone, state = model(group[features].to_numpy())
-        np.testing.assert_allclose(rows[[f"y{j}" for j in range(HIDDEN)]].to_numpy(), alone,
-                                   atol=1e-6)
-        np.testing.assert_allclose(state_frame.loc[key].to_numpy(),
-                                   fdask._state_arrays(state)[0].ravel(), atol=1e-6)
+    frame = pd.concat(parts)
+    assert list(state_frame.columns[:2]) == ["h0_0", "h0_1"] and "c0_0" in state_frame.columns
+    check_frame_results(model, frame, y_frame, state_frame)
 
 
 # -- how the model travels ---------------------------------------------------------------------
@@ -279,6 +250,8 @@ def test_tasks_carry_the_hash_and_workers_hold_the_model(client, tmp_path):
     key = fdask._model_bytes(model)[0]
     installed = client.run(lambda: key in fdask._INSTALLED)
     assert len(installed) == 2 and all(installed.values())
+    # The workers' own threads take the cores: fastrnn runs each call on one.
+    assert set(client.run(fastrnn.get_num_threads).values()) == {1}
     plugins = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
     assert plugins.count(fdask.PLUGIN_PREFIX + key) == 1
     # Without a client the tasks carry the bytes (this is what the plugin saves).
@@ -342,7 +315,7 @@ def test_worker_killed_mid_run_is_retried(client, tmp_path):
     assert os.path.exists(marker)
     client.wait_for_workers(2)
     assert set(client.scheduler_info()["workers"]) != before   # a worker did die and come back
-    y_ref, h_ref, c_ref = per_chunk(model, x, lengths, 8, batch_axis=1)
+    y_ref, h_ref, c_ref = local(model, x, lengths)
     assert_exact(y, y_ref)
     assert_exact(h, h_ref)
     assert_exact(c, c_ref)
@@ -358,7 +331,7 @@ def test_local_process_scheduler_and_progress_bar(client, capsys):
     with ProgressBar():
         y, h = dask.compute(y, state.h, scheduler="processes", num_workers=2)
     assert "100%" in capsys.readouterr().out
-    y_ref, h_ref, _ = per_chunk(model, x, None, 4, batch_axis=1)
+    y_ref, h_ref, _ = local(model, x)
     assert_exact(y, y_ref)
     assert_exact(h, h_ref)
 
