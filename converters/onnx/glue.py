@@ -15,7 +15,11 @@ MAX_OPSET = 22
 
 def numpy_dtype(elem_type):
     """The numpy dtype of an ONNX tensor element type (Cast, ConstantOfShape)."""
-    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{elem_type!r} is not an ONNX tensor element type that numpy "
+                         f"holds") from None
 
 
 # -- identity and constants ----------------------------------------------------------------------

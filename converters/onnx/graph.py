@@ -360,7 +360,7 @@ class _naming:
         if kind is None or not issubclass(kind, (ValueError, TypeError, KeyError, IndexError,
                                                   OverflowError, ZeroDivisionError)):
             return False
-        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        message = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
         if repr(self.name) in message:
             if kind in (ValueError, TypeError):
                 return False

@@ -317,9 +317,9 @@ def test_from_onnx_where_x_has_no_fixed_shape(declared):
     assert converted.config.input_size == 3 and converted.config.hidden_size == 5
     feeds = random_feeds(recurrent_graph("GRU", sequence_lens=True, initial_state=True))
     expected = onnxruntime_session(model).run(None, feeds)
-    y, state = converted(feeds["X"], state=feeds["h0"], lengths=feeds["lens"])
+    y, h = converted(feeds["X"], state=feeds["h0"], lengths=feeds["lens"])
     np.testing.assert_allclose(y, expected[0][:, 0], atol=2e-5)
-    np.testing.assert_allclose(state.h, expected[1], atol=2e-5)
+    np.testing.assert_allclose(h, expected[1], atol=2e-5)
 
 
 def test_from_onnx_names_an_input_it_cannot_feed():
@@ -370,3 +370,21 @@ def test_an_index_out_of_range_at_run_time_is_a_value_error_naming_the_node():
     np.testing.assert_array_equal(session.run(None, {**feeds, "i": I64(2)})[0], [0.0])
     with pytest.raises(ValueError, match="node 'pick'.*index 4 is out of bounds"):
         session.run(None, {**feeds, "i": I64(4)})
+
+
+@pytest.mark.parametrize("node, inputs", [
+    (helper.make_node("Cast", ["x"], ["y"], name="cast", to=99), ["x"]),
+    (helper.make_node("Reshape", ["k", "shape"], ["y"], name="fold"), []),  # folded
+])
+def test_errors_of_handlers_and_folds_name_the_node(node, inputs):
+    """A bare KeyError: 99 (no such element type), and numpy's reshape error without the node."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    graph = helper.make_graph(
+        [node], "g", [x] if inputs else [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.zeros(3, np.float32), "k"),
+         numpy_helper.from_array(I64(2, 2), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    expected = "99 is not an ONNX tensor element type" if inputs else "cannot reshape"
+    with pytest.raises(ValueError, match=f"{node.op_type} node '{node.name}': {expected}"):
+        fastrnn.InferenceSession(model)
