@@ -291,16 +291,25 @@ def export_onnx(spec, path):
     return Path(path)
 
 
+_EXPORTS = {}
+
+
+def exported(spec):
+    """The spec's ONNX file, exported once per run: onnxruntime and OpenVINO load the same file."""
+    if spec not in _EXPORTS:
+        folder = tempfile.TemporaryDirectory(prefix="fastrnn-bench-")
+        _EXPORTS[spec] = (export_onnx(spec, Path(folder.name) / "model.onnx"), folder)
+    return _EXPORTS[spec][0]
+
+
 def _build_onnxruntime(spec):
     import onnxruntime
-    folder = tempfile.TemporaryDirectory(prefix="fastrnn-bench-")
-    path = export_onnx(spec, Path(folder.name) / "model.onnx")
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(exported(spec)), providers=["CPUExecutionProvider"])
 
     def run_sequence(x):
         return session.run(["y"], {"x": x})[0]
 
-    return Implementation("onnxruntime", spec, run_sequence, [session, folder])
+    return Implementation("onnxruntime", spec, run_sequence, [session])
 
 
 class OpenVinoSession:
@@ -324,14 +333,12 @@ class OpenVinoSession:
 
 
 def _build_openvino(spec, engine, config):
-    folder = tempfile.TemporaryDirectory(prefix="fastrnn-bench-")
-    session = OpenVinoSession(export_onnx(spec, Path(folder.name) / "model.onnx"), config)
+    session = OpenVinoSession(exported(spec), config)
 
     def run_sequence(x):
         return session.run(["y"], {"x": x})[0]
 
-    return Implementation(engine, spec, run_sequence, [session, folder],
-                          precision=session.precision)
+    return Implementation(engine, spec, run_sequence, [session], precision=session.precision)
 
 
 def answer_check(precision, answer, reference, matches):
@@ -358,9 +365,10 @@ def checked(engine, spec, x=None, reference=None):
 
 ROUNDS = 15                 # interleaved rounds under make bench
 ROUND_SECONDS = 0.02        # each engine's share of one round (at least one call)
-# Idle time before each engine's turn: the thread pools of the engine before it (onnxruntime's,
-# OpenMP's in torch, OpenVINO's) spin for a while after their last call and would take a core
-# from the next engine; a service runs one engine, so each turn starts from quiet cores.
+# Idle time before each engine's turn: the worker threads of the engine before it
+# (onnxruntime's pool, torch's OpenMP, OpenVINO's, fastrnn's partner) spin for a short while after
+# their last call and would take a core from the next engine; a service runs one engine, so each
+# turn starts once those short spins are over. (OpenBLAS's longer spin is not waited out.)
 TURN_PAUSE = 0.005
 
 
