@@ -6,13 +6,16 @@ LSTM 64 -> 128, T=200 (T=8 under --benchmark-disable, so that make test stays qu
 timing (on the one worker for the one-worker case); a timed call builds the graph, runs it and
 waits for y and the final state to be held on the workers, as a pipeline writing its results
 out would. Every case's answer is checked, bit for bit, against the model called locally on the
-same chunk before it is timed. Figures are recorded (extra_info "sequences_per_s"), never
-asserted: the machine is shared.
+same chunk before it is timed. Figures are recorded, never asserted (the machine is shared):
+extra_info "sequences_per_s" for the whole call, and for the Dask cases "task_s_median", the
+model tasks' median duration on the workers, and "worker_sequences_per_s", one worker's rate
+from it; "load_average" before and after the case.
 
 Worker processes run OpenBLAS on one thread (distributed's default environment); the local run
 is a plain call in this process, which may use every core.
 """
 
+import os
 import statistics
 import time
 
@@ -22,7 +25,7 @@ import pytest
 pytest.importorskip("distributed")
 
 import dask.array as da  # noqa: E402
-from distributed import Client, LocalCluster, wait  # noqa: E402
+from distributed import Client, LocalCluster, get_task_stream, wait  # noqa: E402
 
 import fastrnn  # noqa: E402
 import fastrnn.dask as fdask  # noqa: E402
@@ -99,22 +102,38 @@ def test_dask_throughput(benchmark, benchmark_disabled, cluster, engine, workers
             break
     del held
 
-    seconds = []
+    seconds, task_seconds = [], []
 
     def timed():
         start = time.perf_counter()
-        one_call()
+        if workers:
+            # The model tasks' own durations on the workers: the per-worker rate, apart from
+            # the scheduler and from the waits a loaded machine adds between tasks.
+            with get_task_stream(client) as stream:
+                one_call()
+            task_seconds.extend(
+                part["stop"] - part["start"] for task in stream.data
+                if str(task["key"]).lstrip("('").startswith("fastrnn-run")
+                for part in task["startstops"] if part["action"] == "compute")
+        else:
+            one_call()
         seconds.append(time.perf_counter() - start)
 
+    load_before = os.getloadavg()[0]
     benchmark.group = f"lstm dask T={T} B={SEQUENCES} I={INPUTS} H={HIDDEN} chunk={CHUNK}"
     benchmark.pedantic(timed, rounds=1 if benchmark_disabled else 3, iterations=1)
     median = statistics.median(seconds)
+    if task_seconds:
+        task = statistics.median(task_seconds)
+        benchmark.extra_info.update({"task_s_median": task, "worker_sequences_per_s": CHUNK / task})
     benchmark.extra_info.update({
         "engine": engine, "correct": correct, "workload": "dask", "kind": "lstm",
         "input_size": INPUTS, "hidden_size": HIDDEN, "num_layers": 1, "steps": T,
         "batch": SEQUENCES, "chunk": CHUNK, "workers": workers,
         "samples_per_call": SEQUENCES, "sequences_per_s": SEQUENCES / median,
-        "seconds": seconds})
+        "seconds": seconds, "load_average": [load_before, os.getloadavg()[0]]})
     print(f"\n{engine}: {median * 1e3:.1f} ms for {SEQUENCES} sequences of T={T}, "
-          f"{SEQUENCES / median:.0f} sequences/s")
+          f"{SEQUENCES / median:.0f} sequences/s; model task median "
+          f"{statistics.median(task_seconds) * 1e3 if task_seconds else float('nan'):.1f} ms; "
+          f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
     assert correct, f"{engine}: the first or last chunk's output differs from a local call"
