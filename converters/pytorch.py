@@ -193,6 +193,12 @@ def _from_module(module, prefix, kind, batch_first):
             type(module), f"rnn_{getattr(module, 'nonlinearity', 'tanh')}")
         layout = bool(batch_first)
     else:
+        from fastrnn.converters.torch_modules import from_module, is_whole_model
+        if is_whole_model(module):  # nn.Sequential or a module with its own forward: a Chain
+            if kind is not None or batch_first is not None:
+                raise ValueError("kind= and batch_first= describe a recurrent layer; a whole "
+                                 "model's layers say their own")
+            return from_module(module)
         hint = _recurrent_hint(module) if _is_module(module) else ""
         raise TypeError(f"from_torch takes nn.LSTM, nn.GRU, nn.RNN, their Cell versions, a state "
                         f"dict or a checkpoint path; got {type(module).__name__}. For a module "

@@ -11,6 +11,7 @@ from fastrnn.engine.weights import Config, LayerWeights
 from fastrnn.builders import from_numpy
 from fastrnn.fileformat import load
 from fastrnn.engine.parallel import get_num_threads, set_num_threads
+from fastrnn.chain import Chain
 
 __version__ = "0.1.0"
 
@@ -45,4 +46,4 @@ def __getattr__(name):
 
 __all__ = ["Model", "State", "Config", "LayerWeights", "from_numpy", "from_torch", "from_onnx",
            "load", "InferenceSession", "Stream", "StreamPool", "set_num_threads",
-           "get_num_threads"]
+           "get_num_threads", "Chain"]

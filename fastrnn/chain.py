@@ -1,0 +1,289 @@
+"""fastrnn.Chain: a whole model as a list of layers (fastrnn.layers), run on sequences or streamed.
+
+    chain = fastrnn.from_torch(torch_module)      # or fastrnn.Chain([layer, ...], input_layout=...)
+    y = chain(x)                                  # a whole sequence, in the module's own layout
+    stream = chain.stream(batch=1)
+    y_t = stream.step(x_t)                        # (B, C_in) -> (B, C_out), every layer's state kept
+    ys = stream.process(chunk)                    # a chunk, laid out as chain(x) takes it
+    blob = stream.snapshot(); stream.restore(blob)
+
+Layouts. Inside, every array is time-major, (T, B, C). `input_layout` and `output_layout` say how
+the caller's arrays are laid out, as a permutation of the letters T, B, C: "BCT" is torch's
+Conv1d layout (batch, channels, time), so chain(x) with x (B, C, T) is run on x.transpose(2, 0, 1)
+= (T, B, C) and a torch model whose forward permutes a conv's (B, C, T) output into a batch_first
+GRU's (B, T, C) needs no permute here at all: the converter resolves those at load. "BTC" is
+batch_first, "TBC" time-major. A step is always (B, C), whatever the layouts.
+
+Streaming needs every layer causal (see each layer's stream_refusal); step by step, chunked and
+whole-sequence results agree to 1e-6. A snapshot holds every layer's state for every row, in a
+versioned and checksummed format checked against the chain (its layers, weights, dtype and batch):
+
+    offset  size  field
+    0       8     magic b"FRNNCHSN"
+    8       4     format version (uint32, little-endian), CHAIN_SNAPSHOT_VERSION
+    12      32    chain fingerprint (sha256 of every layer's settings and weights, the dtype)
+    44      1     dtype: 0 float32, 1 float64; then 3 bytes of padding
+    48      4     rows (the stream's batch)
+    52      4     number of state arrays N
+    56      12 N  each array's shape, 3 x uint32
+    ...     ...   the arrays, C order, little-endian, in layer order
+    end-4   4     crc32 of every byte before it
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import sys
+import threading
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from fastrnn.layers import Layer
+from fastrnn.validation import as_float_array, check_shape
+
+CHAIN_SNAPSHOT_MAGIC = b"FRNNCHSN"
+CHAIN_SNAPSHOT_VERSION = 1
+_HEADER = struct.Struct("<8sI32sB3xII")
+_SHAPE = struct.Struct("<3I")
+_CHECKSUM = struct.Struct("<I")
+_DTYPE_CODES = {np.dtype("<f4"): 0, np.dtype("<f8"): 1}
+_LAYOUTS = ("TBC", "BTC", "BCT", "TCB", "CTB", "CBT")
+
+
+def _check_layout(layout, name):
+    if layout not in _LAYOUTS:
+        raise ValueError(f"{name} must be one of {_LAYOUTS} (T time, B batch, C channels), "
+                         f"got {layout!r}")
+    return layout
+
+
+def _is_torch_tensor(value):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+class Chain:
+    """Layers run one after the other, with one state table for streams (see the module docstring).
+
+    layers: fastrnn.layers objects of one dtype, each taking the channels the one before gives.
+    input_layout, output_layout: how chain(x) and stream.process() lay out their arrays.
+    """
+
+    def __init__(self, layers: Sequence[Layer], *, input_layout: str = "TBC",
+                 output_layout: str = "TBC") -> None:
+        layers = list(layers)
+        if not layers:
+            raise ValueError("a Chain needs at least one layer")
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {index} must be a fastrnn.layers layer, got "
+                                f"{type(layer).__name__}")
+            if layer.dtype != layers[0].dtype:
+                raise ValueError(f"layer {index} is {layer.dtype}, layer 0 is {layers[0].dtype}: "
+                                 f"a chain computes in one dtype")
+            if index and layer.in_features != layers[index - 1].out_features:
+                raise ValueError(f"layer {index} ({layer!r}) takes {layer.in_features} channels, "
+                                 f"layer {index - 1} gives {layers[index - 1].out_features}")
+        self.layers = layers
+        self.dtype = layers[0].dtype
+        self.in_features, self.out_features = layers[0].in_features, layers[-1].out_features
+        self.input_layout = _check_layout(input_layout, "input_layout")
+        self.output_layout = _check_layout(output_layout, "output_layout")
+        self._fingerprint = None
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({index}) {layer!r}" for index, layer in enumerate(self.layers))
+        return (f"fastrnn.Chain(input_layout={self.input_layout!r}, output_layout="
+                f"{self.output_layout!r}, dtype={self.dtype.name}){inner}")
+
+    # -- layouts --
+
+    def to_time_major(self, x, name="x", layout=None):
+        """x in `layout` (the input layout by default) as a contiguous (T, B, C_in) array."""
+        layout = layout or self.input_layout
+        x = as_float_array(x, self.dtype, name)
+        if x.ndim != 3:
+            raise ValueError(f"{name} must be 3-D, laid out {layout} (T time, B batch, C "
+                             f"channels), got shape {x.shape}")
+        x = x.transpose([layout.index(axis) for axis in "TBC"])
+        if x.shape[2] != self.in_features:
+            raise ValueError(f"{name} must have {self.in_features} channels (axis "
+                             f"{layout.index('C')} of its {layout} layout), got shape "
+                             f"{tuple(x.shape[layout.index(a)] for a in 'TBC')}"
+                             f" as (T, B, C)")
+        return np.ascontiguousarray(x)
+
+    def from_time_major(self, y):
+        return np.ascontiguousarray(y.transpose(["TBC".index(axis) for axis in self.output_layout]))
+
+    # -- running --
+
+    def __call__(self, x):
+        """The whole sequence from the zero state: x in input_layout -> y in output_layout
+        (torch tensors in, torch tensors out)."""
+        as_torch = _is_torch_tensor(x)
+        x = self.to_time_major(x)
+        if x.shape[0] == 0:
+            raise ValueError("x has no time steps")
+        for layer in self.layers:
+            x = np.ascontiguousarray(layer.sequence(x))
+        y = self.from_time_major(x)
+        if as_torch:
+            import torch
+            return torch.from_numpy(y)
+        return y
+
+    def stream(self, batch: int = 1) -> ChainStream:
+        """A stateful stream of `batch` rows through every layer (ValueError if a layer cannot)."""
+        return ChainStream(self, batch)
+
+    def fingerprint(self) -> bytes:
+        """sha256 of every layer's settings and weights, the layouts and the dtype."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(json.dumps({"layers": [layer.config() for layer in self.layers],
+                                      "dtype": self.dtype.str, "layouts": [self.input_layout,
+                                      self.output_layout]}, sort_keys=True).encode())
+            for index, layer in enumerate(self.layers):
+                for name, array in sorted(layer.weights().items()):
+                    array = np.ascontiguousarray(array, self.dtype.newbyteorder("<"))
+                    digest.update(f"{index}.{name}{array.shape}".encode())
+                    digest.update(array.tobytes())
+            self._fingerprint = digest.digest()
+        return self._fingerprint
+
+
+class ChainStream:
+    """A chain's state for `batch` rows, advanced a step or a chunk per call.
+
+    step(x_t, out=None): (B, C_in) -> (B, C_out); a batch-1 stream also takes (C_in,) -> (C_out,).
+    process(chunk): a chunk of T steps laid out as the chain's input_layout -> output_layout.
+    reset(); snapshot() -> bytes; restore(bytes). Threads sharing a stream take turns (a lock).
+    """
+
+    def __init__(self, chain: Chain, batch: int = 1) -> None:
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ValueError(f"batch must be a positive integer, got {batch!r}")
+        for index, layer in enumerate(chain.layers):
+            refusal = layer.stream_refusal()
+            if refusal:
+                raise ValueError(f"this chain cannot stream: layer {index}, {refusal}")
+        self.chain = chain
+        self.batch = int(batch)
+        self._tables = [layer.table(self.batch) for layer in chain.layers]
+        # Each layer's step output, allocated once; the last layer writes into the caller's out.
+        self._between = [np.empty((self.batch, layer.out_features), chain.dtype)
+                         for layer in chain.layers[:-1]]
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"fastrnn.ChainStream(batch={self.batch}, {len(self._tables)} layers)"
+
+    def step(self, x, out=None):
+        """One step: x_t (B, C_in) -> (B, C_out), each layer's state carried on."""
+        chain = self.chain
+        x = as_float_array(x, chain.dtype, "x_t")
+        unbatched = x.ndim == 1 and self.batch == 1
+        if unbatched:
+            x = x.reshape(1, -1)
+        check_shape(x, (self.batch, chain.in_features), f"x_t (batch {self.batch}, "
+                    f"{chain.in_features} channels)")
+        shape = (self.batch, chain.out_features)
+        given = out is not None
+        if out is None:
+            out = np.empty(shape, chain.dtype)
+        elif not (isinstance(out, np.ndarray) and out.dtype == chain.dtype
+                  and out.size == self.batch * chain.out_features and out.flags.c_contiguous
+                  and out.flags.writeable):
+            raise ValueError(f"out must be a writable C-contiguous {chain.dtype} array of "
+                             f"{shape[0] * shape[1]} values ({shape})")
+        target = out.reshape(shape)
+        with self._lock:
+            for table, destination in zip(self._tables, self._between + [target]):
+                table.step(x, destination)
+                x = destination
+        return out if given or not unbatched else out.reshape(chain.out_features)
+
+    def process(self, chunk):
+        """A chunk of steps, laid out as chain(x) takes it -> the outputs, laid out as it gives them."""
+        chain = self.chain
+        xs = chain.to_time_major(chunk, "chunk")
+        if xs.shape[1] != self.batch:
+            raise ValueError(f"chunk has {xs.shape[1]} rows (axis {chain.input_layout.index('B')} "
+                             f"of its {chain.input_layout} layout); this stream has {self.batch}")
+        if xs.shape[0] == 0:
+            return chain.from_time_major(np.zeros((0, self.batch, chain.out_features), chain.dtype))
+        with self._lock:
+            for table in self._tables:
+                xs = np.ascontiguousarray(table.chunk(xs))
+        return chain.from_time_major(xs)
+
+    def reset(self) -> None:
+        """Every layer back to the zero state."""
+        with self._lock:
+            for table in self._tables:
+                table.reset()
+
+    def snapshot(self) -> bytes:
+        """Every layer's state as bytes (the format is in fastrnn.chain's docstring)."""
+        with self._lock:
+            arrays = [array for table in self._tables for array in table.state()]
+        dtype = self.chain.dtype.newbyteorder("<")
+        body = _HEADER.pack(CHAIN_SNAPSHOT_MAGIC, CHAIN_SNAPSHOT_VERSION, self.chain.fingerprint(),
+                            _DTYPE_CODES[dtype], self.batch, len(arrays))
+        body += b"".join(_SHAPE.pack(*array.shape) for array in arrays)
+        body += b"".join(np.ascontiguousarray(array, dtype).tobytes() for array in arrays)
+        return body + _CHECKSUM.pack(zlib.crc32(body))
+
+    def restore(self, blob: bytes) -> None:
+        """Take every layer's state from `blob`, a snapshot of this chain at this batch (else
+        ValueError saying what differs; the stream is left as it was)."""
+        arrays = self._decode(blob)
+        with self._lock:
+            position = 0
+            for table in self._tables:
+                count = len(table.state_shapes())
+                table.load(arrays[position:position + count])
+                position += count
+
+    def _decode(self, blob):
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a snapshot is bytes, got {type(blob).__name__}")
+        blob = bytes(blob)
+        if len(blob) < _HEADER.size + _CHECKSUM.size or blob[:8] != CHAIN_SNAPSHOT_MAGIC:
+            raise ValueError("not a fastrnn chain snapshot (it does not start with its header)")
+        _, version, fingerprint, dtype_code, rows, count = _HEADER.unpack_from(blob)
+        if version != CHAIN_SNAPSHOT_VERSION:
+            raise ValueError(f"chain snapshot format version {version} cannot be read: this "
+                             f"fastrnn reads version {CHAIN_SNAPSHOT_VERSION}")
+        (checksum,) = _CHECKSUM.unpack_from(blob, len(blob) - _CHECKSUM.size)
+        if zlib.crc32(blob[:-_CHECKSUM.size]) != checksum:
+            raise ValueError("chain snapshot is corrupted: its checksum does not match its contents")
+        if fingerprint != self.chain.fingerprint():
+            raise ValueError("chain snapshot was taken from a different chain (its layers, "
+                             "weights, layouts or dtype differ from this one's)")
+        dtype = self.chain.dtype.newbyteorder("<")
+        if dtype_code != _DTYPE_CODES[dtype]:
+            raise ValueError(f"chain snapshot holds state of another dtype than {self.chain.dtype}")
+        if rows != self.batch:
+            raise ValueError(f"chain snapshot holds {rows} row(s); this stream has {self.batch}")
+        expected = [tuple(shape) for table in self._tables for shape in table.state_shapes()]
+        offset = _HEADER.size + _SHAPE.size * count
+        if count != len(expected) or len(blob) < offset + _CHECKSUM.size:
+            raise ValueError("chain snapshot is corrupted: its array count does not match the chain")
+        shapes = [_SHAPE.unpack_from(blob, _HEADER.size + _SHAPE.size * i) for i in range(count)]
+        if shapes != expected:
+            raise ValueError(f"chain snapshot holds state arrays {shapes}; expected {expected}")
+        sizes = [int(np.prod(shape)) * dtype.itemsize for shape in shapes]
+        if len(blob) != offset + sum(sizes) + _CHECKSUM.size:
+            raise ValueError("chain snapshot is corrupted: its length does not match its header")
+        arrays = []
+        for shape, size in zip(shapes, sizes):
+            arrays.append(np.frombuffer(blob, dtype, count=size // dtype.itemsize,
+                                        offset=offset).reshape(shape).astype(self.chain.dtype))
+            offset += size
+        return arrays

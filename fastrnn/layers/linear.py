@@ -1,0 +1,60 @@
+"""Linear: a dense layer over the channel axis of every step.
+
+    y_t = W x_t + b          W (C_out, C_in), b (C_out,)   (torch.nn.Linear's layout)
+
+A BatchNorm1d next to it is folded into W and b at load (fastrnn.layers.norm.fold_affine).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastrnn.engine.jit import call, kernel
+from fastrnn.layers import Layer, as_weight, check_dtype
+
+
+@kernel
+def linear_step(x, weight, bias, out):
+    """out (B, C_out) = x (B, C_in) @ weight.T + bias."""
+    rows, inputs = x.shape
+    outputs = weight.shape[0]
+    for row in range(rows):
+        for o in range(outputs):
+            total = bias[o]
+            for i in range(inputs):
+                total += weight[o, i] * x[row, i]
+            out[row, o] = total
+
+
+@kernel
+def linear_sequence(x, weight, bias, out):
+    """out (T, B, C_out): linear_step at every step of x (T, B, C_in)."""
+    for t in range(x.shape[0]):
+        linear_step(x[t], weight, bias, out[t])
+
+
+class Linear(Layer):
+    def __init__(self, weight, bias=None, dtype=np.float32):
+        self.dtype = check_dtype(dtype)
+        weight = np.asarray(weight)
+        if weight.ndim != 2:
+            raise ValueError(f"Linear weight must be (C_out, C_in), got shape {weight.shape}")
+        self.out_features, self.in_features = weight.shape
+        self.weight = as_weight(weight, self.dtype, weight.shape, "Linear weight")
+        self.bias = as_weight(np.zeros(self.out_features) if bias is None else bias, self.dtype,
+                              (self.out_features,), "Linear bias")
+
+    def sequence(self, x):
+        out = np.empty((x.shape[0], x.shape[1], self.out_features), self.dtype)
+        call(linear_sequence, x, self.weight, self.bias, out)
+        return out
+
+    def step_into(self, x, out):
+        linear_step(x, self.weight, self.bias, out)
+
+    def config(self):
+        return {"type": "linear", "in_features": self.in_features,
+                "out_features": self.out_features}
+
+    def weights(self):
+        return {"weight": self.weight, "bias": self.bias}

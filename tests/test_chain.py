@@ -1,0 +1,246 @@
+"""fastrnn.Chain: whole torch models (Sequential and traced forwards) against torch, streamed."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import fastrnn
+from fastrnn.layers import Activation, Conv1d, Linear, Recurrent
+
+
+class KeywordSpotter(nn.Module):
+    """A keyword spotter / VAD: causal conv front end -> permute -> batch_first GRU -> Linear ->
+    Sigmoid. The causal conv is written the usual way: pad both sides, drop the look-ahead."""
+
+    def __init__(self, features=4, channels=8, hidden=6, classes=2):
+        super().__init__()
+        self.conv = nn.Conv1d(features, channels, 3, padding=2)
+        self.front = nn.Sequential(
+            nn.BatchNorm1d(channels),
+            nn.ReLU(),
+            nn.ConstantPad1d((4, 0), 0.0),
+            nn.Conv1d(channels, channels, 3, dilation=2, groups=2),
+            nn.GELU(),
+            nn.Dropout(0.1),
+        )
+        self.gru = nn.GRU(channels, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+        self.out = nn.Sigmoid()
+
+    def forward(self, x):                     # x (B, C, T)
+        y = self.front(self.conv(x)[..., :-2])
+        y = y.permute(0, 2, 1)                # (B, T, C) for the batch_first GRU
+        y, _ = self.gru(y)
+        return self.out(self.head(y))         # (B, T, classes)
+
+
+class TimeMajorLstm(nn.Module):
+    """Conv front end -> transpose to (T, B, C) -> a time-major LSTM -> Linear, output (T, B, C)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 5, 2, padding=1)
+        self.lstm = nn.LSTM(5, 4, num_layers=2)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = torch.tanh(self.conv(x)[:, :, :-1])
+        y = y.permute(2, 0, 1).contiguous()
+        return self.head(self.lstm(y)[0])
+
+
+def with_statistics(module, seed):
+    torch.manual_seed(seed)
+    for sub in module.modules():
+        if isinstance(sub, nn.BatchNorm1d):
+            with torch.no_grad():
+                sub.running_mean.normal_()
+                sub.running_var.uniform_(0.5, 2.0)
+    return module.eval()
+
+
+def torch_dtype(dtype):
+    return torch.float64 if dtype == np.float64 else torch.float32
+
+
+@pytest.fixture(scope="module")
+def spotters():
+    torch.manual_seed(11)
+    spotter = with_statistics(KeywordSpotter(), 12)
+    return {np.dtype(np.float32): spotter, np.dtype(np.float64): with_statistics(
+        KeywordSpotter(), 12).double().eval()}
+
+
+def test_keyword_spotter_matches_torch(spotters, dtype, tolerance, rng):
+    module = spotters[dtype]
+    if dtype == np.float64:
+        module.load_state_dict({k: v.double() for k, v in spotters[np.dtype(np.float32)]
+                                .state_dict().items()})
+    chain = fastrnn.from_torch(module)
+    assert chain.dtype == dtype and chain.input_layout == "BCT" and chain.output_layout == "BTC"
+    # BatchNorm folded into the first conv, Dropout gone, both convs causal.
+    assert [type(layer) for layer in chain.layers] == [Conv1d, Activation, Conv1d, Activation,
+                                                       Recurrent, Linear, Activation]
+    assert all(layer.stream_refusal() is None for layer in chain.layers)
+    x = rng.standard_normal((3, 4, 40)).astype(dtype)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    y = chain(x)
+    assert y.shape == (3, 40, 2)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=tolerance)
+    as_tensor = chain(torch.from_numpy(x))
+    assert isinstance(as_tensor, torch.Tensor) and np.array_equal(as_tensor.numpy(), y)
+
+
+def test_time_major_lstm_model_matches_torch(dtype, tolerance, rng):
+    torch.manual_seed(13)
+    module = TimeMajorLstm().to(torch_dtype(dtype)).eval()
+    chain = fastrnn.from_torch(module)
+    assert chain.input_layout == "BCT" and chain.output_layout == "TBC"
+    x = rng.standard_normal((2, 3, 25)).astype(dtype)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(chain(x), expected, rtol=0, atol=tolerance)
+
+
+def test_streaming_equals_the_whole_sequence(spotters, rng):
+    chain = fastrnn.from_torch(spotters[np.dtype(np.float32)])
+    x = rng.standard_normal((2, 4, 50)).astype(np.float32)
+    whole = chain(x)                                        # (B, T, classes)
+    stream = chain.stream(batch=2)
+    steps = np.stack([stream.step(x[:, :, t]) for t in range(50)], axis=1)
+    np.testing.assert_allclose(steps, whole, rtol=0, atol=1e-6)
+    stream.reset()
+    chunks = [stream.process(x[:, :, start:stop])
+              for start, stop in ((0, 1), (1, 7), (7, 7), (7, 31), (31, 50))]
+    np.testing.assert_allclose(np.concatenate(chunks, axis=1), whole, rtol=0, atol=1e-6)
+    single = chain.stream()                                 # batch 1 takes (C,) steps
+    out = np.empty(2, np.float32)
+    assert single.step(x[0, :, 0], out=out) is out
+    np.testing.assert_allclose(out, whole[0, 0], rtol=0, atol=1e-6)
+
+
+def test_snapshots_round_trip_and_refuse_another_chain(spotters, rng):
+    chain = fastrnn.from_torch(spotters[np.dtype(np.float32)])
+    x = rng.standard_normal((1, 4, 30)).astype(np.float32)
+    whole = chain(x)
+    stream = chain.stream()
+    stream.process(x[:, :, :17])
+    blob = stream.snapshot()
+    stream.process(x[:, :, 17:20])                          # moves on; restore goes back
+    other = chain.stream()
+    for target in (stream, other):
+        target.restore(blob)
+        np.testing.assert_allclose(target.process(x[:, :, 17:]), whole[:, 17:], rtol=0,
+                                   atol=1e-6)
+    torch.manual_seed(99)
+    different = fastrnn.from_torch(KeywordSpotter().eval())  # same shapes, other weights
+    with pytest.raises(ValueError, match="different chain"):
+        different.stream().restore(blob)
+    with pytest.raises(ValueError, match="1 row"):
+        chain.stream(batch=2).restore(blob)
+    damaged = bytearray(blob)
+    damaged[60] ^= 1
+    with pytest.raises(ValueError, match="checksum"):
+        other.restore(bytes(damaged))
+    later = bytearray(blob[:-4])
+    later[8:12] = struct.pack("<I", 2)
+    with pytest.raises(ValueError, match="version 2"):
+        other.restore(bytes(later) + struct.pack("<I", zlib.crc32(bytes(later))))
+    with pytest.raises(ValueError, match="not a fastrnn chain snapshot"):
+        other.restore(b"FRNNSNAP" + bytes(80))
+    # A refused restore leaves the stream as it was.
+    other.reset()
+    other.restore(blob)
+    np.testing.assert_allclose(other.process(x[:, :, 17:]), whole[:, 17:], rtol=0, atol=1e-6)
+
+
+def test_a_hand_built_chain_and_its_errors(rng):
+    conv = Conv1d(rng.standard_normal((4, 2, 3)), np.zeros(4), dtype=np.float64)
+    chain = fastrnn.Chain([conv, Activation("relu", 4, dtype=np.float64),
+                           Linear(rng.standard_normal((1, 4)), dtype=np.float64)])
+    x = rng.standard_normal((12, 2, 2))                      # (T, B, C): the default layout
+    y = chain(x)
+    stream = chain.stream(batch=2)
+    np.testing.assert_allclose(np.stack([stream.step(x[t]) for t in range(12)]), y, rtol=0,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="must have 2 channels"):
+        chain(np.zeros((5, 2, 3)))
+    with pytest.raises(ValueError, match="must be 3-D"):
+        chain(np.zeros((5, 2)))
+    with pytest.raises(ValueError, match=r"x_t .* must have shape \(2, 2\), got \(3,\)"):
+        stream.step(np.zeros(3))
+    with pytest.raises(ValueError, match="chunk has 3 rows"):
+        stream.process(np.zeros((4, 3, 2)))
+    with pytest.raises(TypeError, match="floating-point"):
+        chain(np.zeros((5, 2, 2), np.int64))
+    with pytest.raises(ValueError, match="layer 1 .* takes 5 channels, layer 0 gives 4"):
+        fastrnn.Chain([conv, Activation("relu", 5, dtype=np.float64)])
+    with pytest.raises(ValueError, match="one dtype"):
+        fastrnn.Chain([conv, Activation("relu", 4)])
+    with pytest.raises(ValueError, match="input_layout must be one of"):
+        fastrnn.Chain([conv], input_layout="NCT")
+
+
+def test_look_ahead_models_run_whole_but_refuse_to_stream(rng):
+    torch.manual_seed(14)
+    module = nn.Sequential(nn.Conv1d(2, 3, 3, padding="same"), nn.ReLU(),
+                           nn.Conv1d(3, 2, 3, dilation=2)).eval()
+    chain = fastrnn.from_torch(module)
+    x = rng.standard_normal((2, 2, 20)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(chain(x), expected, rtol=0, atol=3e-5)
+    with pytest.raises(ValueError, match=r"layer 0, .*pads 1 step\(s\) on the right.*looks ahead"):
+        chain.stream()
+    bidirectional = nn.Sequential(nn.Linear(2, 3))
+    assert fastrnn.from_torch(bidirectional).input_layout == "BTC"
+
+
+def test_unsupported_modules_are_refused_by_name_and_type():
+    with pytest.raises(ValueError, match=r"^1 \(MaxPool1d\): torch\.nn\.modules\.pooling\.MaxPool1d"
+                                         r" is not a module fastrnn runs"):
+        fastrnn.from_torch(nn.Sequential(nn.Conv1d(2, 3, 3), nn.MaxPool1d(2)))
+    with pytest.raises(ValueError, match=r"^0 \(Conv1d\) has stride 2"):
+        fastrnn.from_torch(nn.Sequential(nn.Conv1d(2, 3, 3, stride=2)))
+
+    class UsesState(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(2, 3, batch_first=True)
+            self.head = nn.Linear(3, 1)
+
+        def forward(self, x):
+            _, h = self.gru(x)
+            return self.head(h)
+
+    with pytest.raises(ValueError, match="element 1 of a recurrent layer's output"):
+        fastrnn.from_torch(UsesState())
+
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x)) * 0 + self.a(x)
+
+    with pytest.raises(ValueError, match="not an operation fastrnn runs|previous layer's output"):
+        fastrnn.from_torch(Branches())
+
+    class WrongLayout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.gru = nn.Conv1d(2, 2, 1), nn.GRU(2, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.gru(self.conv(x))[0]              # no permute: time and channels swapped
+
+    with pytest.raises(ValueError, match=r"^gru \(GRU\) needs axis 1 of its input to be time"):
+        fastrnn.from_torch(WrongLayout())
+    with pytest.raises(ValueError, match="kind= and batch_first="):
+        fastrnn.from_torch(nn.Sequential(nn.Linear(2, 2)), batch_first=True)
