@@ -191,8 +191,16 @@ class ModelSpec:
         """y of the same weights run in float64 by torch: the answer every engine must match."""
         import torch
         module = self.torch_module(torch.float64)
-        with torch.no_grad():
-            y, _ = module(torch.from_numpy(np.asarray(x, np.float64)))
+        # On one thread: the reference is not timed, and torch's OpenMP threads stall at every
+        # step's barrier when other processes hold the cores (13x slower, measured on a loaded
+        # 2-core machine).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                y, _ = module(torch.from_numpy(np.asarray(x, np.float64)))
+        finally:
+            torch.set_num_threads(threads)
         return y.numpy()
 
     def matches(self, answer, reference):
