@@ -219,9 +219,9 @@ def case_snapshot_base(spec, steps):
 
 
 def case_snapshot(spec, blob):
-    """Restore a (possibly damaged) snapshot into a Stream and into a StreamPool slot. Accepted by
-    one, it must be accepted by the other with the same state, and that state must step as the
-    reference says and snapshot again to a blob that restores to the same state."""
+    """Restore a (possibly damaged) snapshot into a Stream, a StreamPool slot and (import_) a
+    pool. Accepted by one restore, it must be accepted by all with the same state, and that state
+    must step as the reference says and snapshot again to a blob that restores to it."""
     import fastrnn
     model = build_model(spec)
     stream = model.stream(batch=1)
@@ -236,14 +236,28 @@ def case_snapshot(spec, blob):
             failures.append(error)
     if (failures[0] is None) != (failures[1] is None):
         raise Wrong(f"Stream.restore and StreamPool.restore disagree: {failures}")
+    # StreamPool.import_ takes snapshots of any number of rows: it may accept what restore
+    # refuses, never the other way round, and then opens one slot per row.
+    importer = fastrnn.StreamPool(model, capacity=4)
+    try:
+        imported = importer.import_(blob)
+    except ValueError as error:
+        if failures[0] is None:
+            raise Wrong(f"StreamPool.import_ refused ({error}) a snapshot restore took") from None
+        imported = None
+    if imported is not None and importer.num_open != len(imported):
+        raise Wrong(f"import_ returned {len(imported)} slots and opened {importer.num_open}")
     if failures[0] is not None:
         raise failures[0]
+    imported_state = importer.get_state(imported[0])
     state = stream.state
     pool_state = pool.get_state(slot)
     for name in ("h", "c"):
-        a, b = getattr(state, name), getattr(pool_state, name)
-        if (a is None) != (b is None) or (a is not None and a.tobytes() != b.tobytes()):
-            raise Wrong(f"Stream and StreamPool restored different {name}")
+        for other in (pool_state, imported_state):
+            a, b = getattr(state, name), getattr(other, name)
+            if (a is None) != (b is None) or (a is not None and a.tobytes() != b.tobytes()):
+                raise Wrong(f"Stream.restore, StreamPool.restore and import_ gave different "
+                            f"{name}")
     x = np.random.default_rng(4).standard_normal((1, model.input_size)).astype(model.dtype)
     h0 = state.h.copy()
     c0 = None if state.c is None else state.c.copy()

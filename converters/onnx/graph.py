@@ -334,10 +334,14 @@ def _attribute(proto, node_name):
     value = helper.get_attribute_value(proto)
     if isinstance(value, onnx.TensorProto):
         return tensor_to_array(value, f"node {node_name!r}: attribute {proto.name!r}:")
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode() for v in value]
+    try:
+        if isinstance(value, bytes):
+            return value.decode()
+        if isinstance(value, list) and value and isinstance(value[0], bytes):
+            return [v.decode() for v in value]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"node {node_name!r}: attribute {proto.name!r} is not UTF-8 text: "
+                         f"{error}") from None
     return value
 
 

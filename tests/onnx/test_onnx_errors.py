@@ -388,3 +388,12 @@ def test_errors_of_handlers_and_folds_name_the_node(node, inputs):
     expected = "99 is not an ONNX tensor element type" if inputs else "cannot reshape"
     with pytest.raises(ValueError, match=f"{node.op_type} node '{node.name}': {expected}"):
         fastrnn.InferenceSession(model)
+
+
+def test_an_attribute_that_is_not_utf8_names_the_node():
+    """Found by the fuzz suite: a bit flip in a string attribute gave a bare UnicodeDecodeError."""
+    model = recurrent_graph("GRU")
+    direction = next(a for a in model.graph.node[0].attribute if a.name == "direction")
+    direction.s = b"\x80forward"
+    with pytest.raises(ValueError, match="node 'gru_node': attribute 'direction' is not UTF-8"):
+        fastrnn.InferenceSession(model)
