@@ -3,12 +3,15 @@
     fastrnn convert CHECKPOINT -o MODEL.fastrnn [--prefix P] [--kind K] [--[no-]batch-first]
                     [--trust-pickle]
     fastrnn info MODEL [--prefix P] [--kind K] [--[no-]batch-first] [--trust-pickle]
+    fastrnn warmup [--dtype float32 float64] [--quiet]
 
 CHECKPOINT is a PyTorch state dict file (.pt, .pth, .safetensors) or an ONNX model (.onnx).
 `info` reads a .fastrnn file, or converts a checkpoint in memory and describes the result.
 A state dict cannot tell a plain RNN's nonlinearity or its input layout: what was assumed for
 those is a warning on stderr (convert) and a line of the description (info), until --kind and
 --batch-first/--no-batch-first state them.
+`warmup` compiles every CPU kernel ahead of the first answer (fastrnn.compiles), into the cache
+FASTRNN_CACHE_DIR names, for a container build.
 A user's mistake (a missing file, a wrong prefix, an unsupported graph) is one line on stderr and
 exit status 1; usage errors are argparse's, status 2. Tracebacks are kept for fastrnn's own bugs.
 """
@@ -92,6 +95,19 @@ def _parser():
     info.add_argument("--trust-pickle", action="store_true",
                       help="torch checkpoints: as for convert")
     info.set_defaults(run=_info)
+
+    warmup = commands.add_parser(
+        "warmup", help="compile every CPU kernel now, into the disk cache",
+        description="Compile (or load from Numba's disk cache) every CPU kernel a model of these "
+                    "dtypes can use, so that a later process answers without compiling. The "
+                    "cache goes to FASTRNN_CACHE_DIR when it is set, else next to the installed "
+                    "package (or Numba's user cache directory when that is read-only).")
+    warmup.add_argument("--dtype", nargs="+", choices=("float32", "float64"),
+                        default=["float32", "float64"], dest="dtypes",
+                        help="the model dtypes to compile for (default: both)")
+    warmup.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress lines on stderr")
+    warmup.set_defaults(run=_warmup)
     return parser
 
 
@@ -208,6 +224,14 @@ def _info(args):
                                    batch_first=args.batch_first, trust_pickle=args.trust_pickle)
         source = "checkpoint, converted in memory (fastrnn convert writes it as a .fastrnn file)"
     print(describe(model, path, source, native=is_native))
+    return 0
+
+
+def _warmup(args):
+    from fastrnn.compiles import cache_directory, warmup
+    steps = warmup(dtypes=tuple(dict.fromkeys(args.dtypes)), progress=not args.quiet)
+    print(f"warmed up {len(steps)} calls for {', '.join(dict.fromkeys(args.dtypes))} in "
+          f"{sum(step.seconds for step in steps):.1f} s; cache: {cache_directory()}")
     return 0
 
 

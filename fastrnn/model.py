@@ -1,6 +1,11 @@
 """fastrnn.Model: a recurrent stack with its weights, called like a PyTorch module."""
 
-from collections.abc import Mapping
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -10,6 +15,19 @@ from fastrnn.engine.table import CpuStateTable
 from fastrnn.engine.weights import Config, LayerWeights, check_layers
 from fastrnn.state import State
 from fastrnn.validation import as_float_array, as_lengths, check_shape
+
+if TYPE_CHECKING:  # for type checkers only: numpy.typing and torch cost import time
+    from typing import Union
+
+    import numpy.typing as npt
+    import torch
+
+    from fastrnn.stream import Stream
+
+    # What model(x) gives back: numpy arrays, or torch tensors when x is one.
+    ArrayOrTensor = Union[np.ndarray, torch.Tensor]
+    # A state as model(x, state=...) takes it: an LSTM's (h, c) or State, a GRU's or RNN's h.
+    StateLike = Union[State, Sequence[npt.ArrayLike], npt.ArrayLike]
 
 
 def _as_layer_weights(weights, index):
@@ -33,18 +51,23 @@ def _as_layer_weights(weights, index):
 class Model:
     """A stacked, optionally bidirectional LSTM, GRU or RNN.
 
-        y, state = model(x, state=None, lengths=None)
+        y, (h, c) = lstm_model(x, state=None, lengths=None)
+        y, h = gru_or_rnn_model(x, state=None, lengths=None)
 
     x is (T, B, I), or (B, T, I) when batch_first, or (T, I) for a single unbatched sequence.
-    y is (T, B, D*H_out) (batch_first: (B, T, D*H_out)); state is a fastrnn.State laid out as
-    torch's (h_n, c_n). Build one with a converter (fastrnn.from_torch, fastrnn.from_onnx),
+    y is (T, B, D*H_out) (batch_first: (B, T, D*H_out)). The state is what torch returns: for an
+    LSTM a fastrnn.State, the named tuple (h, c) laid out as torch's (h_n, c_n) (`state.h`,
+    `state.c`); for a GRU or RNN the array h itself, (L*D, B, H_out). When x is a torch tensor,
+    y and the state are torch tensors (CPU tensors made with torch.from_numpy: no copy); numpy
+    arrays otherwise. Build one with a converter (fastrnn.from_torch, fastrnn.from_onnx),
     fastrnn.load, fastrnn.from_numpy, or directly from a Config and LayerWeights in fastrnn's layout
     (fastrnn.engine.weights).
     """
 
     device = "cpu"
 
-    def __init__(self, config, layers, dtype=None):
+    def __init__(self, config: Config, layers: Sequence[LayerWeights | Mapping[str, Any]],
+                 dtype: npt.DTypeLike | None = None) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be a fastrnn.Config, got {type(config).__name__}")
         layers = [_as_layer_weights(w, index) for index, w in enumerate(layers)]
@@ -59,32 +82,36 @@ class Model:
         self.layers = self.plan.layers
         # What a converter had to assume because the weights cannot tell (e.g. {"kind":
         # "rnn_tanh", "batch_first": False}); shown by repr and `fastrnn info`.
-        self.assumptions = {}
+        self.assumptions: dict[str, Any] = {}
 
     # -- description -------------------------------------------------------------------------
 
     @property
-    def kind(self):
+    def kind(self) -> str:
+        """The cell: "lstm", "gru", "rnn_tanh" or "rnn_relu"."""
         return self.config.kind
 
     @property
-    def input_size(self):
+    def input_size(self) -> int:
+        """I, the features of each input step."""
         return self.config.input_size
 
     @property
-    def hidden_size(self):
+    def hidden_size(self) -> int:
+        """H, the units of each layer (an LSTM with a projection outputs proj_size of them)."""
         return self.config.hidden_size
 
     @property
-    def output_size(self):
+    def output_size(self) -> int:
         """Width of y: num_directions * H_out."""
         return self.config.num_directions * self.config.output_size
 
     @property
-    def num_parameters(self):
+    def num_parameters(self) -> int:
+        """How many weights and biases the model holds."""
         return sum(array.size for w in self.layers for array in w.arrays().values())
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         c = self.config
         options = [f"input_size={c.input_size}", f"hidden_size={c.hidden_size}",
                    f"num_layers={c.num_layers}"]
@@ -97,20 +124,22 @@ class Model:
 
     # -- state -------------------------------------------------------------------------------
 
-    def state_shapes(self, batch):
+    def state_shapes(self, batch: int) -> tuple[tuple[int, int, int],
+                                                tuple[int, int, int] | None]:
         """Shapes of h and c (None for GRU/RNN) for `batch` rows, as torch lays them out."""
         c = self.config
         rows = c.num_layers * c.num_directions
         h_shape = (rows, batch, c.output_size)
         return h_shape, ((rows, batch, c.hidden_size) if c.kind == "lstm" else None)
 
-    def initial_state(self, batch):
-        """A zero State for `batch` rows."""
+    def initial_state(self, batch: int) -> State:
+        """A zero State (h, c) for `batch` rows; c is None for a GRU or RNN."""
         h_shape, c_shape = self.state_shapes(batch)
         return State(np.zeros(h_shape, self.dtype),
                      None if c_shape is None else np.zeros(c_shape, self.dtype))
 
-    def check_state(self, state, batch, unbatched=False):
+    def check_state(self, state: StateLike | None, batch: int,
+                    unbatched: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """`state` (None, State, (h, c) or h) as fresh contiguous (h, c) arrays for the kernels.
 
         c is (L*D, B, 0) for cells without one. The arrays are copies: the caller's are never
@@ -141,12 +170,30 @@ class Model:
 
     # -- running -----------------------------------------------------------------------------
 
-    def __call__(self, x, state=None, lengths=None):
+    def __call__(self, x: npt.ArrayLike, state: StateLike | None = None,
+                 lengths: npt.ArrayLike | None = None
+                 ) -> tuple[ArrayOrTensor, State | ArrayOrTensor]:
+        """Run the model over whole sequences: y, state = model(x, state=None, lengths=None).
+
+        x: (T, B, I), (B, T, I) for a batch_first model, or (T, I) for one unbatched sequence; any
+            floating array-like (numpy, torch, lists), cast to the model's dtype.
+        state: the initial state, zero when None: an LSTM's (h0, c0) or State, a GRU's or RNN's
+            h0 alone; h0 (L*D, B, H_out), c0 (L*D, B, H), or (L*D, H_out) / (L*D, H) unbatched.
+        lengths: (B,) integers in 1..T; row b stops after lengths[b] steps, as a packed sequence
+            in torch: its y is zero past it and its final state is the one at its last step.
+
+        Returns (y, state) as torch does: y (T, B, D*H_out) (batch_first: (B, T, D*H_out);
+        unbatched: (T, D*H_out)); state a fastrnn.State (h, c) for an LSTM, h alone for a GRU or
+        RNN. torch tensors when x is a torch tensor (sharing memory with fastrnn's results, no
+        copy), numpy arrays otherwise. The caller's x and state are never written.
+        """
+        as_torch = _is_torch_tensor(x)
         x, h, c, row_lengths, unbatched = self.check_call(x, state, lengths)
         y = run_sequence(self.plan, x, h, c, row_lengths)
-        return self._package(y, h, c, unbatched)
+        return self._package(y, h, c, unbatched, as_torch)
 
-    def check_call(self, x, state, lengths):
+    def check_call(self, x: npt.ArrayLike, state: StateLike | None, lengths: npt.ArrayLike | None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
         """The arguments of a call, checked: (x (T, B, I), h, c, lengths, unbatched), for kernels."""
         x, unbatched = self._check_input(x)
         steps, batch = x.shape[0], x.shape[1]
@@ -175,27 +222,30 @@ class Model:
             raise ValueError("input x has no time steps")
         return x, unbatched
 
-    def _package(self, y, h, c, unbatched):
-        """Lay results out as torch would for this input."""
-        has_c = self.kind == "lstm"
+    def _package(self, y, h, c, unbatched, as_torch=False):
+        """(y, state) laid out as torch returns them for this input: the state a State (h, c)
+        for an LSTM and h alone otherwise; torch tensors over the same memory when as_torch."""
         if unbatched:
-            return y[:, 0, :], State(h[:, 0, :], c[:, 0, :] if has_c else None)
-        if self.config.batch_first:
+            y, h, c = y[:, 0, :], h[:, 0, :], c[:, 0, :]
+        elif self.config.batch_first:
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
-        return y, State(h, c if has_c else None)
+        if as_torch:
+            import torch
+            y, h, c = torch.from_numpy(y), torch.from_numpy(h), torch.from_numpy(c)
+        return y, (State(h, c) if self.kind == "lstm" else h)
 
-    def stream(self, batch=1):
+    def stream(self, batch: int = 1) -> Stream:
         """A stateful stream of `batch` rows: one call per timestep or chunk (fastrnn.stream)."""
         from fastrnn.stream import Stream
         return Stream(self, batch)
 
-    def state_table(self, rows):
+    def state_table(self, rows: int) -> CpuStateTable:
         """The backend of a Stream or StreamPool of `rows` rows (fastrnn.engine.table)."""
         return CpuStateTable(self.plan, rows)
 
     # -- devices and files -------------------------------------------------------------------
 
-    def to(self, device):
+    def to(self, device: str) -> Model:
         """This model on `device` ("cpu" or "cuda[:N]"); a CUDA model's .to("cpu") gives this one back."""
         device = str(device)
         if device == "cpu":
@@ -205,7 +255,13 @@ class Model:
             return to_cuda(self, device)
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> None:
         """Write the model to `path` in fastrnn's native format (fastrnn.fileformat)."""
         from fastrnn.fileformat import save
         save(self, path)
+
+
+def _is_torch_tensor(value):
+    """Whether `value` is a torch tensor (no torch import: a tensor exists only once it is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)

@@ -19,7 +19,10 @@ another's half-made state; threads that each drive their own stream run in paral
 release the GIL).
 """
 
+from __future__ import annotations
+
 import threading
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
@@ -27,6 +30,14 @@ from fastrnn.engine.jit import call, kernel
 from fastrnn.snapshot import decode_snapshot, encode_snapshot, model_fingerprint, snapshot_rows
 from fastrnn.state import State
 from fastrnn.validation import as_float_array, check_shape
+
+if TYPE_CHECKING:  # for type checkers only: numpy.typing costs import time
+    import numpy.typing as npt
+
+    from fastrnn.cuda.model import CudaModel
+    from fastrnn.model import Model, StateLike
+
+    AnyModel = Union[Model, CudaModel]
 
 _INT64 = np.dtype(np.int64)
 
@@ -83,7 +94,7 @@ class Stream:
     snapshot() -> bytes; restore(bytes): the state, checked against this model and batch.
     """
 
-    def __init__(self, model, batch=1):
+    def __init__(self, model: AnyModel, batch: int = 1) -> None:
         _check_streamable(model)
         self.model = model
         self.batch = _check_count(batch, "batch")
@@ -96,12 +107,12 @@ class Stream:
         self._lock = threading.Lock()
         self._step = self._table.stepper(self._rows)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"fastrnn.Stream({self.model!r}, batch={self.batch})"
 
     # -- running --
 
-    def step(self, x, out=None):
+    def step(self, x: npt.ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
         """Advance one timestep: x (B, I) -> y (B, H_out) (see the class docstring)."""
         # flags.carray: C-contiguous, aligned and writable, in one look (each flags look costs).
         if not (type(x) is np.ndarray and x.dtype is self._dtype and x.shape == self._x_shape
@@ -128,7 +139,7 @@ class Stream:
         check_shape(x, self._x_shape, f"x_t (batch {self.batch}, {self._x_shape[1]} features)")
         return x, False
 
-    def process(self, xs):
+    def process(self, xs: npt.ArrayLike) -> np.ndarray:
         """Advance over a chunk: (T, B, I) -> (T, B, H_out), batch_first (B, T, ...) (see the class)."""
         config = self.model.config
         xs = as_float_array(xs, self._dtype, "xs")
@@ -160,32 +171,32 @@ class Stream:
 
     # -- state --
 
-    def reset(self):
+    def reset(self) -> None:
         """Back to the zero state."""
         with self._lock:
             self._table.reset(self._all)
 
     @property
-    def state(self):
+    def state(self) -> State:
         """A copy of the state: fastrnn.State(h (L, B, H_out), c (L, B, H) or None)."""
         with self._lock:
             h, c = self._table.read(self._all)
         return State(h, c if self.model.kind == "lstm" else None)
 
     @state.setter
-    def state(self, value):
+    def state(self, value: StateLike) -> None:
         if value is None:
             raise ValueError("state must be a fastrnn.State, (h, c) or h; use reset() for zeros")
         h, c = self.model.check_state(value, self.batch)
         with self._lock:
             self._table.write(self._all, h, c)
 
-    def snapshot(self):
+    def snapshot(self) -> bytes:
         """The state as bytes (fastrnn.snapshot), for restore() on a stream of this model."""
         state = self.state
         return encode_snapshot(model_fingerprint(self.model.to("cpu")), state.h, state.c)
 
-    def restore(self, blob):
+    def restore(self, blob: bytes) -> None:
         """Take the state held by `blob`, a snapshot of this model with this batch; ValueError if not."""
         h_shape, c_shape = self.model.state_shapes(self.batch)
         h, c = decode_snapshot(blob, model_fingerprint(self.model.to("cpu")), self._dtype, h_shape, c_shape)
@@ -230,7 +241,7 @@ class StreamPool:
     many streams runs on all cores (fastrnn.engine.parallel).
     """
 
-    def __init__(self, model, capacity=1024):
+    def __init__(self, model: AnyModel, capacity: int = 1024) -> None:
         _check_streamable(model)
         self.model = model
         self.capacity = _check_count(capacity, "capacity")
@@ -244,22 +255,23 @@ class StreamPool:
         self._lock = threading.RLock()
         call(_first_bad_slot, np.zeros(0, np.int64), self._is_open, self._seen)  # compiled now
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"fastrnn.StreamPool({self.model!r}, capacity={self.capacity}, "
                 f"open={self.num_open})")
 
     # -- slots --
 
     @property
-    def num_open(self):
+    def num_open(self) -> int:
+        """How many slots are open."""
         return self.capacity - len(self._free)
 
     @property
-    def open_slots(self):
+    def open_slots(self) -> list[int]:
         """The open slots, in increasing order."""
         return [int(slot) for slot in np.flatnonzero(self._is_open)]
 
-    def open(self, snapshot=None):
+    def open(self, snapshot: bytes | None = None) -> int:
         """A free slot, its state zero or restored from `snapshot`; ValueError when the pool is full."""
         with self._lock:
             return self._open(snapshot)
@@ -278,7 +290,7 @@ class StreamPool:
             self._write(slot, h, c)
         return slot
 
-    def close(self, slot):
+    def close(self, slot: int) -> None:
         """Free an open slot; its state is cleared."""
         with self._lock:
             slot = self._check_slot(slot)
@@ -297,7 +309,8 @@ class StreamPool:
 
     # -- running --
 
-    def step(self, slots, xs, out=None):
+    def step(self, slots: npt.ArrayLike, xs: npt.ArrayLike, out: np.ndarray | None = None
+             ) -> np.ndarray:
         """Advance the streams in `slots` (N,) by one timestep: xs (N, I) -> y (N, H_out).
 
         Slots must be open and distinct; row n of xs and of y belongs to slots[n]. With `out`
@@ -349,18 +362,18 @@ class StreamPool:
 
     # -- per-slot state --
 
-    def reset(self, slot):
+    def reset(self, slot: int) -> None:
         """Back to the zero state for one slot."""
         with self._lock:
             self._table.reset(_one(self._check_slot(slot)))
 
-    def get_state(self, slot):
+    def get_state(self, slot: int) -> State:
         """A copy of one slot's state, shaped as a batch-1 Stream's: h (L, 1, H_out), c or None."""
         with self._lock:
             h, c = self._table.read(_one(self._check_slot(slot)))
         return State(h, c if self.model.kind == "lstm" else None)
 
-    def set_state(self, slot, state):
+    def set_state(self, slot: int, state: StateLike) -> None:
         """Set one slot's state from a State, (h, c) or h shaped as a batch-1 Stream's."""
         slot = self._check_slot(slot)
         if state is None:
@@ -368,12 +381,12 @@ class StreamPool:
         h, c = self.model.check_state(state, 1)
         self._write(slot, h, c)
 
-    def snapshot(self, slot):
+    def snapshot(self, slot: int) -> bytes:
         """One slot's state as bytes, restorable into any slot of a pool of this model or a batch-1 Stream."""
         state = self.get_state(slot)
         return encode_snapshot(model_fingerprint(self.model.to("cpu")), state.h, state.c)
 
-    def restore(self, slot, blob):
+    def restore(self, slot: int, blob: bytes) -> None:
         """Set one slot's state from a batch-1 snapshot of this model; ValueError if it is not one."""
         slot = self._check_slot(slot)
         h, c = self._decode(blob)
@@ -381,7 +394,7 @@ class StreamPool:
 
     # -- many slots at once: sessions that move between processes --
 
-    def export(self, slots):
+    def export(self, slots: npt.ArrayLike) -> bytes:
         """The state of the open `slots` as one snapshot (bytes), their rows in that order, for
         import_() into a pool of this model in any process (slots stay open here)."""
         slots = self._as_slots(slots)
@@ -399,7 +412,7 @@ class StreamPool:
                 np.zeros((layers, 0, self.model.config.hidden_size), self._dtype)
         return encode_snapshot(model_fingerprint(self.model.to("cpu")), h, c)
 
-    def import_(self, blob):
+    def import_(self, blob: bytes) -> list[int]:
         """Open one slot for every stream an export() (or a snapshot()) holds, with its state;
         returns the new slots in the blob's row order. ValueError if the blob is not of this
         model or the pool has too few free slots (then none is opened)."""

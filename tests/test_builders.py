@@ -52,11 +52,11 @@ def test_gru_update_new_runs_the_cs224n_gru(bidirectional, dtype, tolerance):
     x = np.random.default_rng(1).standard_normal((STEPS, BATCH, INPUT)).astype(dtype)
     h0 = np.random.default_rng(2).standard_normal((count, BATCH, HIDDEN)).astype(dtype) * 0.5
     lengths = [5, STEPS, 2]
-    y, state = model(x, state=h0, lengths=lengths)
+    y, h = model(x, state=h0, lengths=lengths)
     ref_y, ref_h, _ = reference.run_model("gru_cs224n", named, x, bidirectional=bidirectional,
                                           lengths=lengths, h0=h0)
     np.testing.assert_allclose(y, ref_y, rtol=0, atol=tolerance)
-    np.testing.assert_allclose(state.h, ref_h, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(h, ref_h, rtol=0, atol=tolerance)
     # The same arrays read as PyTorch's convention give a different network.
     other, _ = fastrnn.from_numpy("gru", layers, linear_before_reset=False,
                                   bidirectional=bidirectional)(x, state=h0, lengths=lengths)

@@ -46,9 +46,9 @@ def checkpoint(tmp_path_factory):
 def assert_matches(model, module, x):
     with torch.no_grad():
         expected_y, expected_h = module(torch.as_tensor(x))
-    y, state = model(x)
+    y, h = model(x)
     assert np.max(np.abs(y - expected_y.numpy())) < TOLERANCE_F32
-    assert np.max(np.abs(state.h - expected_h.numpy())) < TOLERANCE_F32
+    assert np.max(np.abs(h - expected_h.numpy())) < TOLERANCE_F32
 
 
 def test_convert_then_load_matches_torch(checkpoint, tmp_path, capsys):

@@ -141,13 +141,13 @@ def _probe(session, model, source_input):
             feeds[info.name] = np.zeros(shape, info.dtype)
     graph_output = session.run(None, feeds)[0]
     y, state = model(feeds[source_input])
+    h_n, c_n = state if model.kind == "lstm" else (state, None)  # a GRU's or RNN's is h alone
     c = model.config
     time_major = y.transpose(1, 0, 2) if c.batch_first else y
     steps, batch = time_major.shape[:2]
     onnx_y = time_major.reshape(steps, batch, c.num_directions, -1).transpose(0, 2, 1, 3)
-    candidates = [y, onnx_y, onnx_y.transpose(2, 0, 1, 3), state.h, state.c,
-                  state.h[-c.num_directions:],
-                  None if state.c is None else state.c[-c.num_directions:]]
+    candidates = [y, onnx_y, onnx_y.transpose(2, 0, 1, 3), h_n, c_n, h_n[-c.num_directions:],
+                  None if c_n is None else c_n[-c.num_directions:]]
     for candidate in candidates:
         if candidate is not None and candidate.shape == graph_output.shape and \
                 np.allclose(candidate, graph_output, atol=PROBE_TOLERANCE, rtol=0):

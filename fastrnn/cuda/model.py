@@ -1,7 +1,7 @@
 """CudaModel: a fastrnn.Model whose weights live on an NVIDIA GPU, with the same API.
 
     model_gpu = model.to("cuda")          # weights uploaded once, here
-    y, state = model_gpu(x)               # numpy in, numpy out; the work runs on the device
+    y, state = model_gpu(x)               # numpy in, numpy out (torch in, torch CPU tensors out)
     stream = model_gpu.stream(batch=1)    # state kept on the device between calls
     pool = fastrnn.StreamPool(model_gpu, capacity=N)
     model_gpu.to("cpu") is model          # the CPU model it came from
@@ -17,6 +17,7 @@ from numba import cuda
 
 from fastrnn.cuda import driver
 from fastrnn.cuda.stream import DeviceStateTable
+from fastrnn.model import _is_torch_tensor
 from fastrnn.state import State
 
 DEFAULT_THREADS_PER_BLOCK = 256
@@ -186,13 +187,15 @@ class CudaModel:
     # -- running -----------------------------------------------------------------------------
 
     def __call__(self, x, state=None, lengths=None):
-        """y, state = model(x, state, lengths), as fastrnn.Model; numpy results on the host."""
+        """y, state = model(x, state, lengths), as fastrnn.Model: results on the host, torch CPU
+        tensors when x is a torch tensor and numpy arrays otherwise."""
         cpu = self._cpu
+        as_torch = _is_torch_tensor(x)
         x, h, c, row_lengths, unbatched = cpu.check_call(x, state, lengths)
         steps, batch = x.shape[0], x.shape[1]
         if batch == 0:  # nothing to launch: an empty grid is an error on the device
             y = np.zeros((steps, 0, self.output_size), self.dtype)
-            return cpu._package(y, h, c, unbatched)
+            return cpu._package(y, h, c, unbatched, as_torch)
         with self._on_device():
             device_h, device_c = cuda.to_device(h), cuda.to_device(c)
             y = driver.run_sequence(self._weights, x, device_h, device_c,
@@ -201,7 +204,7 @@ class CudaModel:
             y = y.copy_to_host()
             device_h.copy_to_host(h)
             device_c.copy_to_host(c)
-        return cpu._package(y, h, c, unbatched)
+        return cpu._package(y, h, c, unbatched, as_torch)
 
     def stream(self, batch=1):
         """A fastrnn.Stream whose state stays on the device."""

@@ -82,11 +82,14 @@ def test_sequence_matches_cpu(name):
     tol = tolerance(model.dtype)
     assert y_gpu.dtype == model.dtype and y_gpu.shape == y_cpu.shape
     np.testing.assert_allclose(y_gpu, y_cpu, rtol=0, atol=tol)
-    np.testing.assert_allclose(state_gpu.h, state_cpu.h, rtol=0, atol=tol)
     if model.kind == "lstm":
-        np.testing.assert_allclose(state_gpu.c, state_cpu.c, rtol=0, atol=tol)
+        (h_gpu, c_gpu), (_, c_cpu) = state_gpu, state_cpu
+        np.testing.assert_allclose(c_gpu, c_cpu, rtol=0, atol=tol)
+        h_cpu = state_cpu.h
     else:
-        assert state_gpu.c is None
+        h_gpu, h_cpu = state_gpu, state_cpu
+        assert type(h_gpu) is np.ndarray   # h alone, as the CPU model (and torch) return it
+    np.testing.assert_allclose(h_gpu, h_cpu, rtol=0, atol=tol)
     if lengths is not None:  # padding is zero, not left over from another step
         for row, length in enumerate(lengths):
             padded = y_gpu[row, length:] if model.config.batch_first else y_gpu[length:, row]
@@ -101,7 +104,7 @@ def test_sequence_matches_cpu(name):
             bidirectional=options.get("bidirectional", False), lengths=lengths, h0=h0, c0=c0,
             **flags)
         np.testing.assert_allclose(y_gpu, y_ref, rtol=0, atol=FLOAT64_TOLERANCE)
-        np.testing.assert_allclose(state_gpu.h, h_ref, rtol=0, atol=FLOAT64_TOLERANCE)
+        np.testing.assert_allclose(h_gpu, h_ref, rtol=0, atol=FLOAT64_TOLERANCE)
 
 
 def test_model_to_cuda_with_defaults_unbatched_and_nan():
@@ -123,6 +126,21 @@ def test_model_to_cuda_with_defaults_unbatched_and_nan():
     y, state = gpu(batch)
     assert np.isnan(y[1:, 0]).all() and not np.isnan(y[:1, 0]).any()
     np.testing.assert_allclose(y[:, 1], model(x)[0], rtol=0, atol=FLOAT32_TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_torch_input_gives_torch_tensors_as_the_cpu_model_does(kind):
+    torch = pytest.importorskip("torch")
+    model, _ = build(kind)
+    gpu = to_cuda(model, **SMALL)
+    x = torch.from_numpy(np.random.default_rng(4).normal(size=(T, B, I)).astype(np.float32))
+    (y_cpu, state_cpu), (y_gpu, state_gpu) = model(x), gpu(x)
+    assert type(y_gpu) is torch.Tensor and type(state_gpu) is type(state_cpu)
+    cpu_arrays = tuple(state_cpu) if kind == "lstm" else (state_cpu,)
+    gpu_arrays = tuple(state_gpu) if kind == "lstm" else (state_gpu,)
+    for got, want in zip((y_gpu,) + gpu_arrays, (y_cpu,) + cpu_arrays):
+        assert type(got) is torch.Tensor and got.device.type == "cpu"   # results on the host
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=FLOAT32_TOLERANCE)
 
 
 def test_description_and_devices(tmp_path):
@@ -207,4 +225,4 @@ def test_an_empty_batch_launches_nothing_and_matches_the_cpu(rnn_pair):
     x = np.zeros((T, 0, I), np.float32)
     (y_cpu, state_cpu), (y_gpu, state_gpu) = model(x), gpu(x)
     assert y_gpu.shape == y_cpu.shape == (T, 0, H)
-    assert state_gpu.h.shape == state_cpu.h.shape == (1, 0, H)
+    assert state_gpu.shape == state_cpu.shape == (1, 0, H)   # an RNN's state: h alone

@@ -1,0 +1,148 @@
+"""Compiling ahead of the first answer: fastrnn.warmup() and `fastrnn warmup`, and where the
+compiled kernels are cached.
+
+fastrnn's CPU kernels are compiled by Numba on their first call for each dtype and cached on
+disk (fastrnn.engine.jit), so only a process that finds the cache empty pays the compile.
+warmup() fills the cache in advance, for a container build or a deployment step: it builds one
+tiny model per dtype and runs every path a model's calls can take. The kernels take the cell
+(LSTM, GRU, RNN), the sizes, the layers and the directions as runtime values, so these few calls
+compile every kernel any model of that dtype uses:
+
+    sequence, batch 1    sequence_block, on the calling thread (model(x), Stream.process)
+    sequence, batch 8    sequence_blocks, the rows cut into blocks run on several cores
+    stream step          step_block (Stream.step, StreamPool ticks of few slots)
+    pool step, 8 slots   step_blocks, a pool tick cut into blocks run on several cores
+
+Each compile (or load from the cache) is logged on the "fastrnn" logger with its duration.
+
+The cache goes where Numba puts it: the directory FASTRNN_CACHE_DIR names when it is set
+(fastrnn sets NUMBA_CACHE_DIR from it at import), otherwise the __pycache__ folders next to the
+installed package's sources, or, when those are read-only, Numba's user cache directory
+(~/.cache/numba on Linux).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+DTYPES = ("float32", "float64")
+
+# Slots of the pool tick and rows of the batched sequence: at least two blocks of
+# MIN_ROWS_PER_THREAD rows (fastrnn.engine.plan), so that the call takes the parallel kernel.
+PARALLEL_ROWS = 8
+
+
+class WarmupStep(NamedTuple):
+    """One call warmup() made: the dtype, what it ran, and how long it took in seconds."""
+
+    dtype: str
+    step: str
+    seconds: float
+
+
+def warmup(dtypes: tuple[str, ...] | list[str] = DTYPES, progress: bool = True
+           ) -> list[WarmupStep]:
+    """Compile (or load from the disk cache) every CPU kernel a model of these dtypes can use.
+
+    dtypes: among "float32" and "float64" (numpy dtypes are accepted too). progress: a line on
+    stderr as each call starts and ends. Returns the calls made, with their durations. On a
+    machine where Numba has one thread only, the parallel kernels are never used: the batched
+    calls run on the calling thread and the parallel kernels are not compiled (a machine with
+    more cores that reads the same cache compiles them on first use). While it runs, the cap of
+    set_num_threads is lifted, so that the batched calls take the parallel kernels.
+    """
+    from fastrnn.builders import from_numpy
+    from fastrnn.engine import parallel
+    from fastrnn.stream import StreamPool
+
+    names = [_dtype_name(dtype) for dtype in dtypes]
+    can_parallel = numba.config.NUMBA_NUM_THREADS > 1
+    sequences, ticks = (("sequence_blocks, parallel", "step_blocks, parallel") if can_parallel
+                        else ("sequence_block: one thread here", "step_block: one thread here"))
+    plan = [("sequence, batch 1 (sequence_block)", _sequence, 1),
+            (f"sequence, batch {PARALLEL_ROWS} ({sequences})", _sequence, PARALLEL_ROWS),
+            ("stream step (step_block)", _stream_step, None),
+            (f"pool step, {PARALLEL_ROWS} slots ({ticks})", _pool_step, StreamPool)]
+    total = len(plan) * len(names)
+    say = _printer(progress)
+    location = cache_directory()
+    say(f"fastrnn warmup: {total} calls for {', '.join(names)}; cache: "
+        f"{location or 'none (Numba found no writable cache directory)'}\n")
+    if not can_parallel:
+        say("fastrnn warmup: Numba has one thread here, so the parallel kernels are never "
+            "used and not compiled\n")
+    steps: list[WarmupStep] = []
+    previous_threads = parallel.get_num_threads()
+    # The parallel kernels run only when a call may use two threads or more: allow every core
+    # for the duration, whatever set_num_threads or FASTRNN_NUM_THREADS said.
+    parallel.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    try:
+        for name in names:
+            model = _tiny_model(from_numpy, name)
+            for label, run, argument in plan:
+                say(f"  [{len(steps) + 1}/{total}] {name}: {label} ...")
+                start = time.perf_counter()
+                run(model, argument)
+                seconds = time.perf_counter() - start
+                say(f" {seconds:.2f} s\n")
+                steps.append(WarmupStep(name, label, seconds))
+    finally:
+        parallel.set_num_threads(previous_threads)
+    return steps
+
+
+def cache_directory() -> str | None:
+    """The directory fastrnn's compiled kernels are cached in (Numba's choice for the driver
+    module: see this module's docstring), or None when Numba found none it can write."""
+    from fastrnn.engine import driver
+    try:
+        return driver.sequence_block.stats.cache_path
+    except AttributeError:  # no cache: Numba found no writable location
+        return None
+
+
+def _dtype_name(dtype):
+    try:  # np.dtype(None) is float64: a missing dtype is refused rather than read as one
+        name = None if dtype is None else np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtypes must be among {', '.join(DTYPES)}; got {dtype!r}")
+    return name
+
+
+def _printer(progress):
+    def say(text):
+        if progress:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+    return say
+
+
+def _tiny_model(from_numpy, dtype):
+    """A one-layer LSTM of 2 inputs and 3 units: sizes are runtime values to the kernels."""
+    rng = np.random.default_rng(0)
+    inputs, hidden = 2, 3
+    layer = {"w_ih": rng.standard_normal((4 * hidden, inputs)),
+             "w_hh": rng.standard_normal((4 * hidden, hidden)),
+             "b_ih": np.zeros(4 * hidden), "b_hh": np.zeros(4 * hidden)}
+    return from_numpy("lstm", [layer], dtype=dtype)
+
+
+def _sequence(model, batch):
+    model(np.ones((2, batch, model.input_size), model.dtype))
+
+
+def _stream_step(model, _):
+    model.stream(batch=1).step(np.ones(model.input_size, model.dtype))
+
+
+def _pool_step(model, pool_class):
+    pool = pool_class(model, capacity=PARALLEL_ROWS)
+    slots = [pool.open() for _ in range(PARALLEL_ROWS)]
+    pool.step(slots, np.ones((PARALLEL_ROWS, model.input_size), model.dtype))

@@ -1,0 +1,226 @@
+"""fastrnn.warmup(), `fastrnn warmup`, the compile log records and FASTRNN_CACHE_DIR.
+
+The in-process tests run on kernels this process compiled (or loaded) already: they check that
+warmup's calls leave nothing for a model's calls to compile. The subprocess tests start from
+an empty cache directory, as a fresh install does.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import cli
+from fastrnn.compiles import cache_directory
+from fastrnn.engine import driver
+from fastrnn import stream as stream_module
+
+ROOT = Path(__file__).resolve().parent.parent
+PARALLEL = numba.config.NUMBA_NUM_THREADS > 1   # else the parallel kernels are never used
+CALLS_PER_DTYPE = 4
+KERNELS = {"sequence_block": driver.sequence_block, "sequence_blocks": driver.sequence_blocks,
+           "step_block": driver.step_block, "step_blocks": driver.step_blocks,
+           "_first_bad_slot": stream_module._first_bad_slot}
+
+
+def compiled_counts():
+    return {name: len(kernel.overloads) for name, kernel in KERNELS.items()}
+
+
+def random_model(kind, dtype, *, layers=1, **options):
+    rng = np.random.default_rng(1)
+    gates = {"lstm": 4, "gru": 3}.get(kind, 1)
+    directions = 2 if options.get("bidirectional") else 1
+    weights = []
+    for layer in range(layers):
+        inputs = 3 if layer == 0 else 5 * directions
+        weights += [{"w_ih": rng.standard_normal((gates * 5, inputs)),
+                     "w_hh": rng.standard_normal((gates * 5, 5))} for _ in range(directions)]
+    return fastrnn.from_numpy(kind, weights, dtype=dtype, **options)
+
+
+def every_kind_of_call(dtype):
+    """Calls of every cell, layout and path a user may make, for one dtype."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 9, 3)).astype(dtype)
+    gru = random_model("gru", dtype, layers=2, bidirectional=True, batch_first=True)
+    gru(x.transpose(1, 0, 2), lengths=[4, 1, 2, 3, 4, 4, 2, 1, 3])
+    gru(x[:, 0])                                           # unbatched
+    rnn = random_model("rnn_relu", dtype, clip=0.5)
+    rnn(x[:, :1])
+    rnn(x, state=np.ones((1, 9, 5), dtype))
+    lstm = random_model("lstm", dtype, layers=2)
+    lstm(x)
+    stream = lstm.stream(batch=3)
+    stream.step(x[0, :3])
+    stream.process(x[:, :3])
+    random_model("rnn_tanh", dtype).stream().step(x[0, 0])
+    pool = fastrnn.StreamPool(random_model("gru", dtype), capacity=16)
+    slots = [pool.open() for _ in range(9)]
+    pool.step(slots[:1], x[0, :1])
+    pool.step(slots[::-1], x[0])                            # 9 slots, out of order: parallel
+
+
+def test_warmup_leaves_nothing_for_models_to_compile(capsys, caplog):
+    steps = fastrnn.warmup(dtypes=("float32", "float64"), progress=True)
+    assert [step.dtype for step in steps] == ["float32"] * CALLS_PER_DTYPE + \
+        ["float64"] * CALLS_PER_DTYPE
+    assert all(step.seconds >= 0 for step in steps)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"fastrnn warmup: {2 * CALLS_PER_DTYPE} calls for float32, "
+                               f"float64; cache: {cache_directory()}")
+    progress = [line for line in lines if line.startswith("  [")]
+    assert len(progress) == 2 * CALLS_PER_DTYPE and progress[-1].endswith(" s")
+    assert any("stream step (step_block)" in line for line in progress)
+    if PARALLEL:
+        assert any("pool step, 8 slots (step_blocks, parallel)" in line for line in progress)
+    before = compiled_counts()
+    previous = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(numba.config.NUMBA_NUM_THREADS)   # let calls take the parallel path
+    try:
+        with caplog.at_level(logging.INFO, logger="fastrnn"):
+            for dtype in (np.float32, np.float64):
+                every_kind_of_call(dtype)
+    finally:
+        fastrnn.set_num_threads(previous)
+    assert compiled_counts() == before
+    assert not [r for r in caplog.records if r.name == "fastrnn" and "compiled" in r.message]
+
+
+def test_warmup_keeps_the_thread_count_and_refuses_other_dtypes(capsys):
+    previous = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        steps = fastrnn.warmup(dtypes=[np.float32], progress=False)
+        assert fastrnn.get_num_threads() == 1
+    finally:
+        fastrnn.set_num_threads(previous)
+    assert len(steps) == CALLS_PER_DTYPE and capsys.readouterr().err == ""
+    for bad in ("float16", "int32", "double precision", None):
+        with pytest.raises(ValueError, match="dtypes must be among float32, float64"):
+            fastrnn.warmup(dtypes=[bad])
+
+
+def test_cli_warmup(capsys):
+    assert cli.main(["warmup", "--dtype", "float32"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"warmed up {CALLS_PER_DTYPE} calls for float32 in ")
+    assert captured.out.rstrip().endswith(f"cache: {cache_directory()}")
+    assert captured.err.count("  [") == CALLS_PER_DTYPE
+    assert cli.main(["warmup", "--dtype", "float64", "float64", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"warmed up {CALLS_PER_DTYPE} calls for float64 in ")
+    assert captured.err == ""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["warmup", "--dtype", "float16"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
+
+
+# -- fresh processes, empty caches -----------------------------------------------------------------
+
+def run_python(code, **environment):
+    """Run code in a fresh interpreter from the repository, with only the given cache variables."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "FASTRNN_CACHE_DIR")}
+    env.update(environment)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+LOGGING = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr, "
+           "format='%(name)s: %(message)s')\n")
+
+# One small kernel's compile, and where it went: json of its cache path, misses and hits.
+SMALL_COMPILE = LOGGING + """
+import json
+{before}
+import fastrnn
+import numpy as np
+from fastrnn.compiles import cache_directory
+from fastrnn.engine.jit import call
+from fastrnn.stream import _first_bad_slot
+call(_first_bad_slot, np.zeros(0, np.int64), np.zeros(1, np.bool_), np.zeros(1, np.bool_))
+stats = _first_bad_slot.stats
+print(json.dumps([stats.cache_path, cache_directory(), sum(stats.cache_misses.values()),
+                  sum(stats.cache_hits.values())]))
+"""
+
+
+def small_compile(before="", **environment):
+    result = run_python(SMALL_COMPILE.format(before=before), **environment)
+    return json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+def test_cold_cache_compile_is_logged_and_cached_in_numba_cache_dir(tmp_path):
+    (path, _, misses, hits), err = small_compile(NUMBA_CACHE_DIR=str(tmp_path))
+    assert "fastrnn: compiled _first_bad_slot in " in err   # fastrnn.engine.jit.call's record
+    assert (misses, hits) == (1, 0) and path.startswith(str(tmp_path))
+    assert list(Path(path).glob("*_first_bad_slot*.nbi"))
+    (_, _, misses, hits), _ = small_compile(NUMBA_CACHE_DIR=str(tmp_path))
+    assert (misses, hits) == (0, 1)   # the second process loads it
+
+
+@pytest.mark.parametrize("before", ["", "import numba"], ids=["numba_after", "numba_before"])
+def test_fastrnn_cache_dir_is_where_kernels_go(tmp_path, before):
+    """FASTRNN_CACHE_DIR holds every kernel, whether numba was imported before fastrnn or not, and
+    wins over NUMBA_CACHE_DIR."""
+    chosen, other = tmp_path / "fastrnn-cache", tmp_path / "numba-cache"
+    (path, directory, misses, hits), err = small_compile(
+        before, FASTRNN_CACHE_DIR=str(chosen), NUMBA_CACHE_DIR=str(other))
+    assert path.startswith(str(chosen)) and directory.startswith(str(chosen))
+    assert (misses, hits) == (1, 0) and "compiled _first_bad_slot" in err
+    assert not other.exists()
+    (path, _, misses, hits), _ = small_compile(before, FASTRNN_CACHE_DIR=str(chosen))
+    assert path.startswith(str(chosen)) and (misses, hits) == (0, 1)
+
+
+# Every fastrnn kernel dispatcher's cache misses after the calls of an LSTM and a GRU that take
+# each path: none when a warmup filled the cache.
+AFTER_WARMUP = LOGGING + """
+import json
+import fastrnn
+import numpy as np
+from fastrnn.engine import driver
+from fastrnn import stream
+rng = np.random.default_rng(0)
+def layer(gates, inputs):
+    return {"w_ih": rng.standard_normal((gates * 7, inputs)), "w_hh": rng.standard_normal((gates * 7, 7))}
+lstm = fastrnn.from_numpy("lstm", [layer(4, 5), layer(4, 7)], dtype="float32")
+gru = fastrnn.from_numpy("gru", [layer(3, 5), layer(3, 5)], bidirectional=True, dtype="float32")
+x = rng.standard_normal((6, 9, 5)).astype(np.float32)
+lstm(x[:, :1]); lstm(x); gru(x, lengths=[6, 1, 2, 3, 4, 5, 6, 6, 2]); gru(x[:, 0])
+lstm.stream().step(x[0, 0])
+pool = fastrnn.StreamPool(lstm, capacity=9)
+pool.step([pool.open() for _ in range(9)], x[0])
+kernels = {name: value for module in (driver, stream) for name, value in vars(module).items()
+           if hasattr(value, "stats") and hasattr(value, "overloads")}
+print(json.dumps({name: [sum(k.stats.cache_misses.values()), sum(k.stats.cache_hits.values())]
+                  for name, k in kernels.items()}))
+"""
+
+
+def test_cli_warmup_in_an_empty_cache_then_a_fresh_process_compiles_nothing(tmp_path):
+    cache = str(tmp_path / "cache")
+    warm = run_python(LOGGING + "import fastrnn.cli\nsys.exit(fastrnn.cli.main(['warmup', "
+                      "'--dtype', 'float32']))", FASTRNN_CACHE_DIR=cache)
+    logged = {name for name in KERNELS if f"fastrnn: compiled {name} in " in warm.stderr}
+    assert logged == ({"sequence_block", "step_block", "_first_bad_slot"} | (
+        {"sequence_blocks", "step_blocks"} if PARALLEL else set()))
+    assert warm.stderr.count("  [") == CALLS_PER_DTYPE
+    assert f"cache: {cache}" in warm.stdout
+    counts = json.loads(run_python(AFTER_WARMUP, FASTRNN_CACHE_DIR=cache).stdout.splitlines()[-1])
+    assert {name: misses for name, (misses, _) in counts.items()} == \
+        {name: 0 for name in counts}, "a kernel compiled after the warmup"
+    used = {"sequence_block", "step_block"} | ({"sequence_blocks", "step_blocks"}
+                                               if PARALLEL else set())
+    assert all(counts[name][1] >= 1 for name in used)
+
