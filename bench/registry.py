@@ -248,8 +248,9 @@ class Implementation:
     precision: str = "fp32"                          # the arithmetic the engine runs
 
 
-def build(engine, spec):
-    """The Implementation of `spec` on `engine` (one of ENGINES), ready to run and warmed up."""
+def build(engine, spec, warm_up=True):
+    """The Implementation of `spec` on `engine` (one of ENGINES), ready to run and warmed up
+    (unless the caller's first call, untimed, is the warm-up)."""
     builders = {"fastrnn": _build_fastrnn, "torch": _build_torch,
                 "onnxruntime": _build_onnxruntime,
                 "openvino": lambda spec: _build_openvino(spec, "openvino", OPENVINO_FP32),
@@ -259,7 +260,8 @@ def build(engine, spec):
         raise KeyError(f"engine must be one of {tuple(builders)}, got {engine!r}")
     implementation = builders[engine](spec)
     # Warm-up outside any timing: JIT compiles, lazy session init, first-touch allocations.
-    implementation.run_sequence(spec.input())
+    if warm_up:
+        implementation.run_sequence(spec.input())
     return implementation
 
 
@@ -361,7 +363,7 @@ def checked(engine, spec, x=None, reference=None):
     """(Implementation, extra_info) with the engine's answer compared to the reference first."""
     x = spec.input() if x is None else x
     reference = spec.reference(x) if reference is None else reference
-    implementation = build(engine, spec)
+    implementation = build(engine, spec, warm_up=False)   # the checked call is the warm-up
     correct, error = answer_check(implementation.precision, implementation.run_sequence(x),
                                   reference, spec.matches)
     info = {"engine": engine, "correct": correct, "max_abs_error": error,
@@ -461,17 +463,21 @@ def measured(group, engines, build_entrants, enabled):
 
     build_entrants(engines) gives {engine: Entrant} for the engines that can run here (each
     already warmed up: JIT compiled, sessions initialised, answer checked). Under
-    --benchmark-disable (`enabled` false) one round of one call per engine. The group's entry is
-    let go once each of `engines` has asked for it.
+    --benchmark-disable (`enabled` false) nothing is timed. The group's entry is let go once
+    each of `engines` has asked for it.
     """
     if group not in _MEASURED:
         reasons = {engine: unavailable(engine) for engine in engines}
         runnable = [engine for engine in engines if reasons[engine] is None]
         entrants = build_entrants(runnable)
-        times, counts = interleaved_rounds({e: entrants[e].call for e in runnable},
-                                           ROUNDS if enabled else 1,
-                                           ROUND_SECONDS if enabled else 0.0)
-        fields = compare_rounds(times, {e: entrants[e].info for e in runnable})
+        if enabled:
+            times, counts = interleaved_rounds({e: entrants[e].call for e in runnable},
+                                               ROUNDS, ROUND_SECONDS)
+            fields = compare_rounds(times, {e: entrants[e].info for e in runnable})
+        else:
+            # make test: each engine's one call is report_case's (the rounds have tests of
+            # their own in test_bench_registry.py).
+            counts, fields = {e: 1 for e in runnable}, {e: {} for e in runnable}
         for engine in runnable:
             entrants[engine].info.update(fields[engine], calls_per_round=counts[engine])
         _MEASURED[group] = ({**reasons, **entrants}, set(engines))

@@ -52,7 +52,7 @@ def test_ratios_are_medians_of_rounds_and_the_best_peer_is_a_correct_fp32_one():
     assert fields["onnxruntime"]["ratio_to_best_peer"] == 1.0
 
 
-def test_measured_builds_a_group_once_and_lets_it_go_when_every_engine_asked():
+def test_measured_builds_a_group_once_and_lets_it_go_when_every_engine_asked(monkeypatch):
     builds = []
 
     def build(engines):
@@ -60,12 +60,19 @@ def test_measured_builds_a_group_once_and_lets_it_go_when_every_engine_asked():
         return {engine: registry.Entrant(lambda: None, {"engine": engine, "correct": True})
                 for engine in engines}
 
+    monkeypatch.setattr(registry, "ROUNDS", 2)
+    monkeypatch.setattr(registry, "ROUND_SECONDS", 0.001)
     group = "test group (test_bench_registry)"
     engines = ["fastrnn", "fastrnn-variant"]
-    first = registry.measured(group, engines, build, enabled=False)
-    again = registry.measured(group, engines, build, enabled=False)
+    first = registry.measured(group, engines, build, enabled=True)
+    again = registry.measured(group, engines, build, enabled=True)
     assert builds == [engines] and first is again
-    assert first["fastrnn"].info["rounds"] == 1 and first["fastrnn"].info["calls_per_round"] == 1
+    assert first["fastrnn"].info["rounds"] == 2 and first["fastrnn"].info["calls_per_round"] >= 1
+    assert "fastrnn_speedup" not in first["fastrnn-variant"].info     # a variant, not a peer
+    registry._MEASURED.pop(group)
+    # under --benchmark-disable nothing is timed
+    untimed = registry.measured(group, engines, build, enabled=False)
+    assert "rounds" not in untimed["fastrnn"].info and len(builds) == 2
     registry._MEASURED.pop(group)
 
 
