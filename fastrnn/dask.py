@@ -208,7 +208,7 @@ def _state_arrays(state):
 
 
 def _as_state(h, c):
-    """The final state as fastrnn.run returns it: a fastrnn.State (unpacks as (h, c))."""
+    """The final state as this module returns it: a fastrnn.State (unpacks as (h, c))."""
     return State(h, c)
 
 
