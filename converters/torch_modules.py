@@ -20,9 +20,10 @@ time-major inside. The chain's input_layout and output_layout are those roles at
 output, so chain(x) takes and gives arrays laid out as the module's. A model that never fixes
 which axis is time (Linear and activations only) is taken as (B, T, C).
 
-The graph must be a chain: each layer takes the output of the one before. Anything else (another
-module or function, a branch, a second input, a recurrent layer's h_n, an initial state) is refused
-with the node's qualified name and type. A BatchNorm1d is folded into its neighbour
+The graph must be a chain: each layer takes the output of the one before, except for residual
+adds, x + f(x) (operator.add or torch.add), which become a Residual layer around f's layers.
+Anything else (another module or function, another branch, a second input, a recurrent layer's
+h_n, an initial state) is refused with the node's qualified name and type. A BatchNorm1d is folded into its neighbour
 (fastrnn.layers.norm). The chain is float64 when every parameter is, else float32.
 """
 
@@ -33,7 +34,7 @@ import operator
 import numpy as np
 
 from fastrnn.chain import Chain
-from fastrnn.layers import Activation, Conv1d, LayerNorm, Linear, Recurrent
+from fastrnn.layers import Activation, Conv1d, LayerNorm, Linear, Recurrent, Residual
 from fastrnn.layers.norm import Affine, can_fold_into_next, fold_into_next, fold_into_previous
 
 
@@ -125,8 +126,8 @@ class _Reader:
                              f"first element (output, _ = rnn(x), or rnn(x)[0])")
         if layer_node and value.made != len(self.layers):
             raise ValueError(f"{_where(node)} does not take the previous layer's output: fastrnn "
-                             f"reads a model as a chain of layers (branches and residual adds are "
-                             f"not supported yet)")
+                             f"reads a model as a chain of layers (branches other than "
+                             f"residual adds are not supported yet)")
         return value
 
     # -- the graph --
@@ -163,20 +164,38 @@ class _Reader:
         return Chain(layers, input_layout=input_layout, output_layout=output_layout)
 
     def finish(self):
-        """Sizes for the activations (from their neighbours), BatchNorms folded."""
-        layers = list(self.layers)
-        sizes = [None if isinstance(layer, tuple) else layer.in_features for layer in layers]
-        known = [i for i, size in enumerate(sizes) if size is not None]
-        if not known:
+        """The layers, with sizes for the activations (from the layers before them, or the first
+        sized layer's input) and the BatchNorms folded."""
+        features = self.first_features(self.layers)
+        if features is None:
             raise ValueError("the model has no layer that tells its channel count (a Linear, "
                              "Conv1d, norm or recurrent layer)")
-        for index, layer in enumerate(layers):
-            if isinstance(layer, tuple):
-                before = [i for i in known if i < index]
-                features = layers[before[-1]].out_features if before else \
-                    layers[min(known)].in_features
-                _, name, kwargs = layer
-                layers[index] = Activation(name, features, dtype=self.dtype, **kwargs)
+        return self.build(self.layers, features)
+
+    def first_features(self, items):
+        for item in items:
+            if isinstance(item, tuple):
+                found = self.first_features(item[1]) if item[0] == "residual" else None
+                if found is not None:
+                    return found
+            else:
+                return item.in_features
+        return None
+
+    def build(self, items, features):
+        layers = []
+        for item in items:
+            if isinstance(item, tuple) and item[0] == "activation":
+                layer = Activation(item[1], features, dtype=self.dtype, **item[2])
+            elif isinstance(item, tuple):
+                layer = Residual(self.build(item[1], features))
+            else:
+                layer = item
+            layers.append(layer)
+            features = layer.out_features
+        return self.fold(layers)
+
+    def fold(self, layers):
         folded = []
         for index, layer in enumerate(layers):
             if isinstance(layer, Affine):
@@ -303,6 +322,8 @@ class _Reader:
         argument = node.args[0] if node.args else None
         if target is operator.getitem:
             return self.getitem(node)
+        if target in (operator.add, torch.add, "add") and len(node.args) == 2 and not node.kwargs:
+            return self.residual(node)
         value = self.take(node, argument, layer_node=False)
         if name == "contiguous":
             return value
@@ -334,6 +355,28 @@ class _Reader:
             return _Value(value.axes, len(self.layers))
         raise ValueError(f"{_where(node)}: {node.op} {name!r} is not an operation fastrnn runs "
                          f"(see fastrnn.converters.torch_modules)")
+
+    def residual(self, node):
+        """a + b, where one is the newest layer's output and the other an earlier value that the
+        layers since were computed from: those layers become one Residual."""
+        import torch.fx
+        values = [self.values.get(a) if isinstance(a, torch.fx.Node) else None for a in node.args]
+        if None in values:
+            raise ValueError(f"{_where(node)}: an add of {node.args[0]!r} and {node.args[1]!r}; "
+                             f"fastrnn adds two layer outputs only (a residual connection)")
+        for value in values:
+            self.take(node, node.args[values.index(value)], layer_node=False)
+        newest, skip = sorted(values, key=lambda value: -value.made)
+        if newest.made != len(self.layers) or skip.made == newest.made:
+            raise ValueError(f"{_where(node)} adds values that are not a layer's output and an "
+                             f"earlier value it was computed from (a residual connection)")
+        if newest.axes != skip.axes or newest.pad != (0, 0) or skip.pad != (0, 0):
+            raise ValueError(f"{_where(node)} adds tensors laid out differently (the permutes "
+                             f"inside the residual branch do not return to its input's layout)")
+        inner = self.layers[skip.made:]
+        del self.layers[skip.made:]
+        self.layers.append(("residual", inner))
+        return _Value(newest.axes, len(self.layers))
 
     def getitem(self, node):
         source, index = node.args

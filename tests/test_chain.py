@@ -244,3 +244,40 @@ def test_unsupported_modules_are_refused_by_name_and_type():
         fastrnn.from_torch(WrongLayout())
     with pytest.raises(ValueError, match="kind= and batch_first="):
         fastrnn.from_torch(nn.Sequential(nn.Linear(2, 2)), batch_first=True)
+
+
+class ResidualTcn(nn.Module):
+    """Two residual blocks of causal dilated convs (a TCN), then a GRU head: x + f(x) adds."""
+
+    def __init__(self, channels=4):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.ConstantPad1d((2 * d, 0), 0.0), nn.Conv1d(channels, channels, 3,
+                          dilation=d), nn.BatchNorm1d(channels), nn.PReLU(channels))
+            for d in (1, 2))
+        self.gru = nn.GRU(channels, 3)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block(x)
+        return self.gru(x.permute(2, 0, 1))[0]
+
+
+def test_residual_blocks_match_torch_and_stream(dtype, tolerance, rng):
+    torch.manual_seed(15)
+    module = with_statistics(ResidualTcn(), 16).to(torch_dtype(dtype)).eval()
+    chain = fastrnn.from_torch(module)
+    assert [type(layer).__name__ for layer in chain.layers] == ["Residual", "Residual",
+                                                               "Recurrent"]
+    x = rng.standard_normal((2, 4, 30)).astype(dtype)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    whole = chain(x)
+    np.testing.assert_allclose(whole, expected, rtol=0, atol=tolerance)
+    stream = chain.stream(batch=2)
+    steps = np.stack([stream.step(x[:, :, t]) for t in range(12)])
+    blob = stream.snapshot()
+    np.testing.assert_allclose(steps, whole[:12], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(stream.process(x[:, :, 12:]), whole[12:], rtol=0, atol=1e-6)
+    stream.restore(blob)
+    np.testing.assert_allclose(stream.process(x[:, :, 12:]), whole[12:], rtol=0, atol=1e-6)

@@ -9,6 +9,7 @@ whole-sequence function (fastrnn.engine.jit.kernel):
     activation.py  ReLU ... Softmax, Hardtanh  one kernel, the function picked by a code
     norm.py        LayerNorm, Affine           Affine: a BatchNorm1d not folded into a neighbour
     recurrent.py   Recurrent                   LSTM / GRU / RNN: a fastrnn.Model and its state table
+    residual.py    Residual                    y = x + f(x) around a list of layers
 
 A layer's streaming state lives in a table made by `layer.table(rows)`:
 
@@ -114,6 +115,7 @@ from fastrnn.layers.conv import Conv1d  # noqa: E402
 from fastrnn.layers.activation import Activation, ACTIVATIONS  # noqa: E402
 from fastrnn.layers.norm import Affine, LayerNorm  # noqa: E402
 from fastrnn.layers.recurrent import Recurrent  # noqa: E402
+from fastrnn.layers.residual import Residual  # noqa: E402
 
 __all__ = ["Layer", "StatelessTable", "Linear", "Conv1d", "Activation", "ACTIVATIONS", "Affine",
-           "LayerNorm", "Recurrent"]
+           "LayerNorm", "Recurrent", "Residual"]

@@ -55,29 +55,12 @@ def conv_step(x, history, position, weight, bias, dilation, out):
 
 @kernel
 def conv_chunk(xs, history, position, weight, bias, dilation, out):
-    """conv_step at every step of xs (T, B, C_in) -> out (T, B, C_out), the buffer carried on."""
+    """conv_step at every step of xs (T, B, C_in) -> out (T, B, C_out), the buffer carried on.
+
+    A whole sequence with any padding is this over the padded input from a zero buffer, its
+    first (K - 1) d outputs dropped (Conv1d.sequence)."""
     for t in range(xs.shape[0]):
         conv_step(xs[t], history, position, weight, bias, dilation, out[t])
-
-
-@kernel
-def conv_sequence(x, weight, bias, dilation, pad_left, out):
-    """The whole sequence from zeros: x (T, B, C_in) -> out (T', B, C_out), P_l = pad_left (the
-    right padding is implied by T')."""
-    steps, rows, inputs = x.shape
-    outputs, group_inputs, taps = weight.shape
-    group_outputs = outputs // (inputs // group_inputs)
-    for t in range(out.shape[0]):
-        for row in range(rows):
-            for o in range(outputs):
-                first = (o // group_outputs) * group_inputs
-                total = bias[o]
-                for k in range(taps):
-                    source = t + k * dilation - pad_left
-                    if 0 <= source < steps:
-                        for i in range(group_inputs):
-                            total += weight[o, i, k] * x[source, row, first + i]
-                out[t, row, o] = total
 
 
 class Conv1d(Layer):
@@ -111,9 +94,13 @@ class Conv1d(Layer):
         if steps < 1:
             raise ValueError(f"{self!r} needs at least {self.history - sum(self.padding) + 1} "
                              f"steps, got {x.shape[0]}")
-        out = np.empty((steps, x.shape[1], self.out_features), self.dtype)
-        call(conv_sequence, x, self.weight, self.bias, self.dilation, self.padding[0], out)
-        return out
+        # The causal kernel over the padded input, from a zero buffer, outputs
+        # sum_k W_k x'[p - (K-1-k) d] at p; at p = t + H that is the padded conv's y_t.
+        left, right = self.padding
+        padded = np.zeros((x.shape[0] + left + right, x.shape[1], self.in_features), self.dtype)
+        padded[left:left + x.shape[0]] = x
+        table = ConvTable(self, x.shape[1])
+        return table.chunk(padded)[self.history:]
 
     def stream_refusal(self):
         left, right = self.padding
