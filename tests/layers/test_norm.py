@@ -68,7 +68,7 @@ def test_batch_norm_is_folded_into_a_neighbour_and_matches_torch(where, dtype, t
     assert [type(layer) for layer in chain.layers if not type(layer).__name__ == "Activation"] \
         == kinds
     assert chain.input_layout == "BCT"
-    np.testing.assert_allclose(y, expected, rtol=0, atol=tolerance * 4)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=tolerance)
 
 
 def test_affine_matches_its_equation(rng):
