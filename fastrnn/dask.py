@@ -212,7 +212,7 @@ def _as_state(h, c):
     return State(h, c)
 
 
-# -- padded batches: dask arrays and xarray ---------------------------------------------------------
+# -- padded batches: dask arrays and xarray ------------------------------------------------------
 
 def _run_block(ref, x, lengths):
     y, state = ref.model()(x, lengths=lengths)
@@ -398,7 +398,7 @@ def _run_dataarray(model, x, lengths, dims, out_dim, client):
     return y, _as_state(h, c)
 
 
-# -- variable-length sequences: bags and dataframes -------------------------------------------------
+# -- variable-length sequences: bags and dataframes ----------------------------------------------
 
 def _length_batches(lengths, batch_size):
     """How run_bag and run_dataframe batch a partition: indices into `lengths`, sorted longest
