@@ -30,6 +30,7 @@ from limited import Outcome  # noqa: E402
 _FRAME = struct.Struct("<Q")
 TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-9}
 ACTIVATION_ERROR = {np.dtype(np.float32): 5e-7}  # the fast float32 sigmoid's and tanh's, summed
+WELL_CONDITIONED = 16.0  # the largest weight for which float32 results are held to the reference
 MAX_FEED_ELEMENTS = 1 << 20   # a mutated graph may declare huge inputs: not fed
 _out = None                   # the frame channel (the original stdout)
 
@@ -137,7 +138,12 @@ def leniency(model, *arrays):
 
 
 def check_model(model, seed=0):
-    """Run `model` on a small batch with lengths; Wrong unless it matches the reference."""
+    """Run `model` on a small batch with lengths; Wrong unless it matches the reference.
+
+    Values are compared where float32 can agree with float64: for weights up to WELL_CONDITIONED
+    in size. A damaged file may hold larger ones (a flipped exponent bit in a safetensors file,
+    which has no checksum, makes 0.5 into 8e6), and then float32's rounding, times such weights,
+    is no measure of fastrnn: such a model is held to the reference's shapes only."""
     c = model.config
     rng = np.random.default_rng(seed)
     steps, batch = 3, 2
@@ -146,6 +152,14 @@ def check_model(model, seed=0):
     lengths = np.array([steps, 2])
     y, state = model(x, lengths=lengths)
     y_ref, h_ref, c_ref = run_reference(model, x, lengths=lengths)
+    largest = max(float(np.abs(w[np.isfinite(w)]).max(initial=0)) for layer in model.layers
+                  for w in layer.arrays().values())
+    if model.dtype == np.float32 and largest > WELL_CONDITIONED:
+        h_n = state.h if model.kind == "lstm" else state
+        if np.shape(y) != y_ref.shape or np.shape(h_n) != h_ref.shape:
+            raise Wrong(f"shapes {np.shape(y)}, {np.shape(h_n)}; expected {y_ref.shape}, "
+                        f"{h_ref.shape}")
+        return
     tolerance, lenient = TOLERANCE[model.dtype], leniency(model, x)
     assert_matches(y, y_ref, tolerance, "y", **lenient)
     h_n, c_n = state if model.kind == "lstm" else (state, None)  # as torch: a GRU's is h alone

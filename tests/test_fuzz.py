@@ -96,9 +96,9 @@ JSON_VALUES = st.recursive(
         st.text(max_size=6), children, max_size=3),
     max_leaves=8)
 SPECIAL_FLOATS = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 1e30, -3.5])
-# For weights, large but not 1e30: a weight of 1e30 times a state of 1e10 overflows float32 where
-# the float64 reference does not, which says nothing about fastrnn.
-SPECIAL_WEIGHTS = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 1e4, -3.5])
+# For weights, special values but no huge finite ones: float32's rounding times a weight of 1e4
+# is no measure of fastrnn (see fuzz_child.check_model).
+SPECIAL_WEIGHTS = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 8.0, -3.5])
 
 
 @st.composite
