@@ -186,12 +186,17 @@ class ChainStream:
     def step(self, x, out=None):
         """One step: x_t (B, C_in) -> (B, C_out), each layer's state carried on."""
         chain = self.chain
-        x = as_float_array(x, chain.dtype, "x_t")
-        unbatched = x.ndim == 1 and self.batch == 1
-        if unbatched:
-            x = x.reshape(1, -1)
-        check_shape(x, (self.batch, chain.in_features), f"x_t (batch {self.batch}, "
-                    f"{chain.in_features} channels)")
+        unbatched = False
+        # The layers' kernels take C-contiguous arrays of the chain's dtype: anything else is
+        # converted first.
+        if not (type(x) is np.ndarray and x.dtype == chain.dtype and x.flags.c_contiguous
+                and x.shape == (self.batch, chain.in_features)):
+            x = as_float_array(x, chain.dtype, "x_t")
+            unbatched = x.ndim == 1 and self.batch == 1
+            if unbatched:
+                x = x.reshape(1, -1)
+            check_shape(x, (self.batch, chain.in_features), f"x_t (batch {self.batch}, "
+                        f"{chain.in_features} channels)")
         shape = (self.batch, chain.out_features)
         given = out is not None
         if out is None:

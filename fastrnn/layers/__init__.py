@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastrnn.engine.jit import call
+
 
 class Layer:
     """What every layer has: sizes, dtype, a whole-sequence call and a streaming table."""
@@ -41,6 +43,11 @@ class Layer:
     def step_into(self, x: np.ndarray, out: np.ndarray) -> None:
         """A stateless layer's one step: x (B, C_in) -> out (B, C_out)."""
         raise NotImplementedError
+
+    def stepper(self):
+        """step_into as a callable step(x, out) with little between the caller and the kernel.
+        x and out must be C-contiguous arrays of the layer's dtype (ChainStream makes sure)."""
+        return self.step_into
 
     def output_steps(self, steps: int) -> int:
         """T' for an input of T steps (a convolution without causal padding changes it)."""
@@ -73,9 +80,7 @@ class StatelessTable:
 
     def __init__(self, layer: Layer) -> None:
         self.layer = layer
-
-    def step(self, x, out):
-        self.layer.step_into(x, out)
+        self.step = layer.stepper()
 
     def chunk(self, xs):
         return self.layer.sequence(xs)
@@ -101,6 +106,23 @@ def as_weight(value, dtype, shape, name):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {array.shape}")
     array.setflags(write=False)
     return array
+
+
+def entry_point(dispatcher, *arguments):
+    """The compiled entry point of a step kernel for these arguments' types (x, out: zero-row
+    stand-ins), compiled now; Numba's dispatcher spends microseconds a call matching argument
+    types, a step's whole budget. The dispatcher itself where Numba lacks those internals."""
+    import numba
+    call(dispatcher, *arguments)
+    try:
+        return dispatcher.overloads[tuple(numba.typeof(a) for a in arguments)].entry_point
+    except (KeyError, AttributeError):
+        return dispatcher
+
+
+def rows(features, dtype):
+    """A zero-row (0, features) array: the type of a step's x or out, for entry_point."""
+    return np.zeros((0, features), dtype)
 
 
 def check_dtype(dtype):

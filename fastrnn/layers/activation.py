@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from fastrnn.engine.jit import call, kernel
-from fastrnn.layers import Layer, check_dtype
+from fastrnn.layers import Layer, check_dtype, entry_point, rows
 
 ACTIVATIONS = {"relu": 0, "leaky_relu": 1, "prelu": 2, "elu": 3, "gelu": 4, "gelu_tanh": 5,
                "silu": 6, "tanh": 7, "sigmoid": 8, "softmax": 9, "hardtanh": 10}
@@ -116,6 +116,12 @@ class Activation(Layer):
 
     def step_into(self, x, out):
         activation_step(x, self.code, self.params, self.slopes, out)
+
+    def stepper(self):
+        code, params, slopes = self.code, self.params, self.slopes
+        step = entry_point(activation_step, rows(self.in_features, self.dtype), code, params,
+                           slopes, rows(self.out_features, self.dtype))
+        return lambda x, out: step(x, code, params, slopes, out)
 
     def config(self):
         return {"type": "activation", "name": self.name, "features": self.in_features,

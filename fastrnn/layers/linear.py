@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastrnn.engine.jit import call, kernel
-from fastrnn.layers import Layer, as_weight, check_dtype
+from fastrnn.layers import Layer, as_weight, check_dtype, entry_point, rows
 
 
 @kernel
@@ -51,6 +51,12 @@ class Linear(Layer):
 
     def step_into(self, x, out):
         linear_step(x, self.weight, self.bias, out)
+
+    def stepper(self):
+        step, weight, bias = entry_point(linear_step, rows(self.in_features, self.dtype),
+                                         self.weight, self.bias,
+                                         rows(self.out_features, self.dtype)), self.weight, self.bias
+        return lambda x, out: step(x, weight, bias, out)
 
     def config(self):
         return {"type": "linear", "in_features": self.in_features,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastrnn.engine.jit import call, kernel
-from fastrnn.layers import Layer, as_weight, check_dtype
+from fastrnn.layers import Layer, as_weight, check_dtype, entry_point, rows
 from fastrnn.layers.conv import Conv1d
 from fastrnn.layers.linear import Linear
 
@@ -82,6 +82,12 @@ class LayerNorm(Layer):
     def step_into(self, x, out):
         layer_norm_step(x, self.weight, self.bias, self.eps, out)
 
+    def stepper(self):
+        weight, bias, eps = self.weight, self.bias, self.eps
+        step = entry_point(layer_norm_step, rows(self.in_features, self.dtype), weight, bias, eps,
+                           rows(self.out_features, self.dtype))
+        return lambda x, out: step(x, weight, bias, eps, out)
+
     def config(self):
         return {"type": "layer_norm", "features": self.in_features, "eps": self.eps}
 
@@ -113,6 +119,12 @@ class Affine(Layer):
 
     def step_into(self, x, out):
         affine_step(x, self.scale, self.shift, out)
+
+    def stepper(self):
+        scale, shift = self.scale, self.shift
+        step = entry_point(affine_step, rows(self.in_features, self.dtype), scale, shift,
+                           rows(self.out_features, self.dtype))
+        return lambda x, out: step(x, scale, shift, out)
 
     def config(self):
         return {"type": "affine", "features": self.in_features}
