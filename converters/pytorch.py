@@ -52,6 +52,9 @@ _CELL_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 def from_torch(obj, *, prefix="", kind=None, batch_first=None, trust_pickle=False):
     """A fastrnn.Model from a torch module, a mapping of names to tensors/arrays, or a file path.
 
+    An nn.Sequential, or a module whose class defines its own forward, is a whole model: it gives
+    a fastrnn.Chain of every layer (fastrnn.converters.torch_modules says what it may hold).
+
     prefix selects one sub-module: its keys in a state dict ("encoder.rnn." or "encoder.rnn"), or
     its name in a module. kind ("lstm", "gru", "rnn_tanh", "rnn_relu") and batch_first settle
     what a state dict cannot tell (a module's own settings by default; for a state dict, tanh and
