@@ -39,11 +39,15 @@ import sys
 import threading
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fastrnn.layers import Layer
 from fastrnn.validation import as_float_array, check_shape
+
+if TYPE_CHECKING:  # for type checkers only: numpy.typing costs import time
+    import numpy.typing as npt
 
 CHAIN_SNAPSHOT_MAGIC = b"FRNNCHSN"
 CHAIN_SNAPSHOT_VERSION = 1
@@ -102,7 +106,8 @@ class Chain:
 
     # -- layouts --
 
-    def to_time_major(self, x, name="x", layout=None):
+    def to_time_major(self, x: npt.ArrayLike, name: str = "x", layout: str | None = None
+                      ) -> np.ndarray:
         """x in `layout` (the input layout by default) as a contiguous (T, B, C_in) array."""
         layout = layout or self.input_layout
         x = as_float_array(x, self.dtype, name)
@@ -117,12 +122,13 @@ class Chain:
                              f" as (T, B, C)")
         return np.ascontiguousarray(x)
 
-    def from_time_major(self, y):
+    def from_time_major(self, y: np.ndarray) -> np.ndarray:
+        """y (T, B, C_out) laid out as output_layout, contiguous."""
         return np.ascontiguousarray(y.transpose(["TBC".index(axis) for axis in self.output_layout]))
 
     # -- running --
 
-    def __call__(self, x):
+    def __call__(self, x: npt.ArrayLike) -> Any:
         """The whole sequence from the zero state: x in input_layout -> y in output_layout
         (torch tensors in, torch tensors out)."""
         as_torch = _is_torch_tensor(x)
@@ -183,7 +189,7 @@ class ChainStream:
     def __repr__(self) -> str:
         return f"fastrnn.ChainStream(batch={self.batch}, {len(self._tables)} layers)"
 
-    def step(self, x, out=None):
+    def step(self, x: npt.ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
         """One step: x_t (B, C_in) -> (B, C_out), each layer's state carried on."""
         chain = self.chain
         unbatched = False
@@ -213,7 +219,7 @@ class ChainStream:
                 x = destination
         return out if given or not unbatched else out.reshape(chain.out_features)
 
-    def process(self, chunk):
+    def process(self, chunk: npt.ArrayLike) -> np.ndarray:
         """A chunk of steps, laid out as chain(x) takes it -> the outputs, laid out as it gives them."""
         chain = self.chain
         xs = chain.to_time_major(chunk, "chunk")
