@@ -23,6 +23,7 @@ installed package's sources, or, when those are read-only, Numba's user cache di
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import NamedTuple
@@ -97,13 +98,17 @@ def warmup(dtypes: tuple[str, ...] | list[str] = DTYPES, progress: bool = True
 
 
 def cache_directory() -> str | None:
-    """The directory fastrnn's compiled kernels are cached in (Numba's choice for the driver
-    module: see this module's docstring), or None when Numba found none it can write."""
+    """Where fastrnn's compiled kernels are cached: FASTRNN_CACHE_DIR (Numba's CACHE_DIR) when
+    it is set and writable, with a folder per source folder inside; else the cache folder Numba
+    chose for the driver's kernels (the __pycache__ beside them, or one in Numba's user cache
+    directory). None when Numba found no writable place."""
     from fastrnn.engine import driver
     try:
-        return driver.sequence_block.stats.cache_path
+        path = driver.sequence_block.stats.cache_path
     except AttributeError:  # no cache: Numba found no writable location
         return None
+    root = numba.config.CACHE_DIR
+    return root if root and path.startswith(os.path.join(root, "")) else path
 
 
 def _dtype_name(dtype):
