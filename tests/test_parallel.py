@@ -154,10 +154,11 @@ def test_ctrl_c_at_any_point_of_a_call_leaves_later_calls_right():
         pool = fastrnn.StreamPool(model, capacity=8)
         slots = [pool.open() for _ in range(8)]
         pool.step(slots, x[0])  # compiled before the interrupts start (fastrnn.engine.jit.call)
-        interrupts, stop = 0, threading.Event()
+        interrupts, go, stop = 0, threading.Event(), threading.Event()
 
         def interrupter():
             rng = random.Random(1)
+            go.wait()  # not while the main thread is still in thread.start(), outside the try
             while not stop.is_set():
                 time.sleep(rng.uniform(0, 0.002))
                 os.kill(os.getpid(), signal.SIGINT)
@@ -165,6 +166,7 @@ def test_ctrl_c_at_any_point_of_a_call_leaves_later_calls_right():
         thread = threading.Thread(target=interrupter)
         thread.start()
         deadline = time.monotonic() + 3
+        go.set()
         while True:
             try:
                 if time.monotonic() > deadline:
