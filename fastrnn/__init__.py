@@ -36,11 +36,10 @@ def _use_cache_dir():
 
 _use_cache_dir()
 
-from fastrnn.model import Model  # noqa: E402 (after the cache directory is set)
+from fastrnn.model import Model, load  # noqa: E402 (after the cache directory is set)
 from fastrnn.state import State
 from fastrnn.engine.weights import Config, LayerWeights
 from fastrnn.builders import from_numpy
-from fastrnn.fileformat import load
 from fastrnn.engine.parallel import get_num_threads, set_num_threads
 from fastrnn.compiles import warmup
 from fastrnn.chain import Chain
@@ -49,7 +48,7 @@ if TYPE_CHECKING:
     from fastrnn.converters.onnx import InferenceSession
     from fastrnn.stream import Stream, StreamPool
 
-__version__ = "0.1.0"
+from fastrnn.version import __version__  # noqa: E402
 
 
 def from_torch(obj: Any, *, prefix: str = "", kind: str | None = None,

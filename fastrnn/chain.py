@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import sys
 import threading
 import zlib
 from collections.abc import Sequence
@@ -44,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastrnn.layers import Layer
-from fastrnn.validation import as_float_array, check_shape
+from fastrnn.validation import as_float_array, check_shape, is_torch_tensor
 
 if TYPE_CHECKING:  # for type checkers only: numpy.typing costs import time
     import numpy.typing as npt
@@ -63,11 +62,6 @@ def _check_layout(layout, name):
         raise ValueError(f"{name} must be one of {_LAYOUTS} (T time, B batch, C channels), "
                          f"got {layout!r}")
     return layout
-
-
-def _is_torch_tensor(value):
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
 
 
 class Chain:
@@ -131,7 +125,7 @@ class Chain:
     def __call__(self, x: npt.ArrayLike) -> Any:
         """The whole sequence from the zero state: x in input_layout -> y in output_layout
         (torch tensors in, torch tensors out)."""
-        as_torch = _is_torch_tensor(x)
+        as_torch = is_torch_tensor(x)
         x = self.to_time_major(x)
         if x.shape[0] == 0:
             raise ValueError("x has no time steps")

@@ -54,7 +54,7 @@ def _fail(message):
 
 
 def _parser():
-    from fastrnn import __version__
+    from fastrnn.version import __version__
     parser = argparse.ArgumentParser(
         prog="fastrnn", description="Fast inference for trained LSTM, GRU and RNN models.")
     parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
@@ -207,6 +207,7 @@ def _convert(args):
 
 def _info(args):
     from fastrnn import fileformat
+    from fastrnn.model import load
     path = args.model
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
@@ -216,7 +217,7 @@ def _info(args):
         fileformat.starts_with_magic(path))  # reads the first bytes only
     if is_native:
         version, header, _ = fileformat.read_header(path)
-        model = fileformat.load(path)
+        model = load(path)
         source = (f"fastrnn model file, format version {version} (written by fastrnn "
                   f"{header.get('fastrnn_version', 'unknown')})")
     else:

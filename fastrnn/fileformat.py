@@ -34,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fastrnn.engine.weights import Config, LayerWeights, check_layers
+from fastrnn.version import __version__
+
 MAGIC = b"FASTRNN\0"
 FORMAT_VERSION = 1
 SUFFIX = ".fastrnn"
@@ -51,7 +54,6 @@ def save(model, path):
     and the file is renamed over `path`: a reader (or another process saving at the same time)
     sees the old file or a whole new one, and a crash leaves no half-written model at `path`.
     """
-    from fastrnn import __version__
     path = _as_path(path)
     dtype = np.dtype(model.dtype).newbyteorder("<")
     entries, chunks, offset = [], [], 0
@@ -247,10 +249,9 @@ def _is_count(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def load(path):
-    """Read a Model written by Model.save; the weights come back bit for bit."""
-    from fastrnn.model import Model
-    from fastrnn.engine.weights import Config, LayerWeights
+def read(path):
+    """(config, layers, dtype) of a file written by Model.save, every shape checked; the weights
+    come back bit for bit. fastrnn.load builds the Model from them."""
     path = _as_path(path)
     _, header, data = read_header(path)
     try:
@@ -269,7 +270,7 @@ def load(path):
             if weight in layers[index]:
                 raise ValueError(f"array {entry['name']!r} is listed twice")
             layers[index][weight] = _read_array(entry, data, dtype)
-        return Model(config, [LayerWeights(**w) for w in layers], dtype=dtype)
+        return config, check_layers(config, [LayerWeights(**w) for w in layers], dtype), dtype
     except (KeyError, TypeError, IndexError, ValueError, OverflowError) as error:
         raise ValueError(f"{path} has a malformed header: {error}") from None
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastrnn import fileformat
 from fastrnn.engine.driver import run_sequence
 from fastrnn.engine.plan import Plan
 from fastrnn.engine.table import CpuStateTable
 from fastrnn.engine.weights import Config, LayerWeights, check_layers
 from fastrnn.state import State
-from fastrnn.validation import as_float_array, as_lengths, check_shape
+from fastrnn.validation import as_float_array, as_lengths, check_shape, is_torch_tensor
 
 if TYPE_CHECKING:  # for type checkers only: numpy.typing and torch cost import time
     from typing import Union
@@ -26,8 +26,7 @@ if TYPE_CHECKING:  # for type checkers only: numpy.typing and torch cost import 
 
     # What model(x) gives back: numpy arrays, or torch tensors when x is one.
     ArrayOrTensor = Union[np.ndarray, torch.Tensor]
-    # A state as model(x, state=...) takes it: an LSTM's (h, c) or State, a GRU's or RNN's h.
-    StateLike = Union[State, Sequence[npt.ArrayLike], npt.ArrayLike]
+    from fastrnn.state import StateLike
 
 
 def _as_layer_weights(weights, index):
@@ -187,7 +186,7 @@ class Model:
         RNN. torch tensors when x is a torch tensor (sharing memory with fastrnn's results, no
         copy), numpy arrays otherwise. The caller's x and state are never written.
         """
-        as_torch = _is_torch_tensor(x)
+        as_torch = is_torch_tensor(x)
         x, h, c, row_lengths, unbatched = self.check_call(x, state, lengths)
         y = run_sequence(self.plan, x, h, c, row_lengths)
         return self._package(y, h, c, unbatched, as_torch)
@@ -257,11 +256,11 @@ class Model:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model to `path` in fastrnn's native format (fastrnn.fileformat)."""
-        from fastrnn.fileformat import save
-        save(self, path)
+        fileformat.save(self, path)
 
 
-def _is_torch_tensor(value):
-    """Whether `value` is a torch tensor (no torch import: a tensor exists only once it is loaded)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
+def load(path: str | os.PathLike) -> Model:
+    """A Model from a file written by Model.save (fastrnn.fileformat); bit for bit the weights
+    it was saved with."""
+    config, layers, dtype = fileformat.read(path)
+    return Model(config, layers, dtype=dtype)

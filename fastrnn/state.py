@@ -1,6 +1,6 @@
 """The recurrent state, laid out as PyTorch's (h_n, c_n)."""
 
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -14,3 +14,10 @@ class State(NamedTuple):
 
     h: np.ndarray
     c: Optional[np.ndarray] = None
+
+
+if TYPE_CHECKING:  # for type checkers only: numpy.typing costs import time
+    import numpy.typing as npt
+
+    # A state as model(x, state=...) takes it: an LSTM's (h, c) or State, a GRU's or RNN's h.
+    StateLike = Union[State, Sequence[npt.ArrayLike], npt.ArrayLike]

@@ -22,7 +22,7 @@ release the GIL).
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -34,10 +34,24 @@ from fastrnn.validation import as_float_array, check_shape
 if TYPE_CHECKING:  # for type checkers only: numpy.typing costs import time
     import numpy.typing as npt
 
-    from fastrnn.cuda.model import CudaModel
-    from fastrnn.model import Model, StateLike
+    from fastrnn.state import StateLike
 
-    AnyModel = Union[Model, CudaModel]
+
+class _AnyModel(Protocol):
+    """What a Stream or StreamPool needs of its model (a fastrnn.Model or its CUDA twin): its
+    config, dtype and kind, its state checks, and `state_table(rows)`, the backend it runs on."""
+
+    config: object
+    dtype: np.dtype
+    kind: str
+
+    def state_table(self, rows: int) -> object: ...
+
+    def state_shapes(self, batch: int) -> tuple: ...
+
+    def check_state(self, state: object, batch: int) -> tuple: ...
+
+    def to(self, device: str) -> object: ...
 
 _INT64 = np.dtype(np.int64)
 
@@ -94,7 +108,7 @@ class Stream:
     snapshot() -> bytes; restore(bytes): the state, checked against this model and batch.
     """
 
-    def __init__(self, model: AnyModel, batch: int = 1) -> None:
+    def __init__(self, model: _AnyModel, batch: int = 1) -> None:
         _check_streamable(model)
         self.model = model
         self.batch = _check_count(batch, "batch")
@@ -241,7 +255,7 @@ class StreamPool:
     many streams runs on all cores (fastrnn.engine.parallel).
     """
 
-    def __init__(self, model: AnyModel, capacity: int = 1024) -> None:
+    def __init__(self, model: _AnyModel, capacity: int = 1024) -> None:
         _check_streamable(model)
         self.model = model
         self.capacity = _check_count(capacity, "capacity")

@@ -95,3 +95,9 @@ def as_lengths(lengths, batch, steps):
     # Always a fresh array: a caller's read-only or non-native array would make Numba compile
     # the driver again for that array type.
     return np.array(array, dtype=np.int64, order="C", copy=True)
+
+
+def is_torch_tensor(value):
+    """Whether `value` is a torch tensor (no torch import: a tensor exists only once it is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)

@@ -222,7 +222,7 @@ class RecurrentNode:
             if batch and (lengths.min() < 0 or lengths.max() > steps):
                 raise ValueError(f"{self.node.op_type} node {self.name!r}: sequence_lens must "
                                  f"lie in 0..{steps}, got {lengths.tolist()}")
-            lengths = None if lengths.min() == steps else lengths.astype(np.int64)
+            lengths = None if not batch or lengths.min() == steps else lengths.astype(np.int64)
         y = self._sequence(x, h, c, batch, lengths)
         return self._outputs(y, h, c, steps, batch)
 

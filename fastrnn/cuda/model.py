@@ -17,8 +17,7 @@ from numba import cuda
 
 from fastrnn.cuda import driver
 from fastrnn.cuda.stream import DeviceStateTable
-from fastrnn.model import _is_torch_tensor
-from fastrnn.state import State
+from fastrnn.validation import is_torch_tensor
 
 DEFAULT_THREADS_PER_BLOCK = 256
 DEFAULT_TILE = 16
@@ -190,7 +189,7 @@ class CudaModel:
         """y, state = model(x, state, lengths), as fastrnn.Model: results on the host, torch CPU
         tensors when x is a torch tensor and numpy arrays otherwise."""
         cpu = self._cpu
-        as_torch = _is_torch_tensor(x)
+        as_torch = is_torch_tensor(x)
         x, h, c, row_lengths, unbatched = cpu.check_call(x, state, lengths)
         steps, batch = x.shape[0], x.shape[1]
         if batch == 0:  # nothing to launch: an empty grid is an error on the device

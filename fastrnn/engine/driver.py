@@ -93,7 +93,6 @@ def sequence_block(weights, layout, parameters, x, lengths, h, c, buffers, first
     buffers (2, T, B, D*H_out), zero on entry: layer l writes buffers[l % 2]; steps past a row's
       length are never written, so they stay zero. The top layer's buffer is the output.
     """
-    steps = x.shape[0]
     rows = stop_row - first_row
     if rows <= 0:
         return
