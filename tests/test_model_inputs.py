@@ -388,3 +388,17 @@ def test_model_from_bad_layer_weights():
                                          r"expected \(3, 3\)"):
         fastrnn.Model(made, [good[0], dict(good[1], w_ih=np.zeros((3, 2)))])
     assert fastrnn.Model(made, good).dtype == np.float64
+
+
+def test_weights_cannot_be_edited_in_place():
+    """model.layers are read-only views of the one packed copy every path reads: an edit in place
+    is refused, instead of reaching some paths (and not the snapshot fingerprint) and not others."""
+    model = make_model("gru")
+    x = np.ones((20, 1, INPUT), np.float32)
+    before = model(x)[0]
+    for weights in model.layers:
+        for name, array in weights.arrays().items():
+            with pytest.raises(ValueError, match="read-only"):
+                array[...] = 0
+    assert not model.plan.weights.flags.writeable
+    np.testing.assert_array_equal(model(x)[0], before)
