@@ -7,7 +7,7 @@ tanh), P the optional peepholes (ONNX) and * the elementwise product:
     i  = f(clip(W_i x + b_ii + R_i h + b_hi + P_i * c))
     f' = f(clip(W_f x + b_if + R_f h + b_hf + P_f * c))        or 1 - i with input_forget
     g  = g(clip(W_g x + b_ig + R_g h + b_hg))
-    c' = f' * c + i * g
+    c' = f' * c + i * g                                      (computed as c - (1 - f') * c + i * g)
     o  = f(clip(W_o x + b_io + R_o h + b_ho + P_o * c'))
     h' = o * h(c')                                           then h' = W_hr h' with a projection
 
@@ -16,7 +16,9 @@ clip bounds pre-activations to [-clip, clip] (ONNX `clip`; off when <= 0). The p
 folded once by the plan (fastrnn.engine.plan).
 """
 
-from fastrnn.engine.activations import activate
+import numpy as np
+
+from fastrnn.engine.activations import SIGMOID, activate, fast_sigmoid
 from fastrnn.engine.cells.common import clip_range, flush_tiny
 from fastrnn.engine.products import add_scaled_rows
 from fastrnn.engine.jit import kernel
@@ -46,14 +48,27 @@ def lstm_cell(gates, c_prev, peephole, w_proj_t, codes, alphas, betas, clip, inp
             forget_gate[j] += peep_f[j] * c_prev[j]
     clip_range(gates, 0, 3 * hidden, clip)
     activate(input_gate, 0, hidden, codes[0], alphas[0], betas[0])
+    # forget_gate gets 1 - f', not f': near 1, f' itself keeps only the bits of float32's spacing
+    # below 1 (6e-8), and that rounding, multiplied by c, adds up over a long sequence; 1 - f'
+    # keeps its own relative precision. With the sigmoid it is sigmoid(-a); 1 - i is i.
     if input_forget:
         for j in range(hidden):
-            forget_gate[j] = 1.0 - input_gate[j]
+            forget_gate[j] = input_gate[j]
+    elif codes[0] == SIGMOID:
+        for j in range(hidden):
+            forget_gate[j] = fast_sigmoid(-forget_gate[j])
     else:
         activate(forget_gate, 0, hidden, codes[0], alphas[0], betas[0])
+        for j in range(hidden):
+            forget_gate[j] = 1.0 - forget_gate[j]
     activate(cell_gate, 0, hidden, codes[1], alphas[1], betas[1])
+    # c' = c - (1 - f') c + i g in float64, where both products are exact, rounded once: rounding
+    # f' c to float32 before the sum made the error that builds up in c over a long sequence 1.6
+    # times larger (tests/test_precision.py). (1 - f') c is 0 where 1 - f' is, even for c = inf.
     for j in range(hidden):
-        c_new[j] = forget_gate[j] * c_prev[j] + input_gate[j] * cell_gate[j]
+        complement = np.float64(forget_gate[j])
+        forgotten = complement * c_prev[j] if complement != 0.0 else 0.0
+        c_new[j] = c_prev[j] - forgotten + np.float64(input_gate[j]) * cell_gate[j]
     flush_tiny(c_new)
     if has_peephole:
         peep_o = peephole[2]
