@@ -3,7 +3,7 @@
 `mkdocs build --strict` turns every warning (a broken link, a docstring mkdocstrings cannot
 resolve, a page missing from the nav) into a failure, so `make test` catches docs that rot. The
 Design page's tables are copies of the docstrings of fastrnn/engine/weights.py,
-converters/pytorch.py and converters/onnx/__init__.py: a change to either side without the other
+fastrnn/converters/pytorch.py and fastrnn/converters/onnx/__init__.py: a change to either side without the other
 fails here.
 """
 
@@ -20,9 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN = (ROOT / "docs" / "design.md").read_text()
 # What the reference page must render: the public names, by the anchors mkdocstrings gives them.
-PUBLIC = ["fastrnn.Model", "fastrnn.load", "converters.pytorch.from_torch", "fastrnn.from_onnx",
+PUBLIC = ["fastrnn.Model", "fastrnn.load", "fastrnn.converters.pytorch.from_torch", "fastrnn.from_onnx",
           "fastrnn.from_numpy", "fastrnn.stream.Stream", "fastrnn.stream.StreamPool",
-          "converters.onnx.session.InferenceSession", "fastrnn.Config", "fastrnn.LayerWeights"]
+          "fastrnn.converters.onnx.session.InferenceSession", "fastrnn.Config", "fastrnn.LayerWeights"]
 
 
 def docstring(relative_path):
@@ -62,7 +62,7 @@ def test_weight_layout_table_is_the_docstring():
 
 
 def test_pytorch_table_is_the_docstring():
-    rows = re.findall(r"^    (\S+) +-> (\w+) +(.*)$", docstring("converters/pytorch.py"),
+    rows = re.findall(r"^    (\S+) +-> (\w+) +(.*)$", docstring("fastrnn/converters/pytorch.py"),
                       re.MULTILINE)
     assert len(rows) == 5, rows
     table = re.findall(r"^\| `(\S+)` \| `(\w+)` \| (.*?) \|$", DESIGN, re.MULTILINE)
@@ -70,7 +70,7 @@ def test_pytorch_table_is_the_docstring():
 
 
 def test_onnx_gate_order_table_is_the_docstring():
-    rows = [line for line in docstring("converters/onnx/__init__.py").splitlines()
+    rows = [line for line in docstring("fastrnn/converters/onnx/__init__.py").splitlines()
             if line.startswith("|")]
     assert len(rows) == 6, rows
     missing = [row for row in rows if row not in DESIGN.splitlines()]
