@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch, pinned: a plain `torch` would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,bench]"
+	# Silero VAD's ONNX files for the whole-graph tests; --no-deps: it would pull a torch build.
+	$(PY) -m pip install -q --no-deps silero-vad
 	touch $(STAMP)
 
 demo: $(STAMP)
