@@ -1,0 +1,361 @@
+"""A chain compiled into one flat program, and the one kernel that streams it.
+
+A chain's layers become a list of ops, one row each of an int64 table (OP_COLUMNS wide):
+
+    CODE        LINEAR, CONV, ACTIVATION, LAYER_NORM, AFFINE, RECURRENT or ADD
+    SRC, DST    where the op reads its input and writes its output: a region of the step buffer
+                (below), or -1 for the step's own input row block / output row block
+    SRC2        ADD only: the second summand's region
+    IN, OUT     channels in and out
+    W0, W1      offsets into the flat weights array (the op's weight and bias, scale and shift,
+                an activation's scalars and PReLU slopes, a recurrent stack's plan weights)
+    S0, S1      offsets into the flat state array (a conv's ring buffers; a stack's h and c)
+    P0          offset into the int64 state array (a conv's ring positions, one per row)
+    X0, F0      offsets into the int64 and float64 parameter arrays (a stack's plan layout and
+                parameters; a LayerNorm's eps); a conv's dilation in X0
+    A0, A1, A2  a conv's taps K, inputs per group and history H = (K - 1) d; an activation's
+                code and its scalar and slope counts; a stack's plan weight count, its layer
+                count and the width of its c (0 for cells without c)
+
+A Residual around f becomes f's ops, reading the residual's input region, then an ADD of that
+region to f's output: residuals nest without a nested program. Each op's output gets its own
+region of the step buffer, (rows, OUT) values at rows * column, so every op reads and writes
+C-contiguous (rows, C) blocks.
+
+`run_program` runs the ops for every step of a chunk, xs (T, N, C_in) -> ys (T, N, C_out), for
+the N state rows slots[0..N-1] (a stream's rows are 0..B-1; a pool's any distinct slots). It
+calls each family's jitted step (fastrnn.layers.linear, .activation, .norm), the engine's
+step_block for recurrent stacks, and `conv_rows_step` here, whose ring positions are per row so
+that pool rows advance on their own. One kernel serves every chain: one specialisation per dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastrnn.engine.driver import step_block, step_scratch_size
+from fastrnn.engine.jit import kernel
+from fastrnn.engine.plan import LAYOUT_COLUMNS, PARAMETER_COLUMNS
+from fastrnn.layers.activation import Activation, activation_step
+from fastrnn.layers.conv import Conv1d
+from fastrnn.layers.linear import Linear, linear_step
+from fastrnn.layers.norm import Affine, LayerNorm, affine_step, layer_norm_step
+from fastrnn.layers.recurrent import Recurrent
+from fastrnn.layers.residual import Residual
+
+LINEAR, CONV, ACTIVATION, LAYER_NORM, AFFINE, RECURRENT, ADD = range(7)
+(CODE, SRC, DST, SRC2, IN, OUT, W0, W1, S0, S1, P0, X0, F0, A0, A1, A2) = range(16)
+OP_COLUMNS = 16
+
+
+@kernel
+def conv_rows_step(x, history, positions, slots, weight, bias, dilation, out):
+    """Conv1d's causal step (fastrnn.layers.conv) for rows slots[0..N-1] of the state:
+    x (N, C_in) -> out (N, C_out); history (capacity, H, C_in) and positions (capacity,) are each
+    row's ring buffer of its last H = (K - 1) d inputs and its write position, updated in place."""
+    rows, inputs = x.shape
+    outputs, group_inputs, taps = weight.shape
+    group_outputs = outputs // (inputs // group_inputs)
+    held = history.shape[1]
+    for r in range(rows):
+        slot = slots[r]
+        here = positions[slot]
+        ring = history[slot]
+        source = x[r]
+        target = out[r]
+        for o in range(outputs):
+            first = (o // group_outputs) * group_inputs
+            total = bias[o]
+            for k in range(taps):
+                lag = (taps - 1 - k) * dilation
+                if lag == 0:
+                    for i in range(group_inputs):
+                        total += weight[o, i, k] * source[first + i]
+                else:
+                    past = ring[(here - lag) % held]
+                    for i in range(group_inputs):
+                        total += weight[o, i, k] * past[first + i]
+            target[o] = total
+        if held:
+            newest = ring[here]
+            for i in range(inputs):
+                newest[i] = source[i]
+            positions[slot] = (here + 1) % held
+
+
+@kernel
+def run_program(ops, weights, iparams, fparams, state, istate, capacity, slots, xs, ys, buffer,
+                scratch):
+    """Every op of the program for every step of xs (T, N, C_in) -> ys (T, N, C_out), state rows
+    slots (N,) of a table of `capacity` rows. buffer (>= N * the program's columns,) holds the
+    ops' outputs within a step; scratch (>= the stacks' step_scratch_size for N rows,)."""
+    steps, rows = xs.shape[0], xs.shape[1]
+    for t in range(steps):
+        for p in range(ops.shape[0]):
+            op = ops[p]
+            code, inputs, outputs = op[CODE], op[IN], op[OUT]
+            if op[SRC] < 0:
+                x = xs[t]
+            else:
+                x = buffer[rows * op[SRC]:rows * (op[SRC] + inputs)].reshape((rows, inputs))
+            if op[DST] < 0:
+                y = ys[t]
+            else:
+                y = buffer[rows * op[DST]:rows * (op[DST] + outputs)].reshape((rows, outputs))
+            w0, w1 = op[W0], op[W1]
+            if code == LINEAR:
+                linear_step(x, weights[w0:w0 + outputs * inputs].reshape((outputs, inputs)),
+                            weights[w1:w1 + outputs], y)
+            elif code == CONV:
+                taps, held = op[A0], op[A2]
+                group_inputs = op[A1]
+                weight = weights[w0:w0 + outputs * group_inputs * taps].reshape(
+                    (outputs, group_inputs, taps))
+                history = state[op[S0]:op[S0] + capacity * held * inputs].reshape(
+                    (capacity, held, inputs))
+                conv_rows_step(x, history, istate[op[P0]:op[P0] + capacity], slots, weight,
+                               weights[w1:w1 + outputs], op[X0], y)
+            elif code == ACTIVATION:
+                activation_step(x, op[A0], weights[w0:w0 + op[A1]], weights[w1:w1 + op[A2]], y)
+            elif code == LAYER_NORM:
+                layer_norm_step(x, weights[w0:w0 + inputs], weights[w1:w1 + inputs],
+                                fparams[op[F0]], y)
+            elif code == AFFINE:
+                affine_step(x, weights[w0:w0 + inputs], weights[w1:w1 + inputs], y)
+            elif code == RECURRENT:
+                layers, hidden_c = op[A1], op[A2]
+                layout = iparams[op[X0]:op[X0] + layers * LAYOUT_COLUMNS].reshape(
+                    (layers, LAYOUT_COLUMNS))
+                parameters = fparams[op[F0]:op[F0] + layers * PARAMETER_COLUMNS].reshape(
+                    (layers, PARAMETER_COLUMNS))
+                h = state[op[S0]:op[S0] + layers * capacity * outputs].reshape(
+                    (layers, capacity, outputs))
+                c = state[op[S1]:op[S1] + layers * capacity * hidden_c].reshape(
+                    (layers, capacity, hidden_c))
+                step_block(weights[w0:w0 + op[A0]], layout, parameters, slots, h, c, scratch, 0,
+                           rows, x, y)
+            else:  # ADD
+                s2 = op[SRC2]
+                if s2 < 0:
+                    other = xs[t]
+                else:
+                    other = buffer[rows * s2:rows * (s2 + inputs)].reshape((rows, inputs))
+                for r in range(rows):
+                    for j in range(inputs):
+                        y[r, j] = x[r, j] + other[r, j]
+
+
+class Program:
+    """A chain's layers as one flat program (see the module docstring), built once per chain.
+
+    ops (n, OP_COLUMNS) int64 with state offsets per row (ops_for(capacity) scales them);
+    weights (read-only), iparams int64, fparams float64; columns: the step buffer's width.
+    states: the stateful ops in layer order, ("conv", op, H, C_in) or ("recurrent", op, L,
+    H_out, H_c): the arrays of a snapshot, in that order.
+    """
+
+    def __init__(self, layers, dtype):
+        self.dtype = np.dtype(dtype)
+        self._weights, self._ints, self._floats = [], [], []
+        self._sizes = [0, 0, 0]  # weights, iparams, fparams elements so far
+        self._state_per_row = self._istate_per_row = 0
+        self.ops, self.states, self.columns, self._scratch = [], [], 0, []
+        self._plans = []
+        source = -1
+        for index, layer in enumerate(layers):
+            source = self._emit(layer, source, last=index == len(layers) - 1)
+        self.ops = np.array(self.ops, np.int64).reshape(-1, OP_COLUMNS)
+        self.weights = np.concatenate([np.zeros(0, self.dtype)] + self._weights).astype(self.dtype)
+        self.weights.setflags(write=False)
+        # One spare element at the end: a program without stacks still passes non-empty arrays.
+        self.iparams = np.concatenate(self._ints + [np.zeros(1, np.int64)]).astype(np.int64)
+        self.fparams = np.concatenate(self._floats + [np.zeros(1, np.float64)])
+        self.state_per_row, self.istate_per_row = self._state_per_row, self._istate_per_row
+        self.in_features, self.out_features = layers[0].in_features, layers[-1].out_features
+
+    # -- building --
+
+    def _add(self, kind, array):
+        """Append `array` to the weights (0), iparams (1) or fparams (2); returns its offset."""
+        offset = self._sizes[kind]
+        target = (self._weights, self._ints, self._floats)[kind]
+        dtype = (self.dtype, np.int64, np.float64)[kind]
+        array = np.ascontiguousarray(array, dtype).reshape(-1)
+        target.append(array)
+        self._sizes[kind] += array.shape[0]
+        return offset
+
+    def _region(self, features):
+        start = self.columns
+        self.columns += features
+        return start
+
+    def _op(self, code, source, layer, last, **fields):
+        row = [0] * OP_COLUMNS
+        row[CODE], row[SRC], row[IN], row[OUT] = code, source, layer.in_features, layer.out_features
+        row[DST] = -1 if last else self._region(layer.out_features)
+        for name, value in fields.items():
+            row[globals()[name]] = int(value)
+        self.ops.append(row)
+        return row[DST]
+
+    def _emit(self, layer, source, last):
+        """Ops for `layer` reading region `source`; returns the region of its output."""
+        if isinstance(layer, Linear):
+            return self._op(LINEAR, source, layer, last, W0=self._add(0, layer.weight),
+                            W1=self._add(0, layer.bias))
+        if isinstance(layer, Conv1d):
+            held = layer.history
+            position = self._istate_per_row
+            self._istate_per_row += 1
+            history = self._state_per_row
+            self._state_per_row += held * layer.in_features
+            self.states.append(("conv", len(self.ops), held, layer.in_features))
+            return self._op(CONV, source, layer, last, W0=self._add(0, layer.weight),
+                            W1=self._add(0, layer.bias), S0=history, P0=position,
+                            X0=layer.dilation, A0=layer.kernel_size,
+                            A1=layer.in_features // layer.groups, A2=held)
+        if isinstance(layer, Activation):
+            return self._op(ACTIVATION, source, layer, last, W0=self._add(0, layer.params),
+                            W1=self._add(0, layer.slopes), A0=layer.code,
+                            A1=layer.params.shape[0], A2=layer.slopes.shape[0])
+        if isinstance(layer, LayerNorm):
+            return self._op(LAYER_NORM, source, layer, last, W0=self._add(0, layer.weight),
+                            W1=self._add(0, layer.bias), F0=self._add(2, [layer.eps]))
+        if isinstance(layer, Affine):
+            return self._op(AFFINE, source, layer, last, W0=self._add(0, layer.scale),
+                            W1=self._add(0, layer.shift))
+        if isinstance(layer, Recurrent):
+            plan = layer.model.plan
+            config = plan.config
+            layers = config.num_layers
+            hidden_c = config.hidden_size if config.kind == "lstm" else 0
+            h = self._state_per_row
+            self._state_per_row += layers * config.output_size
+            c = self._state_per_row
+            self._state_per_row += layers * hidden_c
+            self.states.append(("recurrent", len(self.ops), layers, config.output_size, hidden_c))
+            self._plans.append(plan)
+            return self._op(RECURRENT, source, layer, last, W0=self._add(0, plan.weights),
+                            X0=self._add(1, plan.layout), F0=self._add(2, plan.parameters),
+                            S0=h, S1=c, A0=plan.weights.shape[0], A1=layers, A2=hidden_c)
+        if isinstance(layer, Residual):
+            inner = source
+            for index, sub in enumerate(layer.layers):
+                inner = self._emit(sub, inner, last=False)
+            row = [0] * OP_COLUMNS
+            row[CODE], row[SRC], row[SRC2] = ADD, inner, source
+            row[IN] = row[OUT] = layer.out_features
+            row[DST] = -1 if last else self._region(layer.out_features)
+            self.ops.append(row)
+            return row[DST]
+        raise TypeError(f"{layer!r} has no streaming op (a {type(layer).__name__} layer)")
+
+    # -- running --
+
+    def ops_for(self, capacity):
+        """The op table with its state offsets for a table of `capacity` rows."""
+        ops = self.ops.copy()
+        for column in (S0, S1, P0):
+            ops[:, column] *= capacity
+        return ops
+
+    def scratch_size(self, rows):
+        return max([1] + [step_scratch_size(plan, rows) for plan in self._plans])
+
+
+class ProgramTable:
+    """The state of `capacity` rows of a Program, and its kernel's entry point, bound once.
+
+    run(slots, xs, ys): xs (T, N, C_in) -> ys (T, N, C_out) for the distinct rows `slots`
+    (int64 (N,)); every array C-contiguous, writable, of the program's dtype (callers make sure).
+    read(slots) -> the snapshot arrays of those rows; write(slots, arrays); reset(slots).
+    """
+
+    def __init__(self, program, capacity):
+        self.program = program
+        self.capacity = capacity
+        dtype = program.dtype
+        self.state = np.zeros(program.state_per_row * capacity, dtype)
+        self.istate = np.zeros(program.istate_per_row * capacity, np.int64)
+        self.ops = program.ops_for(capacity)
+        self._rows = 0
+        self._grow(1)
+        from fastrnn.layers import entry_point
+        xs = np.zeros((0, 1, program.in_features), dtype)
+        ys = np.zeros((0, 1, program.out_features), dtype)
+        self._front = (self.ops, program.weights, program.iparams, program.fparams, self.state,
+                       self.istate, capacity)
+        self._kernel = entry_point(run_program, *self._front, np.zeros(1, np.int64), xs, ys,
+                                   self._buffer, self._scratch)
+
+    def _grow(self, rows):
+        if rows > self._rows:
+            self._rows = rows
+            self._buffer = np.empty(max(1, rows * self.program.columns), self.program.dtype)
+            self._scratch = np.empty(self.program.scratch_size(rows), self.program.dtype)
+
+    def run(self, slots, xs, ys):
+        rows = slots.shape[0]
+        if rows > self._rows:
+            self._grow(rows)
+        self._kernel(*self._front, slots, xs, ys, self._buffer, self._scratch)
+
+    def _views(self, entry):
+        op = self.ops[entry[1]]
+        if entry[0] == "conv":
+            _, _, held, inputs = entry
+            history = self.state[op[S0]:op[S0] + self.capacity * held * inputs]
+            return (history.reshape(self.capacity, held, inputs),
+                    self.istate[op[P0]:op[P0] + self.capacity])
+        _, _, layers, outputs, hidden_c = entry
+        h = self.state[op[S0]:op[S0] + layers * self.capacity * outputs]
+        c = self.state[op[S1]:op[S1] + layers * self.capacity * hidden_c]
+        return (h.reshape(layers, self.capacity, outputs),
+                c.reshape(layers, self.capacity, hidden_c))
+
+    def shapes(self, rows):
+        """The shapes of read()'s arrays for `rows` rows."""
+        shapes = []
+        for entry in self.program.states:
+            if entry[0] == "conv":
+                shapes.append((rows, entry[2], entry[3]))
+            else:
+                shapes += [(entry[2], rows, entry[3]), (entry[2], rows, entry[4])]
+        return shapes
+
+    def read(self, slots):
+        arrays = []
+        for entry in self.program.states:
+            first, second = self._views(entry)
+            if entry[0] == "conv":
+                held = entry[2]
+                # Oldest input first: a state does not depend on where a ring's position is.
+                order = (np.arange(held)[None, :] + second[slots][:, None]) % max(1, held)
+                arrays.append(first[slots[:, None], order])
+            else:
+                arrays += [first[:, slots], second[:, slots]]
+        return [np.ascontiguousarray(array) for array in arrays]
+
+    def write(self, slots, arrays):
+        position = 0
+        for entry in self.program.states:
+            first, second = self._views(entry)
+            if entry[0] == "conv":
+                first[slots] = arrays[position]
+                second[slots] = 0
+                position += 1
+            else:
+                first[:, slots] = arrays[position]
+                second[:, slots] = arrays[position + 1]
+                position += 2
+
+    def reset(self, slots):
+        for entry in self.program.states:
+            first, second = self._views(entry)
+            if entry[0] == "conv":
+                first[slots] = 0
+                second[slots] = 0
+            else:
+                first[:, slots] = 0
+                second[:, slots] = 0
