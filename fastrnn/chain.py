@@ -132,9 +132,17 @@ class Chain:
         x = self.to_time_major(x)
         if x.shape[0] == 0:
             raise ValueError("x has no time steps")
-        for layer in self.layers:
-            x = np.ascontiguousarray(layer.sequence(x))
-        y = self.from_time_major(x)
+        if self.stream_refusal() is None:
+            # A chain that streams runs the whole sequence as one chunk through the streaming
+            # kernel, from a fresh zero state: one call for every layer and step.
+            y = np.empty((x.shape[0], x.shape[1], self.out_features), self.dtype)
+            ProgramTable(self.program(), x.shape[1]).run(np.arange(x.shape[1], dtype=np.int64),
+                                                         _writable(x), y)
+        else:
+            for layer in self.layers:
+                x = np.ascontiguousarray(layer.sequence(x))
+            y = x
+        y = self.from_time_major(y)
         if as_torch:
             import torch
             return torch.from_numpy(y)

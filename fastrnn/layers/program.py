@@ -32,55 +32,22 @@ that pool rows advance on their own. One kernel serves every chain: one speciali
 from __future__ import annotations
 
 import numpy as np
+from numba import uint64
 
 from fastrnn.engine.driver import step_block, step_scratch_size
 from fastrnn.engine.jit import kernel
 from fastrnn.engine.plan import LAYOUT_COLUMNS, PARAMETER_COLUMNS
-from fastrnn.layers.activation import Activation, activation_step
-from fastrnn.layers.conv import Conv1d
-from fastrnn.layers.linear import Linear, linear_step
-from fastrnn.layers.norm import Affine, LayerNorm, affine_step, layer_norm_step
-from fastrnn.layers.recurrent import Recurrent
+from fastrnn.engine.plan import B_HN, BIAS, W_HH, W_IH
+from fastrnn.layers.activation import Activation, activation_flat
+from fastrnn.layers.conv import Conv1d, conv_flat
+from fastrnn.layers.linear import Linear, linear_flat
+from fastrnn.layers.norm import Affine, LayerNorm, affine_flat, layer_norm_flat
+from fastrnn.layers.recurrent import Recurrent, cell_flat, flat_scratch_size, has_flat_cell
 from fastrnn.layers.residual import Residual
 
-LINEAR, CONV, ACTIVATION, LAYER_NORM, AFFINE, RECURRENT, ADD = range(7)
+LINEAR, CONV, ACTIVATION, LAYER_NORM, AFFINE, RECURRENT, ADD, CELL = range(8)
 (CODE, SRC, DST, SRC2, IN, OUT, W0, W1, S0, S1, P0, X0, F0, A0, A1, A2) = range(16)
 OP_COLUMNS = 16
-
-
-@kernel
-def conv_rows_step(x, history, positions, slots, weight, bias, dilation, out):
-    """Conv1d's causal step (fastrnn.layers.conv) for rows slots[0..N-1] of the state:
-    x (N, C_in) -> out (N, C_out); history (capacity, H, C_in) and positions (capacity,) are each
-    row's ring buffer of its last H = (K - 1) d inputs and its write position, updated in place."""
-    rows, inputs = x.shape
-    outputs, group_inputs, taps = weight.shape
-    group_outputs = outputs // (inputs // group_inputs)
-    held = history.shape[1]
-    for r in range(rows):
-        slot = slots[r]
-        here = positions[slot]
-        ring = history[slot]
-        source = x[r]
-        target = out[r]
-        for o in range(outputs):
-            first = (o // group_outputs) * group_inputs
-            total = bias[o]
-            for k in range(taps):
-                lag = (taps - 1 - k) * dilation
-                if lag == 0:
-                    for i in range(group_inputs):
-                        total += weight[o, i, k] * source[first + i]
-                else:
-                    past = ring[(here - lag) % held]
-                    for i in range(group_inputs):
-                        total += weight[o, i, k] * past[first + i]
-            target[o] = total
-        if held:
-            newest = ring[here]
-            for i in range(inputs):
-                newest[i] = source[i]
-            positions[slot] = (here + 1) % held
 
 
 @kernel
@@ -88,61 +55,56 @@ def run_program(ops, weights, iparams, fparams, state, istate, capacity, slots, 
                 scratch):
     """Every op of the program for every step of xs (T, N, C_in) -> ys (T, N, C_out), state rows
     slots (N,) of a table of `capacity` rows. buffer (>= N * the program's columns,) holds the
-    ops' outputs within a step; scratch (>= the stacks' step_scratch_size for N rows,)."""
+    step's input and the ops' outputs; scratch (>= Program.scratch_size(N),) the cells' gates."""
     steps, rows = xs.shape[0], xs.shape[1]
+    inputs, outputs = xs.shape[2], ys.shape[2]
+    last = rows * ops[ops.shape[0] - 1, DST]
     for t in range(steps):
+        for r in range(rows):
+            for j in range(inputs):
+                buffer[uint64(r * inputs + j)] = xs[t, r, j]
         for p in range(ops.shape[0]):
-            op = ops[p]
-            code, inputs, outputs = op[CODE], op[IN], op[OUT]
-            if op[SRC] < 0:
-                x = xs[t]
-            else:
-                x = buffer[rows * op[SRC]:rows * (op[SRC] + inputs)].reshape((rows, inputs))
-            if op[DST] < 0:
-                y = ys[t]
-            else:
-                y = buffer[rows * op[DST]:rows * (op[DST] + outputs)].reshape((rows, outputs))
-            w0, w1 = op[W0], op[W1]
-            if code == LINEAR:
-                linear_step(x, weights[w0:w0 + outputs * inputs].reshape((outputs, inputs)),
-                            weights[w1:w1 + outputs], y)
+            code, n_in, n_out = ops[p, CODE], ops[p, IN], ops[p, OUT]
+            source, target = rows * ops[p, SRC], rows * ops[p, DST]
+            w0, w1 = ops[p, W0], ops[p, W1]
+            if code == CELL:
+                cell_flat(buffer, source, target, rows, slots, state, ops[p, S0],
+                          ops[p, S1], weights, iparams, ops[p, X0], scratch)
+            elif code == LINEAR:
+                linear_flat(buffer, source, target, rows, weights, w0, w1, n_in, n_out)
             elif code == CONV:
-                taps, held = op[A0], op[A2]
-                group_inputs = op[A1]
-                weight = weights[w0:w0 + outputs * group_inputs * taps].reshape(
-                    (outputs, group_inputs, taps))
-                history = state[op[S0]:op[S0] + capacity * held * inputs].reshape(
-                    (capacity, held, inputs))
-                conv_rows_step(x, history, istate[op[P0]:op[P0] + capacity], slots, weight,
-                               weights[w1:w1 + outputs], op[X0], y)
+                conv_flat(buffer, source, target, rows, slots, state, ops[p, S0],
+                          istate, ops[p, P0], weights, w0, w1, n_in, n_out,
+                          ops[p, A1], ops[p, A0], ops[p, X0], ops[p, A2])
             elif code == ACTIVATION:
-                activation_step(x, op[A0], weights[w0:w0 + op[A1]], weights[w1:w1 + op[A2]], y)
+                activation_flat(buffer, source, target, rows, n_in, ops[p, A0], weights, w0, w1,
+                                ops[p, A2])
             elif code == LAYER_NORM:
-                layer_norm_step(x, weights[w0:w0 + inputs], weights[w1:w1 + inputs],
-                                fparams[op[F0]], y)
+                layer_norm_flat(buffer, source, target, rows, weights, w0, w1,
+                                fparams[ops[p, F0]], n_in)
             elif code == AFFINE:
-                affine_step(x, weights[w0:w0 + inputs], weights[w1:w1 + inputs], y)
-            elif code == RECURRENT:
-                layers, hidden_c = op[A1], op[A2]
-                layout = iparams[op[X0]:op[X0] + layers * LAYOUT_COLUMNS].reshape(
+                affine_flat(buffer, source, target, rows, weights, w0, w1, n_in)
+            elif code == ADD:
+                other = rows * ops[p, SRC2]
+                for j in range(rows * n_in):
+                    buffer[uint64(target + j)] = buffer[uint64(source + j)] + buffer[uint64(other + j)]
+            else:  # RECURRENT: a stack only the engine's step_block runs (has_flat_cell)
+                layers, hidden_c = ops[p, A1], ops[p, A2]
+                x = buffer[source:source + rows * n_in].reshape((rows, n_in))
+                y = buffer[target:target + rows * n_out].reshape((rows, n_out))
+                layout = iparams[ops[p, X0]:ops[p, X0] + layers * LAYOUT_COLUMNS].reshape(
                     (layers, LAYOUT_COLUMNS))
-                parameters = fparams[op[F0]:op[F0] + layers * PARAMETER_COLUMNS].reshape(
+                parameters = fparams[ops[p, F0]:ops[p, F0] + layers * PARAMETER_COLUMNS].reshape(
                     (layers, PARAMETER_COLUMNS))
-                h = state[op[S0]:op[S0] + layers * capacity * outputs].reshape(
-                    (layers, capacity, outputs))
-                c = state[op[S1]:op[S1] + layers * capacity * hidden_c].reshape(
+                h_at, c_at = ops[p, S0], ops[p, S1]
+                h = state[h_at:h_at + layers * capacity * n_out].reshape((layers, capacity, n_out))
+                c = state[c_at:c_at + layers * capacity * hidden_c].reshape(
                     (layers, capacity, hidden_c))
-                step_block(weights[w0:w0 + op[A0]], layout, parameters, slots, h, c, scratch, 0,
-                           rows, x, y)
-            else:  # ADD
-                s2 = op[SRC2]
-                if s2 < 0:
-                    other = xs[t]
-                else:
-                    other = buffer[rows * s2:rows * (s2 + inputs)].reshape((rows, inputs))
-                for r in range(rows):
-                    for j in range(inputs):
-                        y[r, j] = x[r, j] + other[r, j]
+                step_block(weights[w0:w0 + ops[p, A0]], layout, parameters, slots, h, c, scratch,
+                           0, rows, x, y)
+        for r in range(rows):
+            for j in range(outputs):
+                ys[t, r, j] = buffer[uint64(last + r * outputs + j)]
 
 
 class Program:
@@ -160,10 +122,10 @@ class Program:
         self._sizes = [0, 0, 0]  # weights, iparams, fparams elements so far
         self._state_per_row = self._istate_per_row = 0
         self.ops, self.states, self.columns, self._scratch = [], [], 0, []
-        self._plans = []
-        source = -1
-        for index, layer in enumerate(layers):
-            source = self._emit(layer, source, last=index == len(layers) - 1)
+        self._plans, self._cell_configs = [], []
+        source = self._region(layers[0].in_features)  # the step's input, copied in
+        for layer in layers:
+            source = self._emit(layer, source)
         self.ops = np.array(self.ops, np.int64).reshape(-1, OP_COLUMNS)
         self.weights = np.concatenate([np.zeros(0, self.dtype)] + self._weights).astype(self.dtype)
         self.weights.setflags(write=False)
@@ -190,19 +152,19 @@ class Program:
         self.columns += features
         return start
 
-    def _op(self, code, source, layer, last, **fields):
+    def _op(self, code, source, layer, **fields):
         row = [0] * OP_COLUMNS
         row[CODE], row[SRC], row[IN], row[OUT] = code, source, layer.in_features, layer.out_features
-        row[DST] = -1 if last else self._region(layer.out_features)
+        row[DST] = self._region(layer.out_features)
         for name, value in fields.items():
             row[globals()[name]] = int(value)
         self.ops.append(row)
         return row[DST]
 
-    def _emit(self, layer, source, last):
+    def _emit(self, layer, source):
         """Ops for `layer` reading region `source`; returns the region of its output."""
         if isinstance(layer, Linear):
-            return self._op(LINEAR, source, layer, last, W0=self._add(0, layer.weight),
+            return self._op(LINEAR, source, layer, W0=self._add(0, layer.weight),
                             W1=self._add(0, layer.bias))
         if isinstance(layer, Conv1d):
             held = layer.history
@@ -211,19 +173,19 @@ class Program:
             history = self._state_per_row
             self._state_per_row += held * layer.in_features
             self.states.append(("conv", len(self.ops), held, layer.in_features))
-            return self._op(CONV, source, layer, last, W0=self._add(0, layer.weight),
+            return self._op(CONV, source, layer, W0=self._add(0, layer.weight),
                             W1=self._add(0, layer.bias), S0=history, P0=position,
                             X0=layer.dilation, A0=layer.kernel_size,
                             A1=layer.in_features // layer.groups, A2=held)
         if isinstance(layer, Activation):
-            return self._op(ACTIVATION, source, layer, last, W0=self._add(0, layer.params),
+            return self._op(ACTIVATION, source, layer, W0=self._add(0, layer.params),
                             W1=self._add(0, layer.slopes), A0=layer.code,
                             A1=layer.params.shape[0], A2=layer.slopes.shape[0])
         if isinstance(layer, LayerNorm):
-            return self._op(LAYER_NORM, source, layer, last, W0=self._add(0, layer.weight),
+            return self._op(LAYER_NORM, source, layer, W0=self._add(0, layer.weight),
                             W1=self._add(0, layer.bias), F0=self._add(2, [layer.eps]))
         if isinstance(layer, Affine):
-            return self._op(AFFINE, source, layer, last, W0=self._add(0, layer.scale),
+            return self._op(AFFINE, source, layer, W0=self._add(0, layer.scale),
                             W1=self._add(0, layer.shift))
         if isinstance(layer, Recurrent):
             plan = layer.model.plan
@@ -235,21 +197,41 @@ class Program:
             c = self._state_per_row
             self._state_per_row += layers * hidden_c
             self.states.append(("recurrent", len(self.ops), layers, config.output_size, hidden_c))
+            if has_flat_cell(plan.layout, plan.parameters):
+                return self._cells(layer, plan, source, h, c)
             self._plans.append(plan)
-            return self._op(RECURRENT, source, layer, last, W0=self._add(0, plan.weights),
+            return self._op(RECURRENT, source, layer, W0=self._add(0, plan.weights),
                             X0=self._add(1, plan.layout), F0=self._add(2, plan.parameters),
                             S0=h, S1=c, A0=plan.weights.shape[0], A1=layers, A2=hidden_c)
         if isinstance(layer, Residual):
             inner = source
             for index, sub in enumerate(layer.layers):
-                inner = self._emit(sub, inner, last=False)
-            row = [0] * OP_COLUMNS
-            row[CODE], row[SRC], row[SRC2] = ADD, inner, source
-            row[IN] = row[OUT] = layer.out_features
-            row[DST] = -1 if last else self._region(layer.out_features)
-            self.ops.append(row)
-            return row[DST]
+                inner = self._emit(sub, inner)
+            return self._op(ADD, inner, layer, SRC2=source)
         raise TypeError(f"{layer!r} has no streaming op (a {type(layer).__name__} layer)")
+
+    def _cells(self, layer, plan, source, h, c):
+        """One CELL op per layer of a stack that cell_flat runs, its plan rows' weight offsets
+        made absolute in the program's weights."""
+        config = plan.config
+        start = self._add(0, plan.weights)
+        hidden_c = config.hidden_size if config.kind == "lstm" else 0
+        for index in range(config.num_layers):
+            row = np.array(plan.layout[index])
+            for column in (W_IH, W_HH, BIAS, B_HN):
+                row[column] += start
+            self._cell_configs.append(config)
+            inputs = config.layer_input_size(index)
+            fields = {"X0": self._add(1, row), "S0": h + index * config.output_size,
+                      "S1": c + index * hidden_c}
+            op = [0] * OP_COLUMNS
+            op[CODE], op[SRC], op[IN], op[OUT] = CELL, source, inputs, config.output_size
+            op[DST] = self._region(config.output_size)
+            for name, value in fields.items():
+                op[globals()[name]] = int(value)
+            self.ops.append(op)
+            source = op[DST]
+        return source
 
     # -- running --
 
@@ -261,7 +243,8 @@ class Program:
         return ops
 
     def scratch_size(self, rows):
-        return max([1] + [step_scratch_size(plan, rows) for plan in self._plans])
+        return max([1] + [flat_scratch_size(config, rows) for config in self._cell_configs]
+                   + [step_scratch_size(plan, rows) for plan in self._plans])
 
 
 class ProgramTable:
