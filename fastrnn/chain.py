@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import threading
 import zlib
@@ -173,6 +174,12 @@ class Chain:
                 raise ValueError(f"this chain cannot stream: {refusal}")
             self._program = Program(self.layers, self.dtype)
         return self._program
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole chain, every layer and weight, to `path` in fastrnn's native file
+        (fastrnn.chainfile); fastrnn.load(path) gives it back bit for bit."""
+        from fastrnn import chainfile
+        chainfile.save(self, path)
 
     def fingerprint(self) -> bytes:
         """sha256 of every layer's settings and weights, the layouts and the dtype."""
