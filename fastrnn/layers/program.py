@@ -74,7 +74,7 @@ def run_program(ops, weights, iparams, fparams, state, istate, capacity, slots, 
                 linear_flat(buffer, source, target, rows, weights, w0, w1, n_in, n_out)
             elif code == CONV:
                 conv_flat(buffer, source, target, rows, slots, state, ops[p, S0],
-                          istate, ops[p, P0], weights, w0, w1, n_in, n_out,
+                          istate, ops[p, P0], weights, w0, ops[p, F0], w1, n_in, n_out,
                           ops[p, A1], ops[p, A0], ops[p, X0], ops[p, A2])
             elif code == ACTIVATION:
                 activation_flat(buffer, source, target, rows, n_in, ops[p, A0], weights, w0, w1,
@@ -175,6 +175,7 @@ class Program:
             self.states.append(("conv", len(self.ops), held, layer.in_features))
             return self._op(CONV, source, layer, W0=self._add(0, layer.weight),
                             W1=self._add(0, layer.bias), S0=history, P0=position,
+                            F0=self._add(0, layer.weight.transpose(2, 1, 0)),
                             X0=layer.dilation, A0=layer.kernel_size,
                             A1=layer.in_features // layer.groups, A2=held)
         if isinstance(layer, Activation):

@@ -148,18 +148,26 @@ def cell_flat(buffer, source, target, rows, slots, state, h_at, c_at, weights, l
                 value = state[uint64(h + j)]
                 state[uint64(h + j)] = value * (abs(value) >= DENORMAL_FLUSH)
         elif cell == LSTM:
+            # One plain loop per activation, each vectorising, as the engine's activate.
+            for j in range(g, g + hidden):
+                scratch[uint64(j)] = fast_sigmoid(scratch[uint64(j)])
+            for j in range(g + hidden, g + 2 * hidden):
+                scratch[uint64(j)] = fast_sigmoid(-scratch[uint64(j)])
+            for j in range(g + 2 * hidden, g + 3 * hidden):
+                scratch[uint64(j)] = fast_tanh(scratch[uint64(j)])
+            for j in range(g + 3 * hidden, g + 4 * hidden):
+                scratch[uint64(j)] = fast_sigmoid(scratch[uint64(j)])
             for j in range(hidden):
-                input_gate = fast_sigmoid(scratch[uint64(g + j)])
-                complement = np.float64(fast_sigmoid(-scratch[uint64(g + hidden + j)]))
-                cell_gate = fast_tanh(scratch[uint64(g + 2 * hidden + j)])
+                complement = np.float64(scratch[uint64(g + hidden + j)])
                 previous = state[uint64(c + j)]
                 forgotten = complement * previous if complement != 0.0 else 0.0
-                state[uint64(c + j)] = previous - forgotten + np.float64(input_gate) * cell_gate
+                state[uint64(c + j)] = (previous - forgotten + np.float64(scratch[uint64(g + j)])
+                                        * scratch[uint64(g + 2 * hidden + j)])
+            for j in range(hidden):
                 value = state[uint64(c + j)]
                 state[uint64(c + j)] = value * (abs(value) >= DENORMAL_FLUSH)
             for j in range(hidden):
-                output_gate = fast_sigmoid(scratch[uint64(g + 3 * hidden + j)])
-                value = output_gate * fast_tanh(state[uint64(c + j)])
+                value = scratch[uint64(g + 3 * hidden + j)] * fast_tanh(state[uint64(c + j)])
                 state[uint64(h + j)] = value * (abs(value) >= DENORMAL_FLUSH)
         else:
             for j in range(hidden):
