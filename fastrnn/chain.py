@@ -6,6 +6,9 @@
     y_t = stream.step(x_t)                        # (B, C_in) -> (B, C_out), every layer's state kept
     ys = stream.process(chunk)                    # a chunk, laid out as chain(x) takes it
     blob = stream.snapshot(); stream.restore(blob)
+    pool = chain.pool(capacity=1024)              # one slot per user, any set stepped at once
+    ys = pool.step(slots, xs)                     # slots (N,), xs (N, C_in) -> (N, C_out)
+    chain.save("model.fastrnn"); chain = fastrnn.load("model.fastrnn")
 
 Layouts. Inside, every array is time-major, (T, B, C). `input_layout` and `output_layout` say how
 the caller's arrays are laid out, as a permutation of the letters T, B, C: "BCT" is torch's
@@ -14,20 +17,39 @@ Conv1d layout (batch, channels, time), so chain(x) with x (B, C, T) is run on x.
 GRU's (B, T, C) needs no permute here at all: the converter resolves those at load. "BTC" is
 batch_first, "TBC" time-major. A step is always (B, C), whatever the layouts.
 
-Streaming needs every layer causal (see each layer's stream_refusal); step by step, chunked and
-whole-sequence results agree to 1e-6. A snapshot holds every layer's state for every row, in a
-versioned and checksummed format checked against the chain (its layers, weights, dtype and batch):
+One kernel. At its first stream (or call) a chain is compiled into a flat program
+(fastrnn.layers.program): an int64 table of ops with offsets into one flat weights array and one
+flat state array. ChainStream.process(chunk) and step() run every layer for every sample in one
+call of one jitted kernel, which loops samples x ops; chain(x) on a chain that streams is the
+same kernel over the whole sequence from a zero state, so whole-sequence, chunked and step-by-step
+results agree (to 1e-6, and in practice exactly). A chain that cannot stream (a conv that looks
+ahead, a bidirectional stack) runs layer by layer on whole sequences.
+
+Pools. ChainPool (chain.pool(capacity)) holds one slot per user in one state table: step(slots,
+xs) and process(slots, chunk) advance any set of distinct slots in one kernel call over their
+rows; reset(slots), export(slots) / import_(slots, blob), snapshot(slot) / restore(slot, blob).
+
+Files. chain.save(path) writes every layer and weight into fastrnn's native file
+(fastrnn.chainfile); fastrnn.load(path) gives the chain back bit for bit.
+
+Streaming needs every layer causal (see each layer's stream_refusal). A snapshot holds every
+layer's state for every row, in a versioned and checksummed format checked against the chain
+(its layers, weights, dtype and batch):
 
     offset  size  field
     0       8     magic b"FRNNCHSN"
     8       4     format version (uint32, little-endian), CHAIN_SNAPSHOT_VERSION
     12      32    chain fingerprint (sha256 of every layer's settings and weights, the dtype)
-    44      1     dtype: 0 float32, 1 float64; then 3 bytes of padding
+    44      1     dtype: 0 float32, 1 float64; then 3 bytes of padding (zero)
     48      4     rows (the stream's batch)
     52      4     number of state arrays N
     56      12 N  each array's shape, 3 x uint32
     ...     ...   the arrays, C order, little-endian, in layer order
     end-4   4     crc32 of every byte before it
+
+The envelope (magic, version, crc32, zero padding, fingerprint) is checked by
+fastrnn.snapshot.check_envelope, as a stream snapshot's is. A ChainPool slot's snapshot is a
+batch-1 stream's, and an export of N slots a batch-N stream's.
 """
 
 from __future__ import annotations

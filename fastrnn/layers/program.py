@@ -2,31 +2,38 @@
 
 A chain's layers become a list of ops, one row each of an int64 table (OP_COLUMNS wide):
 
-    CODE        LINEAR, CONV, ACTIVATION, LAYER_NORM, AFFINE, RECURRENT or ADD
-    SRC, DST    where the op reads its input and writes its output: a region of the step buffer
-                (below), or -1 for the step's own input row block / output row block
+    CODE        LINEAR, CONV, ACTIVATION, LAYER_NORM, AFFINE, CELL, RECURRENT or ADD
+    SRC, DST    the step-buffer regions (below) the op reads and writes; region 0 is the step's
+                input, copied in; the last op's region is copied out to the step's output
     SRC2        ADD only: the second summand's region
     IN, OUT     channels in and out
-    W0, W1      offsets into the flat weights array (the op's weight and bias, scale and shift,
-                an activation's scalars and PReLU slopes, a recurrent stack's plan weights)
-    S0, S1      offsets into the flat state array (a conv's ring buffers; a stack's h and c)
+    W0, W1      offsets into the one flat weights array (the op's weight and bias, scale and
+                shift, an activation's scalars and PReLU slopes, a stack's plan weights)
+    S0, S1      offsets into the one flat state array (a conv's ring buffers; a layer's h and c)
     P0          offset into the int64 state array (a conv's ring positions, one per row)
-    X0, F0      offsets into the int64 and float64 parameter arrays (a stack's plan layout and
-                parameters; a LayerNorm's eps); a conv's dilation in X0
+    X0, F0      offsets into the int64 and float64 parameter arrays (a CELL's plan layout row,
+                its weight offsets made absolute; a RECURRENT stack's layout and parameters; a
+                LayerNorm's eps); a conv's dilation in X0 and its (taps, inputs, outputs)
+                weights' offset in F0
     A0, A1, A2  a conv's taps K, inputs per group and history H = (K - 1) d; an activation's
-                code and its scalar and slope counts; a stack's plan weight count, its layer
-                count and the width of its c (0 for cells without c)
+                code and its scalar and slope counts; a RECURRENT stack's plan weight count,
+                its layer count and the width of its c (0 for cells without c)
 
-A Residual around f becomes f's ops, reading the residual's input region, then an ADD of that
-region to f's output: residuals nest without a nested program. Each op's output gets its own
-region of the step buffer, (rows, OUT) values at rows * column, so every op reads and writes
-C-contiguous (rows, C) blocks.
+Every layer of an LSTM/GRU/RNN stack of torch's cells is one CELL op (fastrnn.layers.recurrent
+cell_flat: the engine's cell equations and product order); any other stack (peepholes, a
+projection, a clip, other activations) is one RECURRENT op run by the engine's step_block. A
+Residual around f is f's ops, reading the residual's input region, then an ADD of that region to
+f's output: residuals nest without a nested program. Each op's output has its own region of the
+step buffer, (rows, OUT) values from rows * column on; state offsets are per row in `ops` and
+scaled to a table's capacity by `ops_for`.
 
 `run_program` runs the ops for every step of a chunk, xs (T, N, C_in) -> ys (T, N, C_out), for
-the N state rows slots[0..N-1] (a stream's rows are 0..B-1; a pool's any distinct slots). It
-calls each family's jitted step (fastrnn.layers.linear, .activation, .norm), the engine's
-step_block for recurrent stacks, and `conv_rows_step` here, whose ring positions are per row so
-that pool rows advance on their own. One kernel serves every chain: one specialisation per dtype.
+the N state rows slots[0..N-1] (a stream's rows are 0..B-1, a pool's any distinct slots), calling
+each family's flat jitted step (`*_flat` beside each layer's own step kernel). They index flat
+arrays and make no array views: in a kernel each view costs an atomic reference count, tens of ns,
+which was most of a step when every op sliced its weights and rows. Their indexes are unsigned,
+so that LLVM drops the negative-index wraparound check and vectorises the loops. One kernel
+serves every chain: one specialisation per dtype, cached on disk.
 """
 
 from __future__ import annotations
