@@ -8,7 +8,7 @@ concatenation in torch exports) are folded into constants once, at load time.
 import numpy as np
 from onnx import helper
 
-from fastrnn.converters.onnx.registry import as_ints, register
+from fastrnn.converters.onnx.registry import as_ints, check_allocation, register
 
 MAX_OPSET = 22
 
@@ -52,7 +52,8 @@ def constant(node):
 def constant_of_shape(node):
     fill = node.attribute("value")
     fill = np.zeros(1, np.float32) if fill is None else np.asarray(fill).reshape(-1)
-    return lambda shape: np.full(as_ints(shape), fill[0], fill.dtype)
+    return lambda shape: np.full(check_allocation("ConstantOfShape", as_ints(shape),
+                                                  fill.dtype.itemsize), fill[0], fill.dtype)
 
 
 @register("ConstantFill", opsets=(1, 8))
@@ -70,7 +71,7 @@ def constant_fill(node):
             shape = tuple(fixed_shape)
         else:
             shape = np.shape(x)
-        return np.full(shape, value, dtype)
+        return np.full(check_allocation("ConstantFill", shape, dtype.itemsize), value, dtype)
     return run
 
 
@@ -258,6 +259,7 @@ def gather(node):
 def expand(node):
     def run(x, shape):
         target = np.broadcast_shapes(np.shape(x), as_ints(shape))
+        check_allocation("Expand", target, np.asarray(x).dtype.itemsize)
         return np.array(np.broadcast_to(x, target))
     return run
 

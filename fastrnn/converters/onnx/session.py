@@ -5,6 +5,7 @@ import operator
 import numpy as np
 
 from fastrnn.converters.onnx.graph import Graph
+from fastrnn.converters.onnx.registry import ControlNode
 
 ndarray = np.ndarray
 
@@ -47,10 +48,7 @@ class InferenceSession:
         known = {slot: (value.dtype, value.shape) for slot, value in enumerate(self._template)
                  if type(value) is ndarray}
         known.update((slot, (dtype, shape)) for _, slot, dtype, shape in self._static_feeds)
-        self._plan = [_empty_batch_lengths(step, step.function.bind(
-                          step.inputs, step.outputs, step.squeeze_y, known))
-                      if hasattr(step.function, "bind") else
-                      _bind(step.function, step.inputs, step.outputs) for step in graph.steps]
+        self._plan = _bind_steps(graph.steps, known)
         self._step_nodes = [step.node for step in graph.steps]
         self._input_names = frozenset(v.name for v in graph.inputs)
         # output name -> (slot, what is applied to it before it is handed over)
@@ -217,6 +215,22 @@ def _empty_batch_lengths(step, run):
         else:
             run(slots)
     return run_empty_batch_too
+
+
+def _bind_steps(steps, known):
+    """step(slots) for each of `steps` (graph.Step), If branches' steps bound inside their node."""
+    bound = []
+    for step in steps:
+        function = step.function
+        if isinstance(function, ControlNode):
+            bound.append(function.bind(step.inputs, step.outputs,
+                                       lambda inner: _bind_steps(inner, known)))
+        elif hasattr(function, "bind"):
+            bound.append(_empty_batch_lengths(step, function.bind(
+                step.inputs, step.outputs, step.squeeze_y, known)))
+        else:
+            bound.append(_bind(function, step.inputs, step.outputs))
+    return bound
 
 
 def _bind(function, inputs, outputs):
