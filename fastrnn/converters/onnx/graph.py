@@ -198,7 +198,13 @@ class Graph:
         constants = {tensor.name: tensor_to_array(tensor, "initializer")
                      for tensor in graph.initializer}
         self.inputs = [ValueInfo(v) for v in graph.input if v.name not in constants]
-        self.outputs = [ValueInfo(v) for v in _with_inferred_shapes(model).graph.output]
+        inferred = _with_inferred_shapes(model).graph
+        self.outputs = [ValueInfo(v) for v in inferred.output]
+        # Declared and inferred shapes, for handlers that check an input's shape when loading.
+        shapes = {info.name: [size if isinstance(size, int) and size > 0 else None
+                              for size in info.shape]
+                  for info in map(ValueInfo, [*inferred.input, *inferred.value_info])
+                  if info.shape is not None}
         slots = {"": 0}
         self.steps = []
         step_protos = []             # the node proto of each step
@@ -221,7 +227,8 @@ class Graph:
             context = NodeContext(
                 op_type=node.op_type, name=name, opset=self.opset,
                 attributes={a.name: _attribute(a, name) for a in node.attribute},
-                inputs=list(node.input), outputs=list(node.output), constants=constants)
+                inputs=list(node.input), outputs=list(node.output), constants=constants,
+                shapes=shapes)
             with _naming(node.op_type, name):
                 function = handler(context)
             available.update(node.output)

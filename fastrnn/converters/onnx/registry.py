@@ -12,7 +12,7 @@ every run. Registering the same op type twice over overlapping opsets is an erro
 an op that has no handler for its opset is refused when it is loaded, naming the op and the node.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -71,6 +71,8 @@ class NodeContext:
     inputs: list            # input value names; '' for an omitted optional input
     outputs: list           # output value names; '' for an omitted optional output
     constants: dict         # value name -> numpy array, for every value known when loading
+    shapes: dict = field(default_factory=dict)  # value name -> shape (ints, None where unknown),
+                                                # for values whose shape the model declares
 
     def attribute(self, name, default=None):
         return self.attributes.get(name, default)
@@ -83,6 +85,12 @@ class NodeContext:
         if not self.has_input(index):
             return None
         return self.constants.get(self.inputs[index])
+
+    def input_shape(self, index):
+        """Input `index`'s shape as the model declares it (ints, None where unknown), or None."""
+        if not self.has_input(index):
+            return None
+        return self.shapes.get(self.inputs[index])
 
     def error(self, message):
         return ValueError(f"{self.op_type} node {self.name!r}: {message}")
