@@ -41,6 +41,7 @@ the same names. Recurrent weights must be known when the graph is loaded (initia
 nodes, or computed from those alone); graphs that feed W, R, B or P as inputs are refused.
 """
 
+from fastrnn.converters.onnx import spatial  # noqa: F401  (registers the spatial ops)
 from fastrnn.converters.onnx.registry import register, supported_ops
 from fastrnn.converters.onnx.session import InferenceSession
 from fastrnn.converters.onnx.stack import from_onnx

@@ -196,7 +196,13 @@ class Graph:
         constants = collections.ChainMap({tensor.name: tensor_to_array(tensor, "initializer")
                                           for tensor in graph.initializer})
         self.inputs = [ValueInfo(v) for v in graph.input if v.name not in constants]
-        self.outputs = [ValueInfo(v) for v in _with_inferred_shapes(model).graph.output]
+        inferred = _with_inferred_shapes(model).graph
+        self.outputs = [ValueInfo(v) for v in inferred.output]
+        # Declared and inferred shapes, for handlers that check an input's shape when loading.
+        self._shapes = {info.name: [size if isinstance(size, int) and size > 0 else None
+                                    for size in info.shape]
+                        for info in map(ValueInfo, [*inferred.input, *inferred.value_info])
+                        if info.shape is not None}
         slots = collections.ChainMap({"": 0})
         self._slot_count = 1
         self._constant_slots = {}    # slot -> the constant it holds on every run
@@ -272,7 +278,7 @@ class Graph:
                 op_type=node.op_type, name=name, opset=self.opset,
                 attributes={a.name: _attribute(a, name) for a in node.attribute},
                 inputs=list(node.input), outputs=list(node.output), constants=constants,
-                plan_subgraph=self._subgraph_planner(node, name, slots, constants))
+                shapes=self._shapes, plan_subgraph=self._subgraph_planner(node, name, slots, constants))
             with _naming(node.op_type, name):
                 function = handler(context)
             runtime_only = isinstance(function, (recurrent.RecurrentNode, ControlNode))

@@ -111,6 +111,8 @@ class NodeContext:
     inputs: list            # input value names; '' for an omitted optional input
     outputs: list           # output value names; '' for an omitted optional output
     constants: dict         # value name -> numpy array, for every value known when loading
+    shapes: dict = field(default_factory=dict)  # value name -> shape (ints, None where unknown),
+                                                # for values whose shape the model declares
     # plan_subgraph(attribute name) -> the Subgraph planned from a graph attribute (If branches)
     plan_subgraph: Callable[[str], Any] | None = field(default=None, repr=False)
 
@@ -125,6 +127,12 @@ class NodeContext:
         if not self.has_input(index):
             return None
         return self.constants.get(self.inputs[index])
+
+    def input_shape(self, index):
+        """Input `index`'s shape as the model declares it (ints, None where unknown), or None."""
+        if not self.has_input(index):
+            return None
+        return self.shapes.get(self.inputs[index])
 
     def error(self, message):
         return ValueError(f"{self.op_type} node {self.name!r}: {message}")
