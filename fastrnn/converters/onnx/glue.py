@@ -343,10 +343,10 @@ def tanh(node):
 
 @register("Sigmoid", opsets=(1, MAX_OPSET))
 def sigmoid(node):
-    def run(x):
-        one = x.dtype.type(1)
-        return one / (one + np.exp(-x))
-    return run
+    # scipy's expit: 1 / (1 + exp(-x)) in the input's dtype, without exp's overflow for x << 0.
+    from scipy.special import expit
+
+    return expit
 
 
 def _softmax_handler(log):

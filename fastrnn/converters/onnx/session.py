@@ -1,11 +1,14 @@
 """fastrnn.InferenceSession: onnxruntime's InferenceSession interface over a loaded plan."""
 
 import operator
+from collections.abc import Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 from fastrnn.converters.onnx.graph import Graph
 from fastrnn.converters.onnx.registry import ControlNode
+from fastrnn.converters.onnx.stateful import SessionStream, suggest_pairs
 
 ndarray = np.ndarray
 
@@ -63,6 +66,28 @@ class InferenceSession:
 
     def get_providers(self):
         return ["fastrnn"]
+
+    def stream(self, state: Mapping[str, str] | None = None,
+               initial: Mapping[str, npt.ArrayLike] | None = None) -> SessionStream:
+        """The graph run chunk by chunk with its state kept inside (see stateful.SessionStream).
+
+        state: graph output name -> the graph input it feeds on the next run, e.g.
+        {"stateN": "state"}. initial: state input name -> its first value (default zeros of the
+        input's declared shape, a symbolic size counting as 1). Without `state`, a ValueError
+        names the pairs that look like state by name and shape.
+        """
+        if state is None:
+            pairs = suggest_pairs(self._graph)
+            offer = ", ".join(f"output {out!r} -> input {inp!r}" for out, inp in pairs)
+            mapping = "{" + ", ".join(f"{out!r}: {inp!r}" for out, inp in pairs) + "}"
+            raise ValueError(
+                "stream() needs state=, a mapping of graph output name to the graph input it "
+                "feeds on the next run; "
+                + (f"this graph's look like: {offer}, i.e. stream(state={mapping})" if pairs
+                   else f"no output of this graph matches an input by dtype and shape (outputs "
+                        f"{[v.name for v in self._graph.outputs]}, inputs "
+                        f"{[v.name for v in self._graph.inputs]})"))
+        return SessionStream(self, state, initial)
 
     def run(self, output_names, input_feed, run_options=None):
         """The outputs named (None: all, in the graph's order) for the feeds, as numpy arrays."""
