@@ -194,20 +194,18 @@ def _reduction(reduce, axes_input_from):
             fixed = node.attribute("axes")
             fixed = tuple(fixed) if fixed else None   # none or empty: every axis
             return lambda x: reduce(x, fixed, keepdims)
-        noop = bool(node.attribute("noop_with_empty_axes", 0))
+        # Empty axes with noop_with_empty_axes reduce over no axis: what is applied to each
+        # element still is (ReduceL1 gives |x|, ReduceSumSquare x * x), as onnxruntime does.
+        empty = () if node.attribute("noop_with_empty_axes", 0) else None
         if not node.has_input(1):
-            return lambda x: x.copy() if noop else reduce(x, None, keepdims)
+            return lambda x: reduce(x, empty, keepdims)
         fixed = as_ints(node.constant_input(1))
         if fixed is not None:
-            if not fixed:
-                return lambda x, _: x.copy() if noop else reduce(x, None, keepdims)
+            fixed = fixed or empty
             return lambda x, _: reduce(x, fixed, keepdims)
 
         def run(x, axes=None):
-            axes = as_ints(axes)
-            if not axes:
-                return x.copy() if noop else reduce(x, None, keepdims)
-            return reduce(x, axes, keepdims)
+            return reduce(x, as_ints(axes) or empty, keepdims)
         return run
     return handler
 

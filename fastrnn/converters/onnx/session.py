@@ -205,7 +205,15 @@ def _finisher(name, graph):
         return np.array
     if name in graph.fresh_outputs:
         return None
-    return np.ascontiguousarray
+    return _contiguous
+
+
+def _contiguous(value):
+    """`value` as a C-contiguous ndarray, a copy only where needed; a 0-d result stays 0-d (a
+    numpy scalar becomes a 0-d array), where np.ascontiguousarray would make it 1-d."""
+    if type(value) is ndarray and value.flags.c_contiguous:
+        return value
+    return np.array(value, order="C")
 
 
 def _output_taker(outputs):
