@@ -282,7 +282,8 @@ def suggest_pairs(graph) -> list:
         for input_ in graph.inputs:
             if input_.name in taken or not compatible(output, input_):
                 continue
-            if stem(output.name) == stem(input_.name) or output.name.startswith(input_.name):
+            if stem(output.name) == stem(input_.name) or output.name.startswith(input_.name) \
+                    or stem(output.name).endswith("_" + stem(input_.name)):
                 by_name.append((output.name, input_.name))
                 taken.add(input_.name)
                 break
@@ -292,5 +293,6 @@ def suggest_pairs(graph) -> list:
         for input_ in graph.inputs:
             if input_.name not in taken and compatible(output, input_):
                 by_shape.append((output.name, input_.name))
+                taken.add(input_.name)
                 break
     return by_name or by_shape
