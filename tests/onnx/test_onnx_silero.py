@@ -97,7 +97,7 @@ def test_silero_graph_streams_as_onnxruntime(name, rate, state, windows_per_run)
             carried[in_name] = expected[out_name]
             worst_state = max(worst_state, float(np.max(np.abs(stream.state[in_name] -
                                                                expected[out_name]))))
-            # onnxruntime's own next state stays the reference: errors do not compound apart
+            # each side carries its own state, as a caller of either would
         probabilities.append(float(np.max(next(iter(got.values())))))
     assert worst_output <= TOLERANCE, worst_output
     assert worst_state <= TOLERANCE, worst_state
