@@ -79,7 +79,9 @@ def test_if_is_one_step_with_its_branches_planned_inside():
     steps = session._graph.steps
     assert [step.op_type for step in steps] == ["ReduceSum", "Greater", "If", "Mul"]
     branch = steps[2].function
-    assert [s.op_type for s in branch.then_branch.steps] == ["Mul", "Add", "Identity"]
+    # The Identity is no step: its output is read from the enclosing input's own slot.
+    assert [s.op_type for s in branch.then_branch.steps] == ["Mul", "Add"]
+    assert branch.then_branch.outputs[1] == (session._graph.slots["x"], None)
     # The else branch's Constant was folded; its nested If is one step of that branch.
     assert [s.op_type for s in branch.else_branch.steps] == ["Relu", "If", "Sub"]
     assert branch.else_branch.outputs[1][0] is None

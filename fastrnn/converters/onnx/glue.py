@@ -252,6 +252,11 @@ def _slice_index(rank, starts, ends, axes, steps):
 @register("Gather", opsets=(1, MAX_OPSET))
 def gather(node):
     axis = node.attribute("axis", 0)
+    index = node.constant_input(1)
+    if index is not None and index.ndim == 0 and axis >= 0:
+        # One index known when loading (torch's x.shape[k], x[:, k]): a basic index, a 0-d view.
+        position = (slice(None),) * axis + (int(index), Ellipsis)
+        return lambda x, _: x[position]
     return lambda x, indices: np.take(x, np.asarray(indices, np.int64), axis=axis)
 
 

@@ -35,7 +35,7 @@ FOLD_LIMIT_BYTES = 256 << 20
 # Ops whose output may be a view of their first input: a graph output reached from a graph input or
 # a constant only through these is copied, so a caller never holds the plan's constants.
 VIEW_OPS = {"Identity", "Squeeze", "Unsqueeze", "Reshape", "Transpose", "Slice", "Flatten", "Cast",
-            "Split", "Expand", "Dropout"}
+            "Split", "Expand", "Dropout", "Gather"}
 # onnxruntime's type strings for ONNX element types.
 TYPE_NAMES = {
     onnx.TensorProto.FLOAT: "float", onnx.TensorProto.DOUBLE: "double",
@@ -289,6 +289,15 @@ class Graph:
                 except ValueError:
                     if top_level:
                         raise
+            if node.op_type == "Identity" and len(node.output) == 1 and node.input and \
+                    node.input[0]:
+                # A runtime Identity is no step: its output is read from its input's slot.
+                slots[node.output[0]] = self._slot(node.input[0], slots, constants)
+                if top_level:
+                    self._viewed[node.output[0]] = self._viewed.get(node.input[0], node.input[0])
+                    if node.input[0] in self._may_alias:
+                        self._may_alias.add(node.output[0])
+                continue
             for value_name in node.input:
                 self._slot(value_name, slots, constants)
             step = Step(function, tuple(self._slot(v, slots, constants) for v in node.input),

@@ -217,7 +217,11 @@ def _reducer(function):
 
 
 def _mean(x, axis, keepdims):
-    return np.mean(x, axis=axis, keepdims=keepdims, dtype=x.dtype)
+    # The sum over the count, in the input's dtype: np.mean's own bookkeeping costs more than
+    # the sum on the small tensors of a streaming graph.
+    total = np.add.reduce(x, axis=axis, keepdims=keepdims)
+    count = x.size // max(np.size(total), 1) if x.size else 0
+    return total / x.dtype.type(count) if x.dtype.kind == "f" else total // count
 
 
 def _l2(x, axis, keepdims):
