@@ -346,12 +346,19 @@ def tanh(node):
     return np.tanh
 
 
+# The largest x whose exp stays finite, by float size: float16, float32, float64.
+_EXP_CAPS = {2: 11.0, 4: 88.0, 8: 709.0}
+
+
 @register("Sigmoid", opsets=(1, MAX_OPSET))
 def sigmoid(node):
-    # scipy's expit: 1 / (1 + exp(-x)) in the input's dtype, without exp's overflow for x << 0.
-    from scipy.special import expit
-
-    return expit
+    def run(x):
+        # 1 / (1 + exp(-x)), -x capped below exp's overflow: for x below the cap the result is
+        # under 1e-38 (float32) or 1e-307 (float64) instead of a 0 with an overflow warning.
+        kind = x.dtype.type
+        cap = kind(_EXP_CAPS.get(x.dtype.itemsize, 88.0))
+        return kind(1) / (kind(1) + np.exp(np.minimum(-x, cap)))
+    return run
 
 
 def _softmax_handler(log):

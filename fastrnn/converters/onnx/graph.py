@@ -278,7 +278,8 @@ class Graph:
                 op_type=node.op_type, name=name, opset=self.opset,
                 attributes={a.name: _attribute(a, name) for a in node.attribute},
                 inputs=list(node.input), outputs=list(node.output), constants=constants,
-                shapes=self._shapes, plan_subgraph=self._subgraph_planner(node, name, slots, constants))
+                shapes=self._shapes,
+                plan_subgraph=self._subgraph_planner(node, name, slots, constants))
             with _naming(node.op_type, name):
                 function = handler(context)
             runtime_only = isinstance(function, (recurrent.RecurrentNode, ControlNode))
