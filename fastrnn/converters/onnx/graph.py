@@ -287,7 +287,7 @@ class Graph:
                 try:
                     self._fold(node, name, context, function, constants)
                     continue
-                except ValueError:
+                except (ValueError, TypeError):
                     if top_level:
                         raise
             if node.op_type == "Identity" and len(node.output) == 1 and node.input and \
