@@ -193,7 +193,10 @@ def _chain_of(keras, model):
 
 
 def _numpy(keras, variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable), np.float64)
+    value = getattr(variable, "value", variable)
+    if hasattr(value, "detach"):   # a torch tensor: keras.ops' np.array(tensor) warns in numpy 2
+        return value.detach().cpu().double().numpy()
+    return np.asarray(keras.ops.convert_to_numpy(value), np.float64)
 
 
 def _function_name(keras, function, what):
