@@ -123,7 +123,7 @@ def test_layer_families_match_keras(case):
             chain.stream()
 
 
-def test_conv_lstm_dense_model_streams_and_round_trips_a_keras_file(tmp_path):
+def test_conv_lstm_dense_model_streams_and_round_trips_a_keras_file(tmp_path, capsys):
     inp = keras.Input((None, CHANNELS))
     hidden = layers.Conv1D(6, 3, padding="causal", activation="tanh")(inp)
     hidden = layers.LSTM(8, return_sequences=True)(hidden)
@@ -148,6 +148,9 @@ def test_conv_lstm_dense_model_streams_and_round_trips_a_keras_file(tmp_path):
     np.testing.assert_array_equal(loaded(x), whole)
     reloaded = keras.saving.load_model(path, compile=False)
     np.testing.assert_allclose(loaded(x), keras_output(reloaded, x), rtol=0, atol=TOLERANCE)
+    from fastrnn.cli import main
+    assert main(["info", str(path)]) == 0
+    assert "Keras 3 model" in capsys.readouterr().out
 
 
 def test_gru_reset_before_the_product_model():
@@ -175,6 +178,10 @@ def test_unsupported_models_are_refused_clearly(tmp_path):
         fastrnn.from_keras(sequential(layers.Dense(2, activation="selu")))
     with pytest.raises(ValueError, match="activation 'selu' is not one fastrnn's recurrent"):
         fastrnn.from_keras(sequential(layers.GRU(2, activation="selu", return_sequences=True)))
+    quantized = sequential(layers.Dense(4, name="small"))
+    quantized.layers[0].quantize("int8")
+    with pytest.raises(ValueError, match=r"'small' \(Dense\) is quantized \(int8\)"):
+        fastrnn.from_keras(quantized)
     inp = keras.Input((None, CHANNELS))
     branch = layers.Dense(CHANNELS, name="branch")(inp)
     with pytest.raises(ValueError, match="'added' \\(Add\\) does not take the previous"):

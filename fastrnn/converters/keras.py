@@ -212,6 +212,14 @@ def _function_name(keras, function, what):
     return name
 
 
+def _input_rank(layer):
+    """The rank of the layer's input; 3, (B, T, C), where Keras has no symbolic input for it."""
+    try:
+        return len(layer.input.shape)
+    except (AttributeError, ValueError):
+        return 3
+
+
 def _what(layer):
     return f"layer {layer.name!r} ({type(layer).__name__})"
 
@@ -238,6 +246,10 @@ class _Reader:
         what = _what(layer)
         if kind in _IDENTITIES:
             return
+        if getattr(layer, "quantization_mode", None):
+            # Its kernel holds integers and a scale elsewhere: read as floats it would be wrong.
+            raise ValueError(f"{what} is quantized ({layer.quantization_mode}); fastrnn reads "
+                             f"float weights only")
         if self.last_step and kind in _RECURRENT + ("Bidirectional", "Conv1D"):
             raise ValueError(f"{what} follows a recurrent layer with return_sequences=False: "
                              f"fastrnn has its last step only there")
@@ -375,7 +387,7 @@ class _Reader:
 
     def layer_norm(self, layer, what):
         axes = [layer.axis] if isinstance(layer.axis, int) else list(layer.axis)
-        rank = len(layer.input.shape) if hasattr(layer, "input") else 3
+        rank = _input_rank(layer)
         if [axis % rank for axis in axes] != [rank - 1]:
             raise ValueError(f"{what} normalises over axes {axes}; fastrnn normalises over the "
                              f"channels (the last axis) of a step only")
@@ -383,11 +395,12 @@ class _Reader:
             raise ValueError(f"{what} has rms_scaling=True, which fastrnn does not run")
         gamma = _numpy(self.keras, layer.gamma) if layer.scale else None
         beta = _numpy(self.keras, layer.beta) if layer.center else None
-        features = int(layer.input.shape[-1])
+        features = (gamma if gamma is not None else beta).shape[0] if layer.scale or \
+            layer.center else int(layer.input.shape[-1])
         return LayerNorm(features, gamma, beta, eps=layer.epsilon, dtype=self.dtype)
 
     def batch_norm(self, layer, what):
-        rank = len(layer.input.shape)
+        rank = _input_rank(layer)
         if layer.axis % rank != rank - 1:
             raise ValueError(f"{what} normalises axis {layer.axis}; fastrnn normalises the "
                              f"channels (the last axis)")
