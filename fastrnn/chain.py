@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastrnn.layers import Layer
-from fastrnn.layers.program import Program, ProgramTable
+from fastrnn.layers.program import Program, ProgramTable, TableChain, supports
 from fastrnn.snapshot import check_envelope
 from fastrnn.validation import as_float_array, check_shape, is_torch_tensor
 
@@ -155,9 +155,9 @@ class Chain:
         x = self.to_time_major(x)
         if x.shape[0] == 0:
             raise ValueError("x has no time steps")
-        if self.stream_refusal() is None:
+        if self.stream_refusal() is None and supports(self.layers):
             # A chain that streams runs the whole sequence as one chunk through the streaming
-            # kernel, from a fresh zero state: one call for every layer and step.
+            # kernel, from a fresh start state: one call for every layer and step.
             y = np.empty((x.shape[0], x.shape[1], self.out_features), self.dtype)
             ProgramTable(self.program(), x.shape[1]).run(np.arange(x.shape[1], dtype=np.int64),
                                                          _writable(x), y)
@@ -189,11 +189,15 @@ class Chain:
 
     def program(self) -> Program:
         """The chain as one flat program for the streaming kernel (fastrnn.layers.program), built
-        on first use; ValueError if a layer cannot stream."""
+        on first use; ValueError if a layer cannot stream or has no op there."""
         if self._program is None:
             refusal = self.stream_refusal()
             if refusal:
                 raise ValueError(f"this chain cannot stream: {refusal}")
+            if not supports(self.layers):
+                raise ValueError("this chain has layers the streaming kernel has no op for "
+                                 "(other than fastrnn.layers' own): it streams layer by layer "
+                                 "in a ChainStream, and has no ChainPool")
             self._program = Program(self.layers, self.dtype)
         return self._program
 
@@ -232,7 +236,13 @@ class ChainStream:
             raise ValueError(f"batch must be a positive integer, got {batch!r}")
         self.chain = chain
         self.batch = int(batch)
-        self._table = ProgramTable(chain.program(), self.batch)
+        if supports(chain.layers):
+            self._table = ProgramTable(chain.program(), self.batch)
+        else:
+            refusal = chain.stream_refusal()
+            if refusal:
+                raise ValueError(f"this chain cannot stream: {refusal}")
+            self._table = TableChain(chain.layers, chain.dtype, self.batch)
         self._slots = np.arange(self.batch, dtype=np.int64)
         self._lock = threading.Lock()
 
@@ -271,6 +281,12 @@ class ChainStream:
         if xs.shape[1] != self.batch:
             raise ValueError(f"chunk has {xs.shape[1]} rows (axis {chain.input_layout.index('B')} "
                              f"of its {chain.input_layout} layout); this stream has {self.batch}")
+        if isinstance(self._table, TableChain):
+            if not xs.shape[0]:
+                return chain.from_time_major(np.zeros((0, self.batch, chain.out_features),
+                                                      chain.dtype))
+            with self._lock:
+                return chain.from_time_major(self._table.process(xs))
         ys = np.empty((xs.shape[0], self.batch, chain.out_features), chain.dtype)
         if xs.shape[0]:
             with self._lock:
@@ -278,7 +294,7 @@ class ChainStream:
         return chain.from_time_major(ys)
 
     def reset(self) -> None:
-        """Every layer back to the zero state."""
+        """Every layer back to its start state (zero, or a recurrent layer's initial_state)."""
         with self._lock:
             self._table.reset(self._slots)
 
@@ -305,8 +321,9 @@ class ChainPool:
         pool.reset(slots)
         blob = pool.export(slots); pool.import_(slots, blob)
 
-    Every slot starts at the zero state. `step` and `process` advance any set of distinct slots,
-    in any order, in one kernel call over their rows; each row is computed on its own. export()
+    Every slot starts at the start state (zero, or a recurrent layer's initial_state), as reset()
+    returns it. `step` and `process` advance any set of distinct slots, in any order, in one
+    kernel call over their rows; each row is computed on its own. export()
     of one slot gives the same bytes as a batch-1 ChainStream's snapshot(), and either restores
     into the other. Threads sharing a pool take turns (a lock).
     """
@@ -372,7 +389,7 @@ class ChainPool:
         return ys
 
     def reset(self, slots: npt.ArrayLike) -> None:
-        """The streams `slots` back to the zero state."""
+        """The streams `slots` back to the start state."""
         slots = self._as_slots(slots)
         with self._lock:
             self._table.reset(slots)

@@ -169,13 +169,17 @@ def _build(specs, arrays, dtype, prefix):
             layer = Affine(take("scale"), take("shift"), dtype=dtype)
         elif kind == "recurrent":
             config = Config.from_json({key: value for key, value in spec.items()
-                                       if key != "type"})
+                                       if key not in ("type", "initial_state")})
+            start = None
+            if spec.get("initial_state"):
+                start = (take("initial_h"),
+                         take("initial_c") if f"{path}.initial_c" in arrays else None)
             weights = []
             for ld in range(config.num_layers * config.num_directions):
                 names = {key[len(f"{path}.{ld}."):] for key in arrays
                          if key.startswith(f"{path}.{ld}.")}
                 weights.append(LayerWeights(**{name: take(f"{ld}.{name}") for name in names}))
-            layer = Recurrent(Model(config, weights, dtype=dtype))
+            layer = Recurrent(Model(config, weights, dtype=dtype), initial_state=start)
         elif kind == "residual":
             layer = Residual(_build(spec["layers"], arrays, dtype, f"{path}."))
         else:

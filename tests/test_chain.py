@@ -358,3 +358,23 @@ def test_a_saved_chain_loads_back_bit_for_bit(spotters, tmp_path, rng):
     model = fastrnn.from_torch(nn.GRU(2, 3))
     model.save(tmp_path / "model.fastrnn")
     assert isinstance(fastrnn.load(tmp_path / "model.fastrnn"), fastrnn.Model)
+
+
+def test_a_learned_start_state_is_kept_by_streams_pools_and_files(tmp_path, rng):
+    torch.manual_seed(17)
+    model = fastrnn.from_torch(nn.LSTM(2, 3, num_layers=2))
+    start = (rng.standard_normal((2, 3)), rng.standard_normal((2, 3)))
+    layer = Recurrent(model, initial_state=start)
+    chain = fastrnn.Chain([layer, Linear(rng.standard_normal((1, 3)))])
+    x = rng.standard_normal((9, 2, 2)).astype(np.float32)
+    expected = layer.sequence(x) @ chain.layers[1].weight.T     # the engine's run from start
+    np.testing.assert_allclose(chain(x), expected, rtol=0, atol=1e-6)
+    pool = chain.pool(capacity=4)
+    np.testing.assert_allclose(pool.process([3, 1], x), expected, rtol=0, atol=1e-6)
+    pool.reset([3, 1])
+    np.testing.assert_allclose(pool.process([1, 3], x[:, ::-1]), expected[:, ::-1], rtol=0,
+                               atol=1e-6)
+    chain.save(tmp_path / "start.fastrnn")
+    loaded = fastrnn.load(tmp_path / "start.fastrnn")
+    assert loaded.fingerprint() == chain.fingerprint()
+    np.testing.assert_array_equal(loaded.stream(batch=2).process(x), chain(x))

@@ -114,13 +114,64 @@ def run_program(ops, weights, iparams, fparams, state, istate, capacity, slots, 
                 ys[t, r, j] = buffer[uint64(last + r * outputs + j)]
 
 
+def supports(layers):
+    """Whether every layer (inside residuals too) is one the program has an op for; a chain of
+    other Layer subclasses (a converter's own) streams layer by layer instead (TableChain)."""
+    for layer in layers:
+        if isinstance(layer, Residual):
+            if not supports(layer.layers):
+                return False
+        elif not isinstance(layer, (Linear, Conv1d, Activation, LayerNorm, Affine, Recurrent)):
+            return False
+    return True
+
+
+class TableChain:
+    """A chain of layers the program lacks, streamed through each layer's own table (see
+    fastrnn.layers): the interface of ProgramTable for the rows of one stream, and process()
+    for chunks, whose step count a layer may change."""
+
+    def __init__(self, layers, dtype, rows):
+        self.tables = [layer.table(rows) for layer in layers]
+        self.between = [np.empty((rows, layer.out_features), dtype) for layer in layers[:-1]]
+
+    def run(self, slots, xs, ys):  # one step: xs (1, rows, C_in) -> ys (1, rows, C_out)
+        x = xs[0]
+        for table, destination in zip(self.tables, self.between + [ys[0]]):
+            table.step(x, destination)
+            x = destination
+
+    def process(self, xs):
+        for table in self.tables:
+            xs = np.ascontiguousarray(table.chunk(xs))
+        return xs
+
+    def shapes(self, rows):
+        return [shape for table in self.tables for shape in table.state_shapes()]
+
+    def read(self, slots):
+        return [array for table in self.tables for array in table.state()]
+
+    def write(self, slots, arrays):
+        position = 0
+        for table in self.tables:
+            count = len(table.state_shapes())
+            table.load(arrays[position:position + count])
+            position += count
+
+    def reset(self, slots):
+        for table in self.tables:
+            table.reset()
+
+
 class Program:
     """A chain's layers as one flat program (see the module docstring), built once per chain.
 
     ops (n, OP_COLUMNS) int64 with state offsets per row (ops_for(capacity) scales them);
     weights (read-only), iparams int64, fparams float64; columns: the step buffer's width.
     states: the stateful ops in layer order, ("conv", op, H, C_in) or ("recurrent", op, L,
-    H_out, H_c): the arrays of a snapshot, in that order.
+    H_out, H_c, start): the arrays of a snapshot, in that order (start: the layer's
+    initial_state, which reset() returns to, or None for zeros).
     """
 
     def __init__(self, layers, dtype):
@@ -204,7 +255,8 @@ class Program:
             self._state_per_row += layers * config.output_size
             c = self._state_per_row
             self._state_per_row += layers * hidden_c
-            self.states.append(("recurrent", len(self.ops), layers, config.output_size, hidden_c))
+            self.states.append(("recurrent", len(self.ops), layers, config.output_size, hidden_c,
+                                layer.initial_state))
             if has_flat_cell(plan.layout, plan.parameters):
                 return self._cells(layer, plan, source, h, c)
             self._plans.append(plan)
@@ -260,7 +312,8 @@ class ProgramTable:
 
     run(slots, xs, ys): xs (T, N, C_in) -> ys (T, N, C_out) for the distinct rows `slots`
     (int64 (N,)); every array C-contiguous, writable, of the program's dtype (callers make sure).
-    read(slots) -> the snapshot arrays of those rows; write(slots, arrays); reset(slots).
+    read(slots) -> the snapshot arrays of those rows; write(slots, arrays); reset(slots), to
+    the start state (zero, or a recurrent layer's initial_state); every row starts there.
     """
 
     def __init__(self, program, capacity):
@@ -270,6 +323,7 @@ class ProgramTable:
         self.state = np.zeros(program.state_per_row * capacity, dtype)
         self.istate = np.zeros(program.istate_per_row * capacity, np.int64)
         self.ops = program.ops_for(capacity)
+        self.reset(np.arange(capacity))
         self._rows = 0
         self._grow(1)
         from fastrnn.layers import entry_point
@@ -299,7 +353,7 @@ class ProgramTable:
             history = self.state[op[S0]:op[S0] + self.capacity * held * inputs]
             return (history.reshape(self.capacity, held, inputs),
                     self.istate[op[P0]:op[P0] + self.capacity])
-        _, _, layers, outputs, hidden_c = entry
+        _, _, layers, outputs, hidden_c, _ = entry
         h = self.state[op[S0]:op[S0] + layers * self.capacity * outputs]
         c = self.state[op[S1]:op[S1] + layers * self.capacity * hidden_c]
         return (h.reshape(layers, self.capacity, outputs),
@@ -350,3 +404,8 @@ class ProgramTable:
             else:
                 first[:, slots] = 0
                 second[:, slots] = 0
+                if entry[5] is not None:  # a learned start state (Recurrent's initial_state)
+                    h0, c0 = entry[5]
+                    first[:, slots] = h0[:, None, :]
+                    if c0 is not None:
+                        second[:, slots] = c0[:, None, :]
