@@ -350,7 +350,8 @@ class ChainPool:
         array = np.array(array, np.int64)
         if array.size and (array.min() < 0 or array.max() >= self.capacity):
             bad = int(array[(array < 0) | (array >= self.capacity)][0])
-            raise ValueError(f"slot {bad} is out of range: this pool has slots 0..{self.capacity - 1}")
+            raise ValueError(f"slot {bad} is out of range: this pool has slots "
+                             f"0..{self.capacity - 1}")
         if np.unique(array).size != array.size:
             raise ValueError("slots must be distinct: a slot advanced twice in one call would "
                              "see its own state half-updated")

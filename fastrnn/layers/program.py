@@ -94,7 +94,8 @@ def run_program(ops, weights, iparams, fparams, state, istate, capacity, slots, 
             elif code == ADD:
                 other = rows * ops[p, SRC2]
                 for j in range(rows * n_in):
-                    buffer[uint64(target + j)] = buffer[uint64(source + j)] + buffer[uint64(other + j)]
+                    buffer[uint64(target + j)] = (buffer[uint64(source + j)]
+                                                  + buffer[uint64(other + j)])
             else:  # RECURRENT: a stack only the engine's step_block runs (has_flat_cell)
                 layers, hidden_c = ops[p, A1], ops[p, A2]
                 x = buffer[source:source + rows * n_in].reshape((rows, n_in))

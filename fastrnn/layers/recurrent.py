@@ -20,7 +20,7 @@ import numpy as np
 from numba import uint64
 
 from fastrnn.engine.activations import RELU, SIGMOID, TANH, fast_sigmoid, fast_tanh
-from fastrnn.engine.cells import GRU, LSTM, RNN
+from fastrnn.engine.cells import GRU, LSTM
 from fastrnn.engine.cells.common import DENORMAL_FLUSH
 from fastrnn.engine.jit import kernel
 from fastrnn.engine.plan import (B_HN, BIAS, CELL, CLIP, CODES, FLAG, GATES, HIDDEN, INPUTS,
@@ -83,7 +83,8 @@ def _add_products(weights, rows_at, width, columns, vectors, vector_at, vector_s
             u2, u3 = vectors[uint64(u + 2)], vectors[uint64(u + 3)]
             first = out_at + b * out_stride
             for j in range(columns):
-                out[uint64(first + j)] += (u0 * weights[uint64(r0 + j)] + u1 * weights[uint64(r1 + j)]
+                out[uint64(first + j)] += (u0 * weights[uint64(r0 + j)]
+                                           + u1 * weights[uint64(r1 + j)]
                                            + u2 * weights[uint64(r2 + j)]
                                            + u3 * weights[uint64(r3 + j)])
         k += 4

@@ -9,7 +9,7 @@ import pytest
 import fastrnn
 from fastrnn.layers import (Activation, Affine, Conv1d, LayerNorm, Linear, Recurrent,
                             Residual)
-from fastrnn.layers.program import CELL, RECURRENT, Program
+from fastrnn.layers.program import CELL, RECURRENT
 from tests.reference import random_layers, run_model
 
 
@@ -104,7 +104,8 @@ def every_family(dtype, seed=3):
     lstm = fastrnn.from_numpy("lstm", random_layers("lstm", 6, 5, num_layers=2, seed=seed),
                               dtype=dtype)
     gru = fastrnn.from_numpy("gru", random_layers("gru", 5, 5, seed=seed + 1), dtype=dtype)
-    rnn = fastrnn.from_numpy("rnn_relu", random_layers("rnn_relu", 5, 4, seed=seed + 2), dtype=dtype)
+    rnn = fastrnn.from_numpy("rnn_relu", random_layers("rnn_relu", 5, 4, seed=seed + 2),
+                             dtype=dtype)
     peephole = fastrnn.from_numpy("lstm", random_layers("lstm", 4, 5, proj_size=3,
                                                         peephole=True, seed=seed + 3),
                                   dtype=dtype)
