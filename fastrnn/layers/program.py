@@ -193,6 +193,7 @@ class Program:
         self.fparams = np.concatenate(self._floats + [np.zeros(1, np.float64)])
         self.state_per_row, self.istate_per_row = self._state_per_row, self._istate_per_row
         self.in_features, self.out_features = layers[0].in_features, layers[-1].out_features
+        self.entry = None  # run_program's compiled entry point, found by the first ProgramTable
 
     # -- building --
 
@@ -327,13 +328,15 @@ class ProgramTable:
         self.reset(np.arange(capacity))
         self._rows = 0
         self._grow(1)
-        from fastrnn.layers import entry_point
-        xs = np.zeros((0, 1, program.in_features), dtype)
-        ys = np.zeros((0, 1, program.out_features), dtype)
         self._front = (self.ops, program.weights, program.iparams, program.fparams, self.state,
                        self.istate, capacity)
-        self._kernel = entry_point(run_program, *self._front, np.zeros(1, np.int64), xs, ys,
-                                   self._buffer, self._scratch)
+        if program.entry is None:  # the same argument types for every table of the program
+            from fastrnn.layers import entry_point
+            xs = np.zeros((0, 1, program.in_features), dtype)
+            ys = np.zeros((0, 1, program.out_features), dtype)
+            program.entry = entry_point(run_program, *self._front, np.zeros(1, np.int64), xs, ys,
+                                        self._buffer, self._scratch)
+        self._kernel = program.entry
 
     def _grow(self, rows):
         if rows > self._rows:
