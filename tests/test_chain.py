@@ -378,3 +378,33 @@ def test_a_learned_start_state_is_kept_by_streams_pools_and_files(tmp_path, rng)
     loaded = fastrnn.load(tmp_path / "start.fastrnn")
     assert loaded.fingerprint() == chain.fingerprint()
     np.testing.assert_array_equal(loaded.stream(batch=2).process(x), chain(x))
+
+
+def test_a_chain_file_with_a_tampered_header_is_refused(tmp_path, rng):
+    import json
+    chain = fastrnn.Chain([Linear(rng.standard_normal((2, 3))), Activation("tanh", 2)])
+    path = tmp_path / "chain.fastrnn"
+    chain.save(path)
+    blob = path.read_bytes()
+    size = struct.unpack_from("<Q", blob, 12)[0]
+    header = json.loads(blob[24:24 + size])
+
+    def rewritten(edit):
+        changed = json.loads(json.dumps(header))
+        edit(changed)
+        text = json.dumps(changed).encode()
+        text += b" " * (-(24 + len(text)) % 8)
+        return (blob[:8] + struct.pack("<IQI", 1, len(text), zlib.crc32(text)) + text
+                + blob[24 + size:])
+
+    for edit, message in (
+            (lambda h: h["chain"]["layers"][1].update(name="softsign"), "activation must be"),
+            (lambda h: h["chain"]["layers"][0].update(type="dense"), "unknown type 'dense'"),
+            (lambda h: h["chain"]["layers"][0].update(out_features=5), "does not match"),
+            (lambda h: h["arrays"].pop(), "has no array '0.weight'"),
+            (lambda h: h["arrays"][1].update(name="0.extra"), "no array '0.weight'"),
+            (lambda h: h["arrays"].append({"name": "9.w", "shape": [1], "offset": 0}),
+             r"\['9.w'\] belong to no layer")):
+        path.write_bytes(rewritten(edit))
+        with pytest.raises(ValueError, match=f"malformed chain header: .*{message}"):
+            fastrnn.load(path)
