@@ -7,7 +7,8 @@ Attributes are checked when the graph is loaded, and so are weight shapes agains
 declared shape where the model declares one; anything that depends on a shape only a run knows is
 checked on that run. Both refuse with a ValueError naming the node.
 
-Conv is an im2col (spatial_kernels.im2col) and one batched matmul (numpy's BLAS) over all groups:
+Conv is an im2col (spatial_kernels.im2col) and one product over all images and groups
+(spatial_kernels.grouped_product, in Numba: no BLAS thread pool competing for the cores):
 
     col[n, (c, ky, kx), (oy, ox)] = x_padded[n, c, oy*sh + ky*dh, ox*sw + kx*dw]
     y[n, g, m, :] = W[g, m, :] @ col[n, g, :, :] + B[g*M/G + m]
@@ -210,6 +211,7 @@ def conv(node):
         return outputs, positions, arguments, pointwise
 
     cache = _PerShape(geometry)
+    zeros = {}  # (groups, per group, dtype) -> the zero bias of a Conv without B
 
     def run(x, w, b=None):
         nonlocal_w = prepared
@@ -230,12 +232,21 @@ def conv(node):
         else:
             col = cache.buffer((batch, groups * depth, positions), image.dtype)
             kernels.im2col(image, col, *arguments)
+        if b is None:
+            bias_rows = zeros.get((groups, per_group, image.dtype))
+            if bias_rows is None:
+                bias_rows = zeros[groups, per_group, image.dtype] = np.zeros(
+                    (groups, per_group), image.dtype)
+        else:
+            if b.shape != (groups * per_group,):
+                raise ValueError(f"Conv node {node.name!r}: B has shape {b.shape}; expected "
+                                 f"({groups * per_group},)")
+            bias_rows = np.ascontiguousarray(_weights(b, image.dtype, node, "B")).reshape(
+                groups, per_group)
         y = np.empty((batch, groups, per_group, positions), image.dtype)
-        np.matmul(nonlocal_w, col.reshape(batch, groups, depth, positions), out=y)
-        flat = y.reshape(batch, groups * per_group, positions)
-        if b is not None:
-            kernels.add_channel_bias(flat, _weights(b, image.dtype, node, "B"))
-        return flat.reshape(batch, groups * per_group, *outputs)
+        kernels.grouped_product(nonlocal_w, col.reshape(batch, groups, depth, positions),
+                                bias_rows, y)
+        return y.reshape(batch, groups * per_group, *outputs)
     return run
 
 
@@ -308,6 +319,7 @@ def conv_transpose(node):
         return tuple(outputs), o2, arguments
 
     cache = _PerShape(geometry)
+    zero_rows = {dtype: np.zeros(transposed.shape[:2], dtype) for dtype in FLOAT_TYPES}
 
     def run(x, w, b=None):
         image = _image(x, node, rank)
@@ -318,7 +330,9 @@ def conv_transpose(node):
                              f"{weight.shape} needs {in_channels}")
         outputs, o2, arguments = cache.get((x.shape,))
         col = cache.buffer((batch, group, per_group_out * taps, height * width), image.dtype)
-        np.matmul(transposed, image.reshape(batch, group, per_group_in, height * width), out=col)
+        kernels.grouped_product(transposed, image.reshape(batch, group, per_group_in,
+                                                          height * width),
+                                zero_rows[image.dtype], col)
         y = np.empty((batch, out_channels, o2[0] * o2[1]), image.dtype)
         if b is not None:
             kernels.fill_channel_bias(y, _weights(b, image.dtype, node, "B"))
