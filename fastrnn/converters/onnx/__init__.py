@@ -24,6 +24,9 @@ Supported (default ONNX domain, opsets up to 22):
   Shape, Cast, Squeeze, Unsqueeze, Transpose, Reshape, Flatten, Concat, Slice, Gather, Expand,
   Split.
 - Head: MatMul, Gemm, Add, Sub, Mul, Div, Relu, Tanh, Sigmoid, Softmax, LogSoftmax.
+- Spatial (spatial.py, Numba kernels in spatial_kernels.py): Conv, ConvTranspose, MaxPool,
+  AveragePool (1-D and 2-D), GlobalAveragePool, GlobalMaxPool, BatchNormalization (inference),
+  LayerNormalization, InstanceNormalization, Pad; docs/onnx-ops.md lists their attributes.
 Refused when loading, naming the op and node: any other op, ops of other domains, opsets above
 22, recurrent weights (W, R, B, P) that are graph inputs, float16 recurrent weights. Inputs that
 override initializers are not accepted as feeds.
