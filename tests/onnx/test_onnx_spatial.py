@@ -105,6 +105,21 @@ def test_conv_other_batch_sizes_reuse_nothing_stale():
                                    rtol=0, atol=1e-4 * 10)
 
 
+def test_conv_session_shared_by_threads():
+    # im2col buffers are per thread: runs in threads at once must not see each other's columns.
+    from concurrent.futures import ThreadPoolExecutor
+    model, _ = node_model("Conv", {"X": normal(2, 3, 12, 12)}, {"W": normal(8, 3, 3, 3, seed=1)},
+                          {"pads": [1, 1, 1, 1]})
+    session, peer = fastrnn.InferenceSession(model), onnxruntime_session(model)
+    inputs = [normal(2, 3, 12, 12, seed=10 * k) for k in range(8)]
+    expected = [peer.run(None, {"X": x})[0] for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: [session.run(None, {"X": x})[0] for _ in range(20)][-1],
+                            inputs))
+    for ours, theirs in zip(got, expected):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4 * np.max(np.abs(theirs)))
+
+
 # -- ConvTranspose ---------------------------------------------------------------------------------
 
 CONV_TRANSPOSE_CASES = [
