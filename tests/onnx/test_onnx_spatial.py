@@ -105,6 +105,17 @@ def test_conv_other_batch_sizes_reuse_nothing_stale():
                                    rtol=0, atol=1e-4 * 10)
 
 
+@pytest.mark.parametrize("op_type", ["Conv", "ConvTranspose"])
+def test_products_big_enough_for_threads(op_type):
+    # Past PARALLEL_PRODUCT multiply-adds the product is cut into blocks over fastrnn's threads.
+    from fastrnn.converters.onnx import spatial
+    x, w = normal(2, 16, 32, 40), normal(16, 16, 3, 3, seed=1)
+    assert 2 * 16 * 32 * 40 * 16 * 9 >= spatial.PARALLEL_PRODUCT
+    model, feeds = node_model(op_type, {"X": x}, {"W": w, "B": normal(16, seed=2)},
+                              {"pads": [1, 1, 1, 1]})
+    assert_matches_onnxruntime(model, feeds)
+
+
 def test_conv_session_shared_by_threads():
     # im2col buffers are per thread: runs in threads at once must not see each other's columns.
     from concurrent.futures import ThreadPoolExecutor

@@ -8,7 +8,8 @@ declared shape where the model declares one; anything that depends on a shape on
 checked on that run. Both refuse with a ValueError naming the node.
 
 Conv is an im2col (spatial_kernels.im2col) and one product over all images and groups
-(spatial_kernels.grouped_product, in Numba: no BLAS thread pool competing for the cores):
+(spatial_kernels.grouped_product, in Numba: no BLAS thread pool competing for the cores; a big
+product is cut into blocks of images, groups and positions over fastrnn's threads):
 
     col[n, (c, ky, kx), (oy, ox)] = x_padded[n, c, oy*sh + ky*dh, ox*sw + kx*dw]
     y[n, g, m, :] = W[g, m, :] @ col[n, g, :, :] + B[g*M/G + m]
@@ -29,11 +30,30 @@ import numpy as np
 
 from fastrnn.converters.onnx import spatial_kernels as kernels
 from fastrnn.converters.onnx.registry import as_ints, register
+from fastrnn.engine import parallel
 
 MAX_OPSET = 22
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
 CACHE_LIMIT = 64  # shapes remembered per node; past that, geometry is recomputed each run
+# Multiply-adds below which a product stays on the calling thread (about half a millisecond of
+# one core's work): under it, waking a second thread costs more than it saves.
+PARALLEL_PRODUCT = 1 << 22
+
+
+def _product(a, b, bias, out):
+    """out[n, g] = a[g] @ b[n, g] + bias[g][:, None] (spatial_kernels.grouped_product), its work
+    units spread over fastrnn's threads (fastrnn.engine.parallel) when it is big enough."""
+    batch, groups, _, positions = b.shape
+    units = batch * groups * -(-positions // kernels.POSITION_BLOCK)
+    blocks = 1
+    if out.size * a.shape[2] >= PARALLEL_PRODUCT:
+        blocks = min(parallel.threads_for_call(), units)
+    if blocks > 1:
+        with parallel.parallel_section():
+            kernels.grouped_product_blocks(a, b, bias, out, blocks)
+    else:
+        kernels.grouped_product(a, b, bias, out, 0, units)
 
 
 class _PerShape:
@@ -244,8 +264,7 @@ def conv(node):
             bias_rows = np.ascontiguousarray(_weights(b, image.dtype, node, "B")).reshape(
                 groups, per_group)
         y = np.empty((batch, groups, per_group, positions), image.dtype)
-        kernels.grouped_product(nonlocal_w, col.reshape(batch, groups, depth, positions),
-                                bias_rows, y)
+        _product(nonlocal_w, col.reshape(batch, groups, depth, positions), bias_rows, y)
         return y.reshape(batch, groups * per_group, *outputs)
     return run
 
@@ -330,9 +349,8 @@ def conv_transpose(node):
                              f"{weight.shape} needs {in_channels}")
         outputs, o2, arguments = cache.get((x.shape,))
         col = cache.buffer((batch, group, per_group_out * taps, height * width), image.dtype)
-        kernels.grouped_product(transposed, image.reshape(batch, group, per_group_in,
-                                                          height * width),
-                                zero_rows[image.dtype], col)
+        _product(transposed, image.reshape(batch, group, per_group_in, height * width),
+                 zero_rows[image.dtype], col)
         y = np.empty((batch, out_channels, o2[0] * o2[1]), image.dtype)
         if b is not None:
             kernels.fill_channel_bias(y, _weights(b, image.dtype, node, "B"))

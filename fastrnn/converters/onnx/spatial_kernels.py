@@ -15,7 +15,9 @@ import math
 
 import numpy as np
 
-from fastrnn.engine.jit import kernel
+from numba import prange
+
+from fastrnn.engine.jit import kernel, parallel_kernel
 
 
 @kernel
@@ -246,8 +248,10 @@ POSITION_BLOCK = 256
 
 
 @kernel
-def grouped_product(a, b, bias, out):
-    """out[n, g] = a[g] @ b[n, g] + bias[g][:, None] for every image n and group g, without BLAS.
+def grouped_product(a, b, bias, out, first_unit, stop_unit):
+    """out[n, g] = a[g] @ b[n, g] + bias[g][:, None] for every image n and group g, without BLAS,
+    for the work units first_unit..stop_unit - 1 (a unit: one image, one group, one block of
+    POSITION_BLOCK positions; product_units gives their count).
 
     a: (G, M, K); b: (N, G, K, P); bias: (G, M); out: (N, G, M, P). A 4 x 4 tile of a (four
     output rows, four of b's rows) is applied per pass along the positions, so each element of b
@@ -259,56 +263,73 @@ def grouped_product(a, b, bias, out):
     """
     batch, groups, depth, positions = b.shape
     rows = a.shape[1]
-    for n in range(batch):
-        for g in range(groups):
-            for start in range(0, positions, POSITION_BLOCK):
-                stop = min(start + POSITION_BLOCK, positions)
-                width = stop - start
-                m = 0
-                while m + 4 <= rows:
-                    t0, t1 = out[n, g, m, start:stop], out[n, g, m + 1, start:stop]
-                    t2, t3 = out[n, g, m + 2, start:stop], out[n, g, m + 3, start:stop]
-                    c0, c1, c2, c3 = bias[g, m], bias[g, m + 1], bias[g, m + 2], bias[g, m + 3]
-                    for j in range(width):
-                        t0[j] = c0
-                        t1[j] = c1
-                        t2[j] = c2
-                        t3[j] = c3
-                    w0, w1, w2, w3 = a[g, m], a[g, m + 1], a[g, m + 2], a[g, m + 3]
-                    k = 0
-                    while k + 4 <= depth:
-                        a00, a01, a02, a03 = w0[k], w0[k + 1], w0[k + 2], w0[k + 3]
-                        a10, a11, a12, a13 = w1[k], w1[k + 1], w1[k + 2], w1[k + 3]
-                        a20, a21, a22, a23 = w2[k], w2[k + 1], w2[k + 2], w2[k + 3]
-                        a30, a31, a32, a33 = w3[k], w3[k + 1], w3[k + 2], w3[k + 3]
-                        r0, r1 = b[n, g, k, start:stop], b[n, g, k + 1, start:stop]
-                        r2, r3 = b[n, g, k + 2, start:stop], b[n, g, k + 3, start:stop]
-                        for j in range(width):
-                            v0, v1, v2, v3 = r0[j], r1[j], r2[j], r3[j]
-                            t0[j] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
-                            t1[j] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
-                            t2[j] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
-                            t3[j] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
-                        k += 4
-                    while k < depth:
-                        s0, s1, s2, s3 = w0[k], w1[k], w2[k], w3[k]
-                        row = b[n, g, k, start:stop]
-                        for j in range(width):
-                            value = row[j]
-                            t0[j] += s0 * value
-                            t1[j] += s1 * value
-                            t2[j] += s2 * value
-                            t3[j] += s3 * value
-                        k += 1
-                    m += 4
-                while m < rows:
-                    t0 = out[n, g, m, start:stop]
-                    c0 = bias[g, m]
-                    for j in range(width):
-                        t0[j] = c0
-                    for k in range(depth):
-                        s0 = a[g, m, k]
-                        row = b[n, g, k, start:stop]
-                        for j in range(width):
-                            t0[j] += s0 * row[j]
-                    m += 1
+    blocks = (positions + POSITION_BLOCK - 1) // POSITION_BLOCK
+    for unit in range(first_unit, stop_unit):
+        n, g = unit // (groups * blocks), (unit // blocks) % groups
+        start = (unit % blocks) * POSITION_BLOCK
+        stop = min(start + POSITION_BLOCK, positions)
+        width = stop - start
+        m = 0
+        while m + 4 <= rows:
+            t0, t1 = out[n, g, m, start:stop], out[n, g, m + 1, start:stop]
+            t2, t3 = out[n, g, m + 2, start:stop], out[n, g, m + 3, start:stop]
+            c0, c1, c2, c3 = bias[g, m], bias[g, m + 1], bias[g, m + 2], bias[g, m + 3]
+            for j in range(width):
+                t0[j] = c0
+                t1[j] = c1
+                t2[j] = c2
+                t3[j] = c3
+            w0, w1, w2, w3 = a[g, m], a[g, m + 1], a[g, m + 2], a[g, m + 3]
+            k = 0
+            while k + 4 <= depth:
+                a00, a01, a02, a03 = w0[k], w0[k + 1], w0[k + 2], w0[k + 3]
+                a10, a11, a12, a13 = w1[k], w1[k + 1], w1[k + 2], w1[k + 3]
+                a20, a21, a22, a23 = w2[k], w2[k + 1], w2[k + 2], w2[k + 3]
+                a30, a31, a32, a33 = w3[k], w3[k + 1], w3[k + 2], w3[k + 3]
+                r0, r1 = b[n, g, k, start:stop], b[n, g, k + 1, start:stop]
+                r2, r3 = b[n, g, k + 2, start:stop], b[n, g, k + 3, start:stop]
+                for j in range(width):
+                    v0, v1, v2, v3 = r0[j], r1[j], r2[j], r3[j]
+                    t0[j] += a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
+                    t1[j] += a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
+                    t2[j] += a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
+                    t3[j] += a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
+                k += 4
+            while k < depth:
+                s0, s1, s2, s3 = w0[k], w1[k], w2[k], w3[k]
+                row = b[n, g, k, start:stop]
+                for j in range(width):
+                    value = row[j]
+                    t0[j] += s0 * value
+                    t1[j] += s1 * value
+                    t2[j] += s2 * value
+                    t3[j] += s3 * value
+                k += 1
+            m += 4
+        while m < rows:
+            t0 = out[n, g, m, start:stop]
+            c0 = bias[g, m]
+            for j in range(width):
+                t0[j] = c0
+            for k in range(depth):
+                s0 = a[g, m, k]
+                row = b[n, g, k, start:stop]
+                for j in range(width):
+                    t0[j] += s0 * row[j]
+            m += 1
+
+
+@kernel
+def product_units(b):
+    """The work units of grouped_product over b (N, G, K, P)."""
+    batch, groups, _, positions = b.shape
+    return batch * groups * ((positions + POSITION_BLOCK - 1) // POSITION_BLOCK)
+
+
+@parallel_kernel
+def grouped_product_blocks(a, b, bias, out, blocks):
+    """grouped_product's units cut into `blocks` near-equal ranges, one per thread: units write
+    disjoint parts of out and read only a, b and bias."""
+    units = product_units(b)
+    for block in prange(blocks):
+        grouped_product(a, b, bias, out, block * units // blocks, (block + 1) * units // blocks)
