@@ -312,7 +312,7 @@ def test_pad(fed, constants, attributes, opset, inputs):
     assert_matches_onnxruntime(model, feeds)
 
 
-# -- float64 against a numpy reference --------------------------------------------------------------
+# -- float64 against a numpy reference -------------------------------------------------------------
 
 def reference_conv(x, w, b, stride, pad, group):
     """Direct float64 2-D convolution, symmetric pads."""

@@ -214,9 +214,9 @@ def normalize_rows(x, y, scale, bias, epsilon, channels, per_channel, mean_out, 
         mean = sum(x_r) / D,  var = sum((x_r - mean)^2) / D,  inv_std = 1 / sqrt(var + epsilon)
         y_r = (x_r - mean) * inv_std * scale + bias
 
-    per_channel (InstanceNormalization): row r = (n, c) takes scale[c] and bias[c], c = r % channels;
-    otherwise (LayerNormalization) scale and bias are (D,) vectors over the row. mean_out and
-    inv_std_out (rows,) receive the statistics.
+    per_channel (InstanceNormalization): row r = (n, c) takes scale[c] and bias[c], with
+    c = r % channels; otherwise (LayerNormalization) scale and bias are (D,) vectors over the
+    row. mean_out and inv_std_out (rows,) receive the statistics.
     """
     rows, size = x.shape
     for r in range(rows):
