@@ -92,7 +92,7 @@ MODELS = {
     "denoiser": (Denoiser, lambda batch: (batch, 25, 16), {0: "batch", 1: "time"}),
 }
 # What fastrnn lacks for a model at an opset, if anything: that case is an expected failure.
-MISSING = {("denoiser", 14): "needs Pow, ReduceMean and Sqrt (torch's LayerNorm before opset 17)"}
+MISSING = {}
 
 
 @functools.lru_cache(maxsize=None)
