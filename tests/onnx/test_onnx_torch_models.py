@@ -119,7 +119,7 @@ def cases():
             yield pytest.param(name, opset, marks=marks, id=f"{name}-opset{opset}")
 
 
-@pytest.mark.parametrize("name, opset", cases())
+@pytest.mark.parametrize("name, opset", list(cases()))
 def test_model_matches_onnxruntime(name, opset):
     model = exported(name, opset)
     session, peer = fastrnn.InferenceSession(model), onnxruntime_session(model)
