@@ -8,6 +8,7 @@ an empty cache directory, as a fresh install does.
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,77 @@ def test_cli_warmup_in_an_empty_cache_then_a_fresh_process_compiles_nothing(tmp_
                                                if PARALLEL else set())
     assert all(counts[name][1] >= 1 for name in used)
 
+
+
+# -- the cache follows every source file -----------------------------------------------------------
+
+# rnn_cell (cells/rnn.py) stores its state through flush_tiny (cells/common.py), which zeroes
+# values below DENORMAL_FLUSH: 1e-20 passes today, and is zeroed once common.py says 1e-10.
+RNN_CELL = """
+import json
+import numpy as np
+import fastrnn
+from fastrnn.engine.jit import call
+from fastrnn.engine.cells.rnn import rnn_cell
+h = np.zeros(2)
+call(rnn_cell, np.array([1e-20, 0.5]), np.ones(3, np.int64), np.zeros(3), np.zeros(3), 0.0, h)
+stats = rnn_cell.stats
+print(json.dumps([fastrnn.__file__, stats.cache_path, h.tolist(), sum(stats.cache_misses.values()),
+                  sum(stats.cache_hits.values())]))
+"""
+
+
+def copy_package(tmp_path):
+    """A copy of the fastrnn package under tmp_path/copy, to edit; returns the copy's root."""
+    root = tmp_path / "copy"
+    shutil.copytree(ROOT / "fastrnn", root / "fastrnn",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return root
+
+
+def run_copy(root, **environment):
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "FASTRNN_CACHE_DIR")}
+    env.update(environment, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    result = subprocess.run([sys.executable, "-c", RNN_CELL], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    path, cache_path, h, misses, hits = json.loads(result.stdout.splitlines()[-1])
+    assert path == str(root / "fastrnn" / "__init__.py")
+    return cache_path, h, misses, hits
+
+
+def edit_flush_threshold(root):
+    common = root / "fastrnn" / "engine" / "cells" / "common.py"
+    text = common.read_text()
+    assert "DENORMAL_FLUSH = np.float32(1e-30)" in text
+    common.write_text(text.replace("DENORMAL_FLUSH = np.float32(1e-30)",
+                                   "DENORMAL_FLUSH = np.float32(1e-10)"))
+
+
+def test_an_edit_of_a_callees_file_recompiles_the_kernels_that_call_it(tmp_path):
+    """Numba checks a cached kernel against its own file only: rnn.py is unchanged here, and
+    the cached rnn_cell must still be dropped when common.py changes."""
+    root, cache = copy_package(tmp_path), str(tmp_path / "cache")
+    cache_path, h, misses, hits = run_copy(root, FASTRNN_CACHE_DIR=cache)
+    assert cache_path.startswith(cache) and (misses, hits) == (1, 0)
+    assert h[0] == pytest.approx(1e-20, rel=1e-12) and h[1] == pytest.approx(np.tanh(0.5))
+    assert run_copy(root, FASTRNN_CACHE_DIR=cache)[1:] == (h, 0, 1)   # unchanged: loaded
+    edit_flush_threshold(root)
+    _, h, misses, hits = run_copy(root, FASTRNN_CACHE_DIR=cache)
+    assert h[0] == 0.0 and (misses, hits) == (1, 0)
+
+
+def test_a_package_that_cannot_hold_its_cache_uses_the_user_cache_and_follows_edits(tmp_path):
+    """Where no __pycache__ can be made beside the sources (a file stands in its place here, as
+    a read-only install does for a non-root user), kernels go to Numba's user cache directory,
+    and an edit of a callee's file still recompiles them."""
+    root, user_cache = copy_package(tmp_path), tmp_path / "user-cache"
+    for folder in (root / "fastrnn").rglob("*"):
+        if folder.is_dir():
+            (folder / "__pycache__").write_text("not a folder")
+    (root / "fastrnn" / "__pycache__").write_text("not a folder")
+    cache_path, h, misses, _ = run_copy(root, XDG_CACHE_HOME=str(user_cache))
+    assert cache_path.startswith(str(user_cache / "numba")) and misses == 1 and h[0] > 0
+    edit_flush_threshold(root)
+    cache_path, h, misses, _ = run_copy(root, XDG_CACHE_HOME=str(user_cache))
+    assert cache_path.startswith(str(user_cache / "numba")) and misses == 1 and h[0] == 0.0
