@@ -29,6 +29,7 @@ import time
 
 import numba
 from numba.core import caching
+from numba.core.compiler_lock import global_compiler_lock
 
 from fastrnn.engine import parallel  # noqa: F401 (chooses the threading layer before any kernel runs)
 
@@ -90,6 +91,46 @@ def parallel_kernel(function):
 
 
 _log = logging.getLogger("fastrnn")
+
+COMPILE_MODES = ("background", "wait")
+
+
+def compile_mode() -> str:
+    """FASTRNN_COMPILE: "background" (the default) lets a stream whose step kernel is neither
+    compiled nor cached answer from numpy while a helper process compiles it (fastrnn.engine.table);
+    "wait" compiles it in the process before the first answer, so that every answer comes from
+    the kernel (deterministic to the last bit; the test suite sets it)."""
+    value = os.environ.get("FASTRNN_COMPILE", "").strip().lower() or "background"
+    if value not in COMPILE_MODES:
+        raise ValueError(f"FASTRNN_COMPILE must be one of {', '.join(COMPILE_MODES)}, got "
+                         f"{os.environ['FASTRNN_COMPILE']!r}")
+    return value
+
+
+def load_cached(dispatcher, arguments):
+    """dispatcher's compiled entry point for these arguments' types if it is compiled in this
+    process or can be loaded from the disk cache, else None: never compiles. None too where
+    Numba's internals differ from what this expects (the caller then compiles as usual)."""
+    signature = tuple(numba.typeof(a) for a in arguments)
+    existing = dispatcher.overloads.get(signature)
+    if existing is not None:
+        return existing.entry_point
+    try:
+        start = time.perf_counter()
+        with global_compiler_lock:
+            result = dispatcher._cache.load_overload(signature, dispatcher.targetctx)
+            if result is None:
+                return None
+            # What Dispatcher.compile does with a result it loaded from the cache.
+            dispatcher.targetctx.insert_user_function(result.entry_point, result.fndesc,
+                                                      [result.library])
+            dispatcher.add_overload(result)
+            dispatcher._cache_hits[signature] += 1
+    except Exception:  # noqa: BLE001 (an internal that moved: compile the usual way instead)
+        return None
+    _log.info("loaded %s from the disk cache in %.2f s", dispatcher.py_func.__qualname__,
+              time.perf_counter() - start)
+    return result.entry_point
 
 
 def call(dispatcher, *arguments):
