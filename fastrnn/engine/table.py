@@ -67,9 +67,10 @@ class CpuStateTable:
                      0, x0, y0)
         self._kernel_arguments = arguments
         self._helper = None
+        mode = compile_mode()
         self._serial = load_cached(step_block, arguments)
         if self._serial is None:
-            self._helper = _helper(plan.dtype) if compile_mode() == "background" else None
+            self._helper = _helper(plan.dtype) if mode == "background" else None
             if self._helper is None:
                 self._serial = _entry_point(step_block, arguments)
             else:
