@@ -8,9 +8,11 @@ an empty cache directory, as a fresh install does.
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numba
@@ -299,3 +301,48 @@ def test_a_package_that_cannot_hold_its_cache_uses_the_user_cache_and_follows_ed
     edit_flush_threshold(root)
     cache_path, h, misses, _ = run_copy(root, XDG_CACHE_HOME=str(user_cache))
     assert cache_path.startswith(str(user_cache / "numba")) and misses == 1 and h[0] == 0.0
+
+
+# -- a new user's first answer ---------------------------------------------------------------------
+
+FIRST_ANSWER = """
+import time, logging; t0 = time.perf_counter()
+logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
+import numpy as np, fastrnn
+m = fastrnn.from_torch("examples/demo_lstm.safetensors", kind="lstm", prefix="rnn.", batch_first=False)
+s = m.stream(); y = s.step(np.zeros((1, m.config.input_size), np.float32))
+print(time.perf_counter() - t0)
+print(y.tolist())
+"""
+
+
+def wait_for_exit(pid, timeout=600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the helper process {pid} was still running after {timeout} s")
+
+
+def test_first_answer_from_an_empty_cache_comes_at_once_and_the_helper_fills_the_cache(tmp_path):
+    """The first stream step of an LSTM in a fresh process with an empty cache: answered from
+    numpy while a helper process compiles step_block (logged), as the kernel answers; the
+    helper leaves the kernel in the cache, where the next process finds it."""
+    model = fastrnn.from_torch(ROOT / "examples" / "demo_lstm.safetensors", kind="lstm",
+                               prefix="rnn.", batch_first=False)
+    expected = model.stream().step(np.zeros((1, model.config.input_size), np.float32))
+    cache = str(tmp_path / "cache")
+    cold = run_python(FIRST_ANSWER, FASTRNN_CACHE_DIR=cache, FASTRNN_COMPILE="background")
+    np.testing.assert_allclose(json.loads(cold.stdout.splitlines()[-1]), expected, atol=3e-5)
+    started = re.search(r"fastrnn: step_block is not compiled for float32; a helper process "
+                        r"\(pid (\d+)\) compiles it into " + re.escape(cache), cold.stderr)
+    assert started, cold.stderr
+    assert "compiled step_block" not in cold.stderr   # the process itself compiled nothing
+    wait_for_exit(int(started.group(1)))
+    warm = run_python(FIRST_ANSWER, FASTRNN_CACHE_DIR=cache, FASTRNN_COMPILE="background")
+    assert "fastrnn: loaded step_block from the disk cache in " in warm.stderr, warm.stderr
+    assert "helper process" not in warm.stderr and "compiled" not in warm.stderr
+    np.testing.assert_array_equal(json.loads(warm.stdout.splitlines()[-1]), expected)
