@@ -73,9 +73,12 @@ def _block(weights, row, column, shape):
 
 def step(weights, layout, parameters, slots, h, c, scratch, first, stop, x, y):
     """step_block's call in numpy: one timestep of every layer for the streams slots[first:stop],
-    state table h, c updated in place, y[first:stop] the top layer's new h. scratch is unused."""
+    state table h, c updated in place, y[first:stop] the top layer's new h. scratch is unused.
+    The new state is written once every layer is computed, so that a Ctrl-C meanwhile leaves
+    the table as it was."""
     rows = slots[first:stop]
     below = x[first:stop].astype(np.float64)
+    new_h, new_c = [], []
     for layer in range(layout.shape[0]):
         row, p = layout[layer], parameters[layer]
         inputs, output, hidden, gates = row[INPUTS], row[OUTPUTS], row[HIDDEN], row[GATES]
@@ -102,12 +105,15 @@ def step(weights, layout, parameters, slots, h, c, scratch, first, stop, x, y):
             if cell == LSTM:
                 h_new, c_new = _lstm(weights, row, pre, c[layer, rows].astype(np.float64), act,
                                      clip, flag)
-                c[layer, rows] = _flushed(c_new)
+                new_c.append((layer, c_new))
             else:
                 h_new = activate(_clip(pre, clip), *act[0])
-        h_new = _flushed(h_new)
+        below = _flushed(h_new)
+        new_h.append(below)
+    for layer, c_new in new_c:
+        c[layer, rows] = c_new
+    for layer, h_new in enumerate(new_h):
         h[layer, rows] = h_new
-        below = h_new
     y[first:stop] = h[layout.shape[0] - 1, rows]
 
 
