@@ -8,6 +8,7 @@ out of order); and a table that starts on numpy while a helper process runs ends
 """
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -99,17 +100,14 @@ def test_step_matches_step_block(case, dtype, tolerance):
     np.testing.assert_array_equal(states["numpy"][0][:, untouched], h[:, untouched])
 
 
-class ControlledHelper:
-    """A real process standing in for the compiling helper, which ends when the test says."""
+class ControlledHelper(table_module._Helper):
+    """The helper, with a process that ends when the test says instead of the compile."""
 
     def __init__(self):
         self.process = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                                         stdin=subprocess.PIPE)
         self.started = 0.0
-        self.pid = None
-
-    def done(self):
-        return self.process.poll() is not None
+        self.pid = os.getpid()
 
     def finish(self):
         self.process.stdin.close()
@@ -148,3 +146,41 @@ def test_compile_mode_is_checked(monkeypatch):
     model = fastrnn.from_numpy("rnn_tanh", layers(np.random.default_rng(0), "rnn_tanh", 1, 2, 3))
     with pytest.raises(ValueError, match="FASTRNN_COMPILE must be one of background, wait"):
         model.stream()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_while_the_helper_runs_steps_on_the_kernel(monkeypatch):
+    """The child cannot wait for its parent's helper: it takes the kernel at its next step (here
+    compiled in the process already), while the parent stays on numpy until the helper ends."""
+    rng = np.random.default_rng(8)
+    model = fastrnn.from_numpy("gru", layers(rng, "gru", 1, 3, 5), dtype=np.float32)
+    x = rng.standard_normal((1, 3)).astype(np.float32)
+    waiting = model.stream()
+    expected = [waiting.step(x).copy() for _ in range(2)]
+    helper = ControlledHelper()
+    monkeypatch.setattr(table_module, "load_cached", lambda kernel, arguments: None)
+    monkeypatch.setattr(table_module, "_helper", lambda dtype: helper)
+    monkeypatch.setenv("FASTRNN_COMPILE", "background")
+    try:
+        stream = model.stream()
+        first = stream.step(x)
+        monkeypatch.undo()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child: report whether it moved to the kernel, and its answer
+            try:
+                y = stream.step(x)
+                moved = stream._table._serial != stream._table._first_steps
+                os.write(write, np.array([moved, *y.ravel()], np.float64).tobytes())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            report = np.frombuffer(pipe.read(), np.float64)
+        os.waitpid(pid, 0)
+        assert stream._table._serial == stream._table._first_steps   # the parent still waits
+    finally:
+        helper.finish()
+    assert report[0] == 1.0
+    np.testing.assert_allclose(first, expected[0], rtol=0, atol=3e-5)
+    np.testing.assert_allclose(report[1:], expected[1].ravel(), rtol=0, atol=3e-5)
