@@ -33,7 +33,9 @@ each family's flat jitted step (`*_flat` beside each layer's own step kernel). T
 arrays and make no array views: in a kernel each view costs an atomic reference count, tens of ns,
 which was most of a step when every op sliced its weights and rows. Their indexes are unsigned,
 so that LLVM drops the negative-index wraparound check and vectorises the loops. One kernel
-serves every chain: one specialisation per dtype, cached on disk.
+serves every chain: one specialisation per dtype, cached on disk; a chain with a RECURRENT op
+runs its twin from the same source, run_program_with_stacks, with the engine's step_block
+compiled in (which would triple every chain's first compile).
 """
 
 from __future__ import annotations
@@ -57,62 +59,75 @@ LINEAR, CONV, ACTIVATION, LAYER_NORM, AFFINE, RECURRENT, ADD, CELL = range(8)
 OP_COLUMNS = 16
 
 
-@kernel
-def run_program(ops, weights, iparams, fparams, state, istate, capacity, slots, xs, ys, buffer,
-                scratch):
-    """Every op of the program for every step of xs (T, N, C_in) -> ys (T, N, C_out), state rows
-    slots (N,) of a table of `capacity` rows. buffer (>= N * the program's columns,) holds the
-    step's input and the ops' outputs; scratch (>= Program.scratch_size(N),) the cells' gates."""
-    steps, rows = xs.shape[0], xs.shape[1]
-    inputs, outputs = xs.shape[2], ys.shape[2]
-    last = rows * ops[ops.shape[0] - 1, DST]
-    for t in range(steps):
-        for r in range(rows):
-            for j in range(inputs):
-                buffer[uint64(r * inputs + j)] = xs[t, r, j]
-        for p in range(ops.shape[0]):
-            code, n_in, n_out = ops[p, CODE], ops[p, IN], ops[p, OUT]
-            source, target = rows * ops[p, SRC], rows * ops[p, DST]
-            w0, w1 = ops[p, W0], ops[p, W1]
-            if code == CELL:
-                cell_flat(buffer, source, target, rows, slots, state, ops[p, S0],
-                          ops[p, S1], weights, iparams, ops[p, X0], scratch)
-            elif code == LINEAR:
-                linear_flat(buffer, source, target, rows, weights, w0, w1, n_in, n_out)
-            elif code == CONV:
-                conv_flat(buffer, source, target, rows, slots, state, ops[p, S0],
-                          istate, ops[p, P0], weights, w0, ops[p, F0], w1, n_in, n_out,
-                          ops[p, A1], ops[p, A0], ops[p, X0], ops[p, A2])
-            elif code == ACTIVATION:
-                activation_flat(buffer, source, target, rows, n_in, ops[p, A0], weights, w0, w1,
-                                ops[p, A2])
-            elif code == LAYER_NORM:
-                layer_norm_flat(buffer, source, target, rows, weights, w0, w1,
-                                fparams[ops[p, F0]], n_in)
-            elif code == AFFINE:
-                affine_flat(buffer, source, target, rows, weights, w0, w1, n_in)
-            elif code == ADD:
-                other = rows * ops[p, SRC2]
-                for j in range(rows * n_in):
-                    buffer[uint64(target + j)] = (buffer[uint64(source + j)]
-                                                  + buffer[uint64(other + j)])
-            else:  # RECURRENT: a stack only the engine's step_block runs (has_flat_cell)
-                layers, hidden_c = ops[p, A1], ops[p, A2]
-                x = buffer[source:source + rows * n_in].reshape((rows, n_in))
-                y = buffer[target:target + rows * n_out].reshape((rows, n_out))
-                layout = iparams[ops[p, X0]:ops[p, X0] + layers * LAYOUT_COLUMNS].reshape(
-                    (layers, LAYOUT_COLUMNS))
-                parameters = fparams[ops[p, F0]:ops[p, F0] + layers * PARAMETER_COLUMNS].reshape(
-                    (layers, PARAMETER_COLUMNS))
-                h_at, c_at = ops[p, S0], ops[p, S1]
-                h = state[h_at:h_at + layers * capacity * n_out].reshape((layers, capacity, n_out))
-                c = state[c_at:c_at + layers * capacity * hidden_c].reshape(
-                    (layers, capacity, hidden_c))
-                step_block(weights[w0:w0 + ops[p, A0]], layout, parameters, slots, h, c, scratch,
-                           0, rows, x, y)
-        for r in range(rows):
-            for j in range(outputs):
-                ys[t, r, j] = buffer[uint64(last + r * outputs + j)]
+def _program_kernel(with_stacks):
+    """run_program, with the engine's step_block compiled in for RECURRENT ops or not (a
+    constant: the branch is pruned before typing, and step_block alone triples the first
+    compile, 19 -> 54 s on the development machine)."""
+
+    def run_program(ops, weights, iparams, fparams, state, istate, capacity, slots, xs, ys,
+                    buffer, scratch):
+        """Every op of the program for every step of xs (T, N, C_in) -> ys (T, N, C_out), state
+        rows slots (N,) of a table of `capacity` rows. buffer (>= N * the program's columns,)
+        holds the step's input and the ops' outputs; scratch (>= Program.scratch_size(N),) the
+        cells' gates."""
+        steps, rows = xs.shape[0], xs.shape[1]
+        inputs, outputs = xs.shape[2], ys.shape[2]
+        last = rows * ops[ops.shape[0] - 1, DST]
+        for t in range(steps):
+            for r in range(rows):
+                for j in range(inputs):
+                    buffer[uint64(r * inputs + j)] = xs[t, r, j]
+            for p in range(ops.shape[0]):
+                code, n_in, n_out = ops[p, CODE], ops[p, IN], ops[p, OUT]
+                source, target = rows * ops[p, SRC], rows * ops[p, DST]
+                w0, w1 = ops[p, W0], ops[p, W1]
+                if code == CELL:
+                    cell_flat(buffer, source, target, rows, slots, state, ops[p, S0],
+                              ops[p, S1], weights, iparams, ops[p, X0], scratch)
+                elif code == LINEAR:
+                    linear_flat(buffer, source, target, rows, weights, w0, w1, n_in, n_out)
+                elif code == CONV:
+                    conv_flat(buffer, source, target, rows, slots, state, ops[p, S0],
+                              istate, ops[p, P0], weights, w0, ops[p, F0], w1, n_in, n_out,
+                              ops[p, A1], ops[p, A0], ops[p, X0], ops[p, A2])
+                elif code == ACTIVATION:
+                    activation_flat(buffer, source, target, rows, n_in, ops[p, A0], weights, w0, w1,
+                                    ops[p, A2])
+                elif code == LAYER_NORM:
+                    layer_norm_flat(buffer, source, target, rows, weights, w0, w1,
+                                    fparams[ops[p, F0]], n_in)
+                elif code == AFFINE:
+                    affine_flat(buffer, source, target, rows, weights, w0, w1, n_in)
+                elif code == ADD:
+                    other = rows * ops[p, SRC2]
+                    for j in range(rows * n_in):
+                        buffer[uint64(target + j)] = (buffer[uint64(source + j)]
+                                                      + buffer[uint64(other + j)])
+                elif with_stacks:  # RECURRENT: a stack only the engine's step_block runs
+                    layers, hidden_c = ops[p, A1], ops[p, A2]
+                    x = buffer[source:source + rows * n_in].reshape((rows, n_in))
+                    y = buffer[target:target + rows * n_out].reshape((rows, n_out))
+                    layout = iparams[ops[p, X0]:ops[p, X0] + layers * LAYOUT_COLUMNS].reshape(
+                        (layers, LAYOUT_COLUMNS))
+                    first = ops[p, F0]
+                    parameters = fparams[first:first + layers * PARAMETER_COLUMNS].reshape(
+                        (layers, PARAMETER_COLUMNS))
+                    h_at, c_at = ops[p, S0], ops[p, S1]
+                    h = state[h_at:h_at + layers * capacity * n_out].reshape(
+                        (layers, capacity, n_out))
+                    c = state[c_at:c_at + layers * capacity * hidden_c].reshape(
+                        (layers, capacity, hidden_c))
+                    step_block(weights[w0:w0 + ops[p, A0]], layout, parameters, slots, h, c,
+                               scratch, 0, rows, x, y)
+            for r in range(rows):
+                for j in range(outputs):
+                    ys[t, r, j] = buffer[uint64(last + r * outputs + j)]
+
+    return kernel(run_program)
+
+
+run_program = _program_kernel(False)
+run_program_with_stacks = _program_kernel(True)
 
 
 def supports(layers):
@@ -194,6 +209,7 @@ class Program:
         self.state_per_row, self.istate_per_row = self._state_per_row, self._istate_per_row
         self.in_features, self.out_features = layers[0].in_features, layers[-1].out_features
         self.entry = None  # run_program's compiled entry point, found by the first ProgramTable
+        self.has_stacks = bool(self._plans)  # RECURRENT ops: run_program_with_stacks
 
     # -- building --
 
@@ -334,7 +350,8 @@ class ProgramTable:
             from fastrnn.layers import entry_point
             xs = np.zeros((0, 1, program.in_features), dtype)
             ys = np.zeros((0, 1, program.out_features), dtype)
-            program.entry = entry_point(run_program, *self._front, np.zeros(1, np.int64), xs, ys,
+            runner = run_program_with_stacks if program.has_stacks else run_program
+            program.entry = entry_point(runner, *self._front, np.zeros(1, np.int64), xs, ys,
                                         self._buffer, self._scratch)
         self._kernel = program.entry
 
