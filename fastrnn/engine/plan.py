@@ -13,8 +13,9 @@ flat read-only array, with a small int64 table saying where each block starts:
 
 The GRU's n block of `bias` is b_in, plus b_hn when the reset comes before the product (b_hn
 then sits outside r * (...)). With low-bit weights (fastrnn.engine.quantise) the flat array is of
-the matrices' storage dtype (uint16 for bfloat16, int8), the three matrices are stored in it
-as the products read them (int8: q^T, then its column scales' bytes; fastrnn.engine.products),
+the matrices' storage dtype (uint32 for bfloat16, int8), the three matrices are stored in it
+as the products read them (bfloat16: two rows of the transpose a word; int8: q^T, then its
+column scales' bytes; fastrnn.engine.products),
 the float32 blocks as their bytes, and every block starts on a 64-byte boundary. One flat array keeps the per-call cost low (a kernel pays ~70 ns
 per array argument) and lets sequences, streams, pools and ONNX nodes read the same bytes.
 
@@ -154,10 +155,18 @@ _BLOCK_ALIGNMENT = 64
 def _stored_block(quantised, block, storage):
     """One block of a low-bit plan as `storage` elements, padded to _BLOCK_ALIGNMENT bytes: a
     matrix (quantised: its Quantised, transposed as `block` is) or a float32 block's bytes."""
-    if quantised is not None:
+    if quantised is not None and quantised.format == "bfloat16":
+        # Rows 2p and 2p + 1 of the transposed matrix share the words of row p: low half, high
+        # half (little-endian), an odd last row paired with zeros.
+        data = quantised.data.T
+        if data.shape[0] % 2:
+            data = np.concatenate([data, np.zeros((1, data.shape[1]), np.uint16)])
+        stored = np.ascontiguousarray(np.stack([data[0::2], data[1::2]], axis=-1)) \
+            .astype("<u2").view("<u4").astype(storage).ravel()
+    elif quantised is not None:
         data = np.ascontiguousarray(quantised.data.T)
         stored = data.view(storage).ravel()
-        if quantised.format == "int8" and data.shape[0]:
+        if data.shape[0]:
             stored = np.concatenate([stored, quantised.scale.astype(np.float32).view(np.int8)])
     else:
         stored = np.ascontiguousarray(block, np.float32).ravel().view(storage)

@@ -9,15 +9,18 @@ thread pool would compete with the kernels' threads for the same cores.
 The weight matrix `rows` is stored in one of three ways (fastrnn.engine.quantise), and the
 product is picked by its dtype when the kernel is compiled (nothing is decided per call):
 
-    float32/float64   the values themselves
-    uint16            bfloat16 bit patterns: a weight is the float32 whose high half they are
+    float32/float64   the values themselves, (count, width)
+    uint32            bfloat16, two rows a word: rows[p, j] holds row 2p's bit pattern in its
+                      low half and row 2p + 1's in its high half ((count + 1) // 2, width); a
+                      weight is the float32 whose high half its pattern is
     int8              q (count, width) then 4 more rows holding the float32 column scales s
                       (width,) as bytes: a weight is s_j * q_kj, and a product adds
                       s_j * (sum over a pass of rows of v_k q_kj), one multiply per pass
 
-Low-bit weights are widened to float32 in registers as they are read (a zero-extend and shift,
-or a sign-extend and convert: both vectorise), so a step streams 2 or 1 bytes a weight instead
-of 4. `float_block` and `matrix_block` cut a plan's flat array (fastrnn.engine.plan) into its
+Low-bit weights are widened to float32 in registers as they are read, and the loops vectorise
+(LLVM, AVX2 here) as the float ones do: a bfloat16 word gives its two weights with one shift
+and one mask (a word per row needed a zero-extend and a shift per weight: 1.8x slower), an int8
+weight takes a sign-extend and a convert. A step then streams 2 or 1 bytes a weight, not 4. `float_block` and `matrix_block` cut a plan's flat array (fastrnn.engine.plan) into its
 float32 blocks and its matrices, whatever its storage.
 """
 
@@ -35,22 +38,32 @@ SCALE_ROWS = 4
 INT8_PASS = 8
 
 
-@intrinsic
-def bfloat16_value(typingctx, bits):
-    """The float32 whose high 16 bits are `bits` (uint16) and low 16 bits zero."""
-    if bits != types.uint16:
-        return None
+def _bfloat16_intrinsic(keep_high):
+    """An intrinsic taking a uint32 holding two bfloat16 bit patterns to the float32 of its low
+    half (shifted up) or of its high half (the low half masked off): one integer op each."""
+    @intrinsic
+    def half(typingctx, pair):
+        if pair != types.uint32:
+            return None
 
-    def codegen(context, builder, signature, arguments):
-        wide = builder.zext(arguments[0], ir.IntType(32))
-        return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)),
-                               ir.FloatType())
-    return types.float32(types.uint16), codegen
+        def codegen(context, builder, signature, arguments):
+            word = ir.IntType(32)
+            if keep_high:
+                bits = builder.and_(arguments[0], ir.Constant(word, 0xFFFF0000))
+            else:
+                bits = builder.shl(arguments[0], ir.Constant(word, 16))
+            return builder.bitcast(bits, ir.FloatType())
+        return types.float32(types.uint32), codegen
+    return half
+
+
+low_bfloat16 = _bfloat16_intrinsic(keep_high=False)
+high_bfloat16 = _bfloat16_intrinsic(keep_high=True)
 
 
 def float_block(weights, start, count):
     """weights' `count` float values from element `start`: the block itself for a float array,
-    the float32 words its bytes hold for a uint16 or int8 one (start counts storage elements)."""
+    the float32 words its bytes hold for a uint32 or int8 one (start counts storage elements)."""
     raise NotImplementedError("float_block is called from jitted code only")
 
 
@@ -71,6 +84,11 @@ def matrix_block(weights, start, rows, columns):
 
 @overload(matrix_block)
 def _matrix_block(weights, start, rows, columns):
+    if weights.dtype == types.uint32:  # bfloat16, two rows a word
+        def block(weights, start, rows, columns):
+            stored = (rows + 1) // 2
+            return weights[start:start + stored * columns].reshape((stored, columns))
+        return block
     extra = SCALE_ROWS if weights.dtype == types.int8 else 0
 
     def block(weights, start, rows, columns):
@@ -93,7 +111,7 @@ def _scaled_rows(out, vector, rows, column):
 
 @overload(_scaled_rows)
 def _pick_scaled_rows(out, vector, rows, column):
-    if rows.dtype == types.uint16:
+    if rows.dtype == types.uint32:
         return lambda out, vector, rows, column: _bfloat16_scaled_rows(out, vector, rows, column)
     if rows.dtype == types.int8:
         return lambda out, vector, rows, column: _int8_scaled_rows(out, vector, rows, column)
@@ -139,27 +157,31 @@ def _float_scaled_rows(out, vector, rows, column):
 
 @kernel
 def _bfloat16_scaled_rows(out, vector, rows, column):
-    """add_scaled_rows for bfloat16 weights (uint16 bit patterns): _float_scaled_rows' loop with
-    each weight widened as it is read."""
+    """add_scaled_rows for bfloat16 weights, two rows a word (uint32): _float_scaled_rows' loop,
+    four rows (two words) a pass."""
     width = out.shape[0]
     count = vector.shape[0]
     k = 0
     while k + 4 <= count:
         s0, s1, s2, s3 = vector[k], vector[k + 1], vector[k + 2], vector[k + 3]
-        r0 = rows[k, column:column + width]
-        r1 = rows[k + 1, column:column + width]
-        r2 = rows[k + 2, column:column + width]
-        r3 = rows[k + 3, column:column + width]
+        first = rows[k // 2, column:column + width]
+        second = rows[k // 2 + 1, column:column + width]
         for j in range(width):
-            out[j] += (s0 * bfloat16_value(r0[j]) + s1 * bfloat16_value(r1[j])
-                       + s2 * bfloat16_value(r2[j]) + s3 * bfloat16_value(r3[j]))
+            a, b = first[j], second[j]
+            out[j] += (s0 * low_bfloat16(a) + s1 * high_bfloat16(a)
+                       + s2 * low_bfloat16(b) + s3 * high_bfloat16(b))
         k += 4
-    while k < count:
-        scale = vector[k]
-        row = rows[k, column:column + width]
+    if k + 2 <= count:
+        s0, s1 = vector[k], vector[k + 1]
+        pair = rows[k // 2, column:column + width]
         for j in range(width):
-            out[j] += scale * bfloat16_value(row[j])
-        k += 1
+            out[j] += s0 * low_bfloat16(pair[j]) + s1 * high_bfloat16(pair[j])
+        k += 2
+    if k < count:  # an odd count: the last word's high half is padding
+        s0 = vector[k]
+        pair = rows[k // 2, column:column + width]
+        for j in range(width):
+            out[j] += s0 * low_bfloat16(pair[j])
 
 
 @kernel
@@ -204,7 +226,7 @@ def _scaled_rows_batch(out, vectors, rows, out_column, column, width):
 
 @overload(_scaled_rows_batch)
 def _pick_scaled_rows_batch(out, vectors, rows, out_column, column, width):
-    if rows.dtype == types.uint16:
+    if rows.dtype == types.uint32:
         return lambda out, vectors, rows, out_column, column, width: \
             _bfloat16_scaled_rows_batch(out, vectors, rows, out_column, column, width)
     if rows.dtype == types.int8:
@@ -270,16 +292,18 @@ def _float_scaled_rows_batch(out, vectors, rows, out_column, column, width):
 
 @kernel
 def _bfloat16_scaled_rows_batch(out, vectors, rows, out_column, column, width):
-    """add_scaled_rows_batch for bfloat16 weights: _float_scaled_rows_batch's loops, each weight
-    widened once as it is read and used for two batch rows."""
+    """add_scaled_rows_batch for bfloat16 weights, two rows a word (uint32):
+    _float_scaled_rows_batch's loops, each pair of words widened once and used for two batch
+    rows; a lone batch row (a stream's step) takes _bfloat16_scaled_rows."""
     count = vectors.shape[1]
     batch = out.shape[0]
+    if batch == 1:
+        _bfloat16_scaled_rows(out[0, out_column:out_column + width], vectors[0], rows, column)
+        return
     k = 0
     while k + 4 <= count:
-        r0 = rows[k, column:column + width]
-        r1 = rows[k + 1, column:column + width]
-        r2 = rows[k + 2, column:column + width]
-        r3 = rows[k + 3, column:column + width]
+        p0 = rows[k // 2, column:column + width]
+        p1 = rows[k // 2 + 1, column:column + width]
         b = 0
         while b + 2 <= batch:
             first = out[b, out_column:out_column + width]
@@ -288,8 +312,9 @@ def _bfloat16_scaled_rows_batch(out, vectors, rows, out_column, column, width):
             u0, u1, u2, u3 = u[k], u[k + 1], u[k + 2], u[k + 3]
             v0, v1, v2, v3 = v[k], v[k + 1], v[k + 2], v[k + 3]
             for j in range(width):
-                w0, w1 = bfloat16_value(r0[j]), bfloat16_value(r1[j])
-                w2, w3 = bfloat16_value(r2[j]), bfloat16_value(r3[j])
+                a, c = p0[j], p1[j]
+                w0, w1 = low_bfloat16(a), high_bfloat16(a)
+                w2, w3 = low_bfloat16(c), high_bfloat16(c)
                 first[j] += u0 * w0 + u1 * w1 + u2 * w2 + u3 * w3
                 second[j] += v0 * w0 + v1 * w1 + v2 * w2 + v3 * w3
             b += 2
@@ -298,16 +323,22 @@ def _bfloat16_scaled_rows_batch(out, vectors, rows, out_column, column, width):
             u = vectors[b]
             u0, u1, u2, u3 = u[k], u[k + 1], u[k + 2], u[k + 3]
             for j in range(width):
-                target[j] += (u0 * bfloat16_value(r0[j]) + u1 * bfloat16_value(r1[j])
-                              + u2 * bfloat16_value(r2[j]) + u3 * bfloat16_value(r3[j]))
+                a, c = p0[j], p1[j]
+                target[j] += (u0 * low_bfloat16(a) + u1 * high_bfloat16(a)
+                              + u2 * low_bfloat16(c) + u3 * high_bfloat16(c))
         k += 4
-    while k < count:
-        row = rows[k, column:column + width]
+    while k < count:  # at most three rows: one at a time, the word's half picked by k's parity
+        pair = rows[k // 2, column:column + width]
+        high = k % 2 == 1
         for b in range(batch):
             target = out[b, out_column:out_column + width]
             scale = vectors[b, k]
-            for j in range(width):
-                target[j] += scale * bfloat16_value(row[j])
+            if high:
+                for j in range(width):
+                    target[j] += scale * high_bfloat16(pair[j])
+            else:
+                for j in range(width):
+                    target[j] += scale * low_bfloat16(pair[j])
         k += 1
 
 

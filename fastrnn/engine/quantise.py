@@ -102,4 +102,4 @@ def quantise(values: np.ndarray, weight_format: str) -> Quantised:
 
 def storage_dtype(weight_format: str) -> np.dtype:
     """The dtype of a plan's flat weight array in this format (fastrnn.engine.plan)."""
-    return np.dtype({"bfloat16": np.uint16, "int8": np.int8}.get(weight_format, weight_format))
+    return np.dtype({"bfloat16": np.uint32, "int8": np.int8}.get(weight_format, weight_format))
