@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastrnn.engine.quantise import LOW_BIT_FORMATS, MATRICES, Quantised, storage_dtype
+from fastrnn.engine.quantise import LOW_BIT_FORMATS, MATRICES, Quantised, matrix_dtype
 from fastrnn.engine.weights import Config, LayerWeights, check_layers
 from fastrnn.version import __version__
 
@@ -329,7 +329,7 @@ def _entry_dtype(entry, weight, dtype, weight_format):
     """The dtype an array entry must declare (low-bit files) and is read as."""
     if weight_format is None:
         return dtype
-    expected = storage_dtype(weight_format) if weight in MATRICES else np.dtype(np.float32)
+    expected = matrix_dtype(weight_format) if weight in MATRICES else np.dtype(np.float32)
     if entry.get("dtype") != expected.name:
         raise ValueError(f"array {entry['name']!r} must be stored as {expected.name}, got "
                          f"{entry.get('dtype')!r}")

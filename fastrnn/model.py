@@ -11,7 +11,7 @@ import numpy as np
 from fastrnn import fileformat
 from fastrnn.engine.driver import run_sequence
 from fastrnn.engine.plan import Plan
-from fastrnn.engine.quantise import FLOAT_FORMATS, MATRICES, check_format, quantise
+from fastrnn.engine.quantise import FLOAT_FORMATS, MATRICES, check_format, quantise_layers
 from fastrnn.engine.table import CpuStateTable
 from fastrnn.engine.weights import Config, LayerWeights, check_layers
 from fastrnn.state import State
@@ -152,9 +152,8 @@ class Model:
                 raise TypeError(f"{weight_format} weights run with float32 arithmetic; this "
                                 f"model is {self.dtype.name}: take "
                                 f"model.with_weights('float32') first")
-            encoded = [{name: quantise(array, weight_format) for name, array in
-                        w.arrays().items() if name in MATRICES} for w in self.layers]
-            model = Model._from_encoded(self.config, self.layers, encoded)
+            model = Model._from_encoded(self.config, self.layers,
+                                        quantise_layers(self.layers, weight_format))
         model.assumptions = dict(self.assumptions)
         return model
 

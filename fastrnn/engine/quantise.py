@@ -100,6 +100,18 @@ def quantise(values: np.ndarray, weight_format: str) -> Quantised:
                      f"{weight_format!r}")
 
 
+def quantise_layers(layers, weight_format: str) -> list[dict[str, Quantised]]:
+    """Per layer-direction (LayerWeights, float32), {name: Quantised} of its matrices."""
+    return [{name: quantise(array, weight_format) for name, array in w.arrays().items()
+             if name in MATRICES} for w in layers]
+
+
+def matrix_dtype(weight_format: str) -> np.dtype:
+    """The dtype of a Quantised matrix's data in this format (uint16 patterns, or int8)."""
+    return np.dtype({"bfloat16": np.uint16, "int8": np.int8}[weight_format])
+
+
 def storage_dtype(weight_format: str) -> np.dtype:
-    """The dtype of a plan's flat weight array in this format (fastrnn.engine.plan)."""
+    """The dtype of a plan's flat weight array in this format (fastrnn.engine.plan): bfloat16
+    packs two patterns a uint32 word (fastrnn.engine.products)."""
     return np.dtype({"bfloat16": np.uint32, "int8": np.int8}.get(weight_format, weight_format))

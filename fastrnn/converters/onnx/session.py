@@ -21,15 +21,21 @@ class InferenceSession:
     is loaded, with an error naming the op and the node.
     """
 
-    def __init__(self, path_or_bytes, sess_options=None, providers=None, **kwargs):
+    def __init__(self, path_or_bytes, sess_options=None, providers=None, *, weights=None,
+                 **kwargs):
         """Load a graph and check that fastrnn can run all of it.
 
         path_or_bytes: a path to an .onnx file, the file's bytes, or an onnx.ModelProto.
+        weights: None to run the recurrent nodes' W and R as the graph stores them, or
+        "bfloat16" / "int8" to store them in fewer bits (float32 graphs; docs/precision.md).
         sess_options, providers and other keyword arguments are accepted, and ignored, so that
         onnxruntime call sites work unchanged: the graph runs on fastrnn's CPU kernels and numpy.
         An op fastrnn cannot run is an error here, naming the op and its node.
         """
         self._graph = graph = Graph(path_or_bytes)
+        if weights is not None:
+            for node, _ in graph.recurrent_nodes:
+                node.use_weights(weights)
         slots = graph.slots
         self._template = graph.template
         # Feeds whose dtype and every size are declared: (name, slot, dtype, shape), checked by
