@@ -70,6 +70,20 @@ def from_onnx(model: Any) -> Model:
     return convert(model)
 
 
+def from_keras(model: Any) -> Chain:
+    """A Chain from a Keras 3 model (Sequential or a functional chain) or a .keras file; see
+    fastrnn.converters.keras. Keras must run on the torch backend (KERAS_BACKEND=torch)."""
+    from fastrnn.converters.keras import from_keras as convert
+    return convert(model)
+
+
+def from_nam(source: Any, *, dtype: Any = "float32") -> Chain:
+    """A Chain from a Neural Amp Modeler .nam file (LSTM architecture), a path or its parsed
+    JSON; see fastrnn.converters.nam."""
+    from fastrnn.converters.nam import from_nam as convert
+    return convert(source, dtype=dtype)
+
+
 def __getattr__(name: str) -> Any:
     # Parts with heavier imports load on first use.
     if name == "InferenceSession":
@@ -82,5 +96,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["Model", "State", "Config", "LayerWeights", "from_numpy", "from_torch", "from_onnx",
-           "load", "InferenceSession", "Stream", "StreamPool", "set_num_threads",
-           "get_num_threads", "warmup", "Chain"]
+           "from_keras", "from_nam", "load", "InferenceSession", "Stream", "StreamPool",
+           "set_num_threads", "get_num_threads", "warmup", "Chain"]

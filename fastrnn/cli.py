@@ -6,7 +6,9 @@
     fastrnn warmup [--dtype float32 float64] [--quiet]
 
 CHECKPOINT is a PyTorch state dict file (.pt, .pth, .safetensors) or an ONNX model (.onnx).
-`info` reads a .fastrnn file, or converts a checkpoint in memory and describes the result.
+`info` reads a .fastrnn file, or converts a checkpoint in memory and describes the result; it
+also describes the fastrnn.Chain a Keras 3 (.keras) or Neural Amp Modeler (.nam) file becomes
+(`convert` refuses those: a chain has no file of its own to write yet).
 A state dict cannot tell a plain RNN's nonlinearity or its input layout: what was assumed for
 those is a warning on stderr (convert) and a line of the description (info), until --kind and
 --batch-first/--no-batch-first state them.
@@ -23,6 +25,7 @@ from pathlib import Path
 
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
 ONNX_SUFFIXES = (".onnx",)
+CHAIN_SUFFIXES = (".keras", ".nam")   # whole models: they convert to a fastrnn.Chain
 KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 # Errors that describe the user's input; anything else is a bug and keeps its traceback.
@@ -194,6 +197,11 @@ def _convert(args):
         raise CommandError(f"the output directory {output.parent} does not exist; create it "
                            f"(mkdir -p {output.parent}) or give -o a file in an existing "
                            f"directory")
+    if args.checkpoint.suffix.lower() in CHAIN_SUFFIXES:
+        raise CommandError(f"{args.checkpoint} is a whole model, which converts to a "
+                           f"fastrnn.Chain, and a chain has no file format to write yet: use "
+                           f"fastrnn.from_keras / fastrnn.from_nam in Python ('fastrnn info' "
+                           f"describes it)")
     model = convert_checkpoint(args.checkpoint, prefix=args.prefix, kind=args.kind,
                                batch_first=args.batch_first, trust_pickle=args.trust_pickle)
     if output.exists() and output.resolve() == args.checkpoint.resolve():
@@ -213,6 +221,9 @@ def _info(args):
         raise FileNotFoundError(f"no such file: {path}")
     if path.is_dir():
         raise CommandError(f"{path} is a directory; expected a model file{_files_in(path)}")
+    if path.suffix.lower() in CHAIN_SUFFIXES:
+        print(describe_chain(path))
+        return 0
     is_native = path.suffix.lower() == fileformat.SUFFIX or (
         fileformat.starts_with_magic(path))  # reads the first bytes only
     if is_native:
@@ -273,6 +284,24 @@ def describe(model, path, source, native=False):
         ("options", ", ".join(options) or "none"),
         ("assumed", _assumed_row(model.assumptions, native)),
     ]
+    width = max(len(name) for name, _ in rows) + 1
+    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
+
+
+def describe_chain(path):
+    """What `fastrnn info` prints for a .keras or .nam file: the chain it converts to."""
+    import fastrnn
+    is_keras = path.suffix.lower() == ".keras"
+    chain = fastrnn.from_keras(path) if is_keras else fastrnn.from_nam(path)
+    count = sum(array.size for layer in chain.layers for array in layer.weights().values())
+    refusals = [layer.stream_refusal() for layer in chain.layers]
+    rows = [("file", f"{path}"),
+            ("source", "Keras 3 model" if is_keras else
+             f"Neural Amp Modeler model, version {chain.nam['version']}, sample rate "
+             f"{chain.nam['sample_rate'] or 'not given'}"),
+            ("chain", repr(chain).replace("\n", "\n  ")),
+            ("parameters", f"{count:,} ({_size(count * chain.dtype.itemsize)})"),
+            ("streams", "yes" if not any(refusals) else "no: " + next(r for r in refusals if r))]
     width = max(len(name) for name, _ in rows) + 1
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
 

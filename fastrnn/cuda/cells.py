@@ -19,9 +19,11 @@ h_prev; the caller synchronises the block before h_next is read as the next h_pr
 
 import functools
 
+import numba
 import numpy as np
-from numba import cuda
+from numba import cuda, float64
 
+from fastrnn.engine.activations import SIGMOID
 from fastrnn.engine.cells import GRU, LSTM
 from fastrnn.engine.cells.common import DENORMAL_FLUSH
 from fastrnn.cuda import activations
@@ -31,6 +33,7 @@ from fastrnn.cuda import activations
 def build(dtype):
     """The device function `recurrent_step` for `dtype` (see its docstring)."""
     dtype = np.dtype(dtype)
+    real = numba.from_dtype(dtype)
     zero, one = dtype.type(0), dtype.type(1)
     flush_below = dtype.type(DENORMAL_FLUSH)
     activate = activations.build(dtype)
@@ -71,12 +74,19 @@ def build(dtype):
                 gate_i += peephole[0, j] * c_prev
                 gate_f += peephole[1, j] * c_prev
             input_gate = activate(clip_value(gate_i, clip), codes[0], alphas[0], betas[0])
-            if flag:  # input_forget: f = 1 - i
-                forget_gate = one - input_gate
+            # As on the CPU (fastrnn/engine/cells/lstm.py says why): hold 1 - f, not f, and
+            # update c' = c - (1 - f) c + i g in float64, rounded once.
+            if flag:  # input_forget: f = 1 - i, so 1 - f = i
+                complement = input_gate
+            elif codes[0] == SIGMOID:  # 1 - sigmoid(a) = sigmoid(-a), exact at both ends
+                complement = activate(-clip_value(gate_f, clip), codes[0], alphas[0], betas[0])
             else:
-                forget_gate = activate(clip_value(gate_f, clip), codes[0], alphas[0], betas[0])
+                complement = one - activate(clip_value(gate_f, clip), codes[0], alphas[0],
+                                            betas[0])
             candidate = activate(clip_value(gate_g, clip), codes[1], alphas[1], betas[1])
-            c_new = flush_tiny(forget_gate * c_prev + input_gate * candidate)
+            c_wide = float64(c_prev)
+            forgotten = float64(complement) * c_wide if complement != zero else float64(0)
+            c_new = flush_tiny(real(c_wide - forgotten + float64(input_gate) * float64(candidate)))
             c[j] = c_new
             if has_peephole:
                 gate_o += peephole[2, j] * c_new

@@ -7,8 +7,12 @@ them for a real device; this does. It needs the CUDA compiler (NVVM), which
     python tests/cuda/ptx_check.py
 
 It prints, per dtype and kernel, the PTX size, the registers and spills ptxas gives it for sm_90
-(when the wheel's ptxas is there), and for float32 the double-precision instructions: there should
-be none but the loads and conversions of the float64 alpha/beta table.
+(when the wheel's ptxas is there), and for float32 the double-precision instructions. There should
+be only these: the loads and conversions of the float64 alpha/beta table, ThresholdedRelu's
+compare against its float64 alpha (a setp.f64 at each activation site), and the LSTM's cell-state
+update c - (1 - f) c + i g, one mul, sub and fma in float64 a unit (fastrnn/cuda/cells.py says
+why). With numba-cuda 0.30.4 on numba 0.68.1, 2026-12-01: 16 ld.global.f64, 27-33 cvt.rn.f32.f64, 14
+cvt.f64, 10 setp.ge.f64, 1 each of mul.f64, sub.f64, fma.rn.f64, selp.f64 per float32 kernel.
 """
 
 import re

@@ -37,3 +37,26 @@ def test_bidirectional_layer_is_refused_for_streaming():
     assert "bidirectional" in layer.stream_refusal()
     with pytest.raises(TypeError, match="wraps a fastrnn.Model"):
         Recurrent(torch.nn.GRU(3, 4))
+
+
+def test_initial_state_is_where_sequences_streams_and_resets_start(rng):
+    torch.manual_seed(6)
+    module = torch.nn.GRU(3, 4, num_layers=2)
+    h0 = rng.standard_normal((2, 4)).astype(np.float32)
+    layer = Recurrent(fastrnn.from_torch(module), initial_state=(h0, None))
+    x = rng.standard_normal((6, 2, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x), torch.from_numpy(np.repeat(h0[:, None], 2, 1)))[0]
+    y = layer.sequence(x)
+    np.testing.assert_allclose(y, expected.numpy(), rtol=0, atol=3e-5)
+    table = layer.table(2)
+    out = np.empty((2, 4), np.float32)
+    for t in range(2):
+        table.step(np.ascontiguousarray(x[t]), out)
+    table.reset()   # back to h0, not to zeros
+    np.testing.assert_allclose(table.chunk(x), y, rtol=0, atol=1e-6)
+    assert "initial_h" in layer.weights() and layer.config()["initial_state"]
+    with pytest.raises(ValueError, match="has no c0"):
+        Recurrent(layer.model, initial_state=(h0, h0))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 4\)"):
+        Recurrent(layer.model, initial_state=(h0[0], None))

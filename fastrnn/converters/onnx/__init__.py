@@ -15,18 +15,26 @@ shape, B is split into its W and R halves, b_ih and b_hh):
 | GRU W, R, Wb, Rb | z, r, h | r, z, n(=h) | 1, 0, 2 |
 | RNN W, R, Wb, Rb | i | i | 0 |
 
-Supported (default ONNX domain, opsets up to 22):
+Supported (default ONNX domain, opsets up to 22; the full table is in docs/onnx.md):
 - LSTM, GRU, RNN (opsets 7-22): every attribute (direction, layout 0 and 1, activations with
   activation_alpha/activation_beta, all eleven functions, clip, input_forget, linear_before_reset,
   hidden_size) and every optional input and output (B, P, sequence_lens, initial_h, initial_c;
   any subset of Y, Y_h, Y_c). float32 and float64.
-- Glue: Identity, Constant, ConstantOfShape, ConstantFill (opset < 9, as torch exports at opset 7),
-  Shape, Cast, Squeeze, Unsqueeze, Transpose, Reshape, Flatten, Concat, Slice, Gather, Expand,
-  Split.
-- Head: MatMul, Gemm, Add, Sub, Mul, Div, Relu, Tanh, Sigmoid, Softmax, LogSoftmax.
-Refused when loading, naming the op and node: any other op, ops of other domains, opsets above
-22, recurrent weights (W, R, B, P) that are graph inputs, float16 recurrent weights. Inputs that
-override initializers are not accepted as feeds.
+- Control flow (control.py): If, both branches planned when loading.
+- Glue (glue.py): Identity, Constant, ConstantOfShape, ConstantFill (opset < 9), Shape, Cast,
+  Squeeze, Unsqueeze, Transpose, Reshape, Flatten, Concat, Slice, Gather, Expand, Split; heads
+  MatMul, Gemm, Add, Sub, Mul, Div, Relu, Tanh, Sigmoid, Softmax, LogSoftmax.
+- Math (math_ops.py): elementwise math, comparisons and logic, Where, Size, Range, Tile, the
+  Reduce* family, LeakyRelu, PRelu, Elu, Selu, HardSigmoid, HardSwish, Softplus, Softsign, Gelu,
+  Dropout (inference).
+- Spatial (spatial.py): Conv, ConvTranspose, Pad, the normalizations and pools.
+Refused when loading, in one error listing every op type with its count and first node: any
+other op, ops of other domains, opsets above 22. Refused when loading, naming the node: recurrent
+weights (W, R, B, P) that are graph inputs, float16 recurrent weights. Inputs that override
+initializers are not accepted as feeds.
+
+InferenceSession.stream(state={output: input}) runs a graph chunk by chunk with its state kept
+inside (stateful.py), with versioned, checked snapshots.
 
 Loading is bounded by what the file holds: a path that is not a regular file (a FIFO, a device) is
 refused before it is read, external data must lie in regular files in the model's directory and
@@ -41,6 +49,7 @@ the same names. Recurrent weights must be known when the graph is loaded (initia
 nodes, or computed from those alone); graphs that feed W, R, B or P as inputs are refused.
 """
 
+from fastrnn.converters.onnx import spatial  # noqa: F401  (registers the spatial ops)
 from fastrnn.converters.onnx.registry import register, supported_ops
 from fastrnn.converters.onnx.session import InferenceSession
 from fastrnn.converters.onnx.stack import from_onnx

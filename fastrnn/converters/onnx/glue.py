@@ -8,7 +8,7 @@ concatenation in torch exports) are folded into constants once, at load time.
 import numpy as np
 from onnx import helper
 
-from fastrnn.converters.onnx.registry import as_ints, register
+from fastrnn.converters.onnx.registry import as_ints, check_allocation, register
 
 MAX_OPSET = 22
 
@@ -52,7 +52,8 @@ def constant(node):
 def constant_of_shape(node):
     fill = node.attribute("value")
     fill = np.zeros(1, np.float32) if fill is None else np.asarray(fill).reshape(-1)
-    return lambda shape: np.full(as_ints(shape), fill[0], fill.dtype)
+    return lambda shape: np.full(check_allocation("ConstantOfShape", as_ints(shape),
+                                                  fill.dtype.itemsize), fill[0], fill.dtype)
 
 
 @register("ConstantFill", opsets=(1, 8))
@@ -70,7 +71,7 @@ def constant_fill(node):
             shape = tuple(fixed_shape)
         else:
             shape = np.shape(x)
-        return np.full(shape, value, dtype)
+        return np.full(check_allocation("ConstantFill", shape, dtype.itemsize), value, dtype)
     return run
 
 
@@ -251,6 +252,11 @@ def _slice_index(rank, starts, ends, axes, steps):
 @register("Gather", opsets=(1, MAX_OPSET))
 def gather(node):
     axis = node.attribute("axis", 0)
+    index = node.constant_input(1)
+    if index is not None and index.ndim == 0 and axis >= 0:
+        # One index known when loading (torch's x.shape[k], x[:, k]): a basic index, a 0-d view.
+        position = (slice(None),) * axis + (int(index), Ellipsis)
+        return lambda x, _: x[position]
     return lambda x, indices: np.take(x, np.asarray(indices, np.int64), axis=axis)
 
 
@@ -258,6 +264,7 @@ def gather(node):
 def expand(node):
     def run(x, shape):
         target = np.broadcast_shapes(np.shape(x), as_ints(shape))
+        check_allocation("Expand", target, np.asarray(x).dtype.itemsize)
         return np.array(np.broadcast_to(x, target))
     return run
 
@@ -339,11 +346,18 @@ def tanh(node):
     return np.tanh
 
 
+# The largest x whose exp stays finite, by float size: float16, float32, float64.
+_EXP_CAPS = {2: 11.0, 4: 88.0, 8: 709.0}
+
+
 @register("Sigmoid", opsets=(1, MAX_OPSET))
 def sigmoid(node):
     def run(x):
-        one = x.dtype.type(1)
-        return one / (one + np.exp(-x))
+        # 1 / (1 + exp(-x)), -x capped below exp's overflow: for x below the cap the result is
+        # under 1e-38 (float32) or 1e-307 (float64) instead of a 0 with an overflow warning.
+        kind = x.dtype.type
+        cap = kind(_EXP_CAPS.get(x.dtype.itemsize, 88.0))
+        return kind(1) / (kind(1) + np.exp(np.minimum(-x, cap)))
     return run
 
 

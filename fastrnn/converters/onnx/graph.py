@@ -17,14 +17,16 @@ bytes into gigabytes) is refused, naming the node, before its result is allocate
 import collections
 import math
 import os
-import stat
 
 import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from fastrnn.converters.onnx import glue, recurrent  # noqa: F401  (registers the handlers)
-from fastrnn.converters.onnx.registry import NodeContext, lookup
+# Imported to register their handlers.
+from fastrnn.converters.onnx import control, glue, math_ops, recurrent  # noqa: F401
+from fastrnn.converters.onnx.registry import (ControlNode, NodeContext, find_handler, lookup,
+                                              supported_ops)
+from fastrnn.paths import open_regular_file
 
 # The bytes that constant folding may create when a graph is loaded, in all: far above what the
 # weight slicing and zero states of exported graphs need, far below what would exhaust a machine.
@@ -33,7 +35,7 @@ FOLD_LIMIT_BYTES = 256 << 20
 # Ops whose output may be a view of their first input: a graph output reached from a graph input or
 # a constant only through these is copied, so a caller never holds the plan's constants.
 VIEW_OPS = {"Identity", "Squeeze", "Unsqueeze", "Reshape", "Transpose", "Slice", "Flatten", "Cast",
-            "Split", "Expand"}
+            "Split", "Expand", "Dropout", "Gather"}
 # onnxruntime's type strings for ONNX element types.
 TYPE_NAMES = {
     onnx.TensorProto.FLOAT: "float", onnx.TensorProto.DOUBLE: "double",
@@ -61,9 +63,10 @@ def load_model(source):
         return model
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        _check_regular_file(path, "ONNX file")
+        file, _ = open_regular_file(path, "ONNX file")
         try:
-            model = onnx.load(path, load_external_data=False)
+            with file:
+                model = onnx.load_model_from_string(file.read())
         except Exception as error:
             raise ValueError(f"{path!r} is not an ONNX model: {error}") from None
         if not model.HasField("graph"):
@@ -76,29 +79,6 @@ def load_model(source):
                 raise ValueError(f"{path!r}: its external data cannot be read: {error}") from None
         return model
     raise TypeError(f"expected a path, bytes or an onnx.ModelProto, got {type(source).__name__}")
-
-
-def _check_regular_file(path, what):
-    """FileNotFoundError or ValueError unless `path` is a regular file. Checked on an open file
-    descriptor, opened without blocking: a FIFO is refused at once, not waited on."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no {what} at {path!r}") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path!r} is a directory, not an {what}") from None
-    except OSError as error:
-        raise type(error)(error.errno, f"cannot read {what} {path!r}: {error.strerror}") from None
-    try:
-        info = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if stat.S_ISDIR(info.st_mode):
-        raise ValueError(f"{path!r} is a directory, not an {what}")
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{path!r} is not a regular file (a device, FIFO or socket); fastrnn "
-                         f"reads {what}s from regular files only")
-    return info.st_size
 
 
 def _stored_tensors(model):
@@ -124,7 +104,8 @@ def _check_external_data(model, path):
                 os.path.commonpath([base, target]) != base:
             raise ValueError(f"{path!r}: tensor {tensor.name!r} names external data "
                              f"{location!r}, which is not a file in the model's directory")
-        size = _check_regular_file(target, "external data file")
+        file, size = open_regular_file(target, "external data file")
+        file.close()
         try:
             offset, length = int(info.get("offset", 0)), int(info.get("length", size))
         except ValueError:
@@ -186,8 +167,24 @@ class Step:
         self.squeeze_y = False
 
 
+class Subgraph:
+    """A planned subgraph (an If branch): steps over the enclosing plan's slot table, and where
+    each of its outputs is found, as (slot, None) for a value its steps (or the enclosing graph)
+    compute, or (None, array) for a constant."""
+
+    __slots__ = ("steps", "outputs", "names")
+
+    def __init__(self, steps, outputs, names):
+        self.steps, self.outputs, self.names = steps, outputs, names
+
+
 class Graph:
-    """A loaded graph: constants, the plan, and the description of its inputs and outputs."""
+    """A loaded graph: constants, the plan, and the description of its inputs and outputs.
+
+    Values are numbered slots of one table; a subgraph (an If branch) is planned at load into steps
+    over the same table, its own values in slots of their own, reading the enclosing graph's
+    values from theirs: a run never looks a name up.
+    """
 
     def __init__(self, source):
         model = load_model(source)
@@ -195,80 +192,46 @@ class Graph:
         graph = model.graph
         self.opsets = {entry.domain: entry.version for entry in model.opset_import}
         self.opset = self.opsets.get("", self.opsets.get("ai.onnx", 1))
-        constants = {tensor.name: tensor_to_array(tensor, "initializer")
-                     for tensor in graph.initializer}
+        _check_supported(graph, self.opsets, self.opset)
+        constants = collections.ChainMap({tensor.name: tensor_to_array(tensor, "initializer")
+                                          for tensor in graph.initializer})
         self.inputs = [ValueInfo(v) for v in graph.input if v.name not in constants]
-        self.outputs = [ValueInfo(v) for v in _with_inferred_shapes(model).graph.output]
-        slots = {"": 0}
-        self.steps = []
-        step_protos = []             # the node proto of each step
-        self.recurrent_nodes = []    # (RecurrentNode, step) in graph order
+        inferred = _with_inferred_shapes(model).graph
+        self.outputs = [ValueInfo(v) for v in inferred.output]
+        # Declared and inferred shapes, for handlers that check an input's shape when loading.
+        self._shapes = {info.name: [size if isinstance(size, int) and size > 0 else None
+                                    for size in info.shape]
+                        for info in map(ValueInfo, [*inferred.input, *inferred.value_info])
+                        if info.shape is not None}
+        slots = collections.ChainMap({"": 0})
+        self._slot_count = 1
+        self._constant_slots = {}    # slot -> the constant it holds on every run
+        self.recurrent_nodes = []    # (RecurrentNode, node proto) in graph order, main graph only
         self.producers = {}          # value name -> (node proto, output index) for runtime values
+        # Every value's readers, subgraphs' implicit reads included (for fusing Squeezes).
+        self._readers = collections.Counter()
+        _count_readers(graph, self._readers)
         # Values a run may hand over as a graph input's or a constant's own memory, and for every
         # runtime value the value whose memory it may view: outputs that share memory are copied.
-        may_alias = {v.name for v in self.inputs}
-        viewed = {}
-        available = set(constants) | {v.name for v in self.inputs} | {""}
-        folding = _FoldBudget(sum(array.nbytes for array in constants.values()))
-        for index, node in enumerate(graph.node):
-            name = node.name or f"{node.op_type}_{index}"
-            handler = lookup(node.op_type, node.domain, self.opsets.get(node.domain, self.opset),
-                             name)
-            for value in node.input:
-                if value not in available:
-                    raise ValueError(f"node {name!r} ({node.op_type}) reads {value!r}, which no "
-                                     f"earlier node, input or initializer provides")
-            context = NodeContext(
-                op_type=node.op_type, name=name, opset=self.opset,
-                attributes={a.name: _attribute(a, name) for a in node.attribute},
-                inputs=list(node.input), outputs=list(node.output), constants=constants)
-            with _naming(node.op_type, name):
-                function = handler(context)
-            available.update(node.output)
-            is_recurrent = isinstance(function, recurrent.RecurrentNode)
-            if not is_recurrent and all(v == "" or v in constants for v in node.input):
-                values = [constants.get(v) for v in node.input]
-                folding.check(node.op_type, name, _fold_bytes(context, values))
-                with _naming(node.op_type, name):
-                    results = [np.asarray(value) for value in _as_tuple(function(*values))]
-                folding.add(node.op_type, name, results)
-                for value_name, value in zip(node.output, results):
-                    if value_name:
-                        constants[value_name] = value
-                continue
-            for value_name in list(node.input) + list(node.output):
-                if value_name not in slots:
-                    slots[value_name] = len(slots)
-            step = Step(function, tuple(slots[v] for v in node.input),
-                        tuple(slots[v] for v in node.output), name, node.op_type,
-                        context.attributes)
-            self.steps.append(step)
-            step_protos.append(node)
-            for position, value_name in enumerate(node.output):
-                self.producers[value_name] = (node, position)
-            if is_recurrent:
-                self.recurrent_nodes.append((function, node))
-            elif node.op_type in VIEW_OPS and node.input:
-                source = node.input[0]
-                for value_name in node.output:
-                    viewed[value_name] = viewed.get(source, source)
-                if source in may_alias or source in constants:
-                    may_alias.update(node.output)
+        self._may_alias = {v.name for v in self.inputs}
+        self._viewed = {}
+        self._folding = _FoldBudget(sum(array.nbytes for array in constants.values()))
+        for value in self.inputs:
+            self._slot(value.name, slots, constants)
+        self.steps, step_protos = self._plan_nodes(graph.node, slots, constants, top_level=True)
         self.constants = constants
         self._fuse_direction_squeezes(step_protos, slots)
-        for value in self.inputs:
-            slots.setdefault(value.name, len(slots))
         for value in self.outputs:
             if value.name not in slots:
                 if value.name not in constants:
                     raise ValueError(f"graph output {value.name!r} is not produced by any node")
-                slots[value.name] = len(slots)
-        self.slots = slots
+                self._slot(value.name, slots, constants)
+        self.slots = dict(slots)
         # The slot table a run starts from: constants that steps read are filled in once.
-        self.template = [None] * len(slots)
-        for value_name, slot in slots.items():
-            if value_name in constants:
-                self.template[slot] = constants[value_name]
+        self.template = [None] * self._slot_count
+        for slot, value in self._constant_slots.items():
+            self.template[slot] = value
+        may_alias, viewed = self._may_alias, self._viewed
         # Copied on every run: outputs that may be a graph input, a constant or a view of one (a
         # caller must never hold the plan's own arrays), and outputs that may view the memory of
         # an earlier output (each output is an array of its own, as onnxruntime's are).
@@ -287,13 +250,126 @@ class Graph:
         self.fresh_outputs = {v.name for v in self.outputs if slots[v.name] in recurrent_slots
                               and v.name not in self.copy_outputs}
 
+    def _slot(self, name, slots, constants):
+        """The slot of value `name` in the scope `slots`; a new one if it has none yet (filled
+        with the constant on every run, if `name` is one)."""
+        slot = slots.get(name)
+        if slot is None:
+            slot = slots[name] = self._slot_count
+            self._slot_count += 1
+            if name in constants:
+                self._constant_slots[slot] = constants[name]
+        return slot
+
+    def _plan_nodes(self, nodes, slots, constants, top_level, where=""):
+        """(steps, node protos) for `nodes` in the scope (slots, constants), folding every node
+        whose inputs are all known. In a subgraph (not top_level) a node whose folding fails
+        stays a step: its branch may never run, and its error belongs to the run that takes it."""
+        steps, protos = [], []
+        for index, node in enumerate(nodes):
+            name = node.name or f"{where}{node.op_type}_{index}"
+            handler = lookup(node.op_type, node.domain, self.opsets.get(node.domain, self.opset),
+                             name)
+            for value in node.input:
+                if value and value not in slots and value not in constants:
+                    raise ValueError(f"node {name!r} ({node.op_type}) reads {value!r}, which no "
+                                     f"earlier node, input or initializer provides")
+            context = NodeContext(
+                op_type=node.op_type, name=name, opset=self.opset,
+                attributes={a.name: _attribute(a, name) for a in node.attribute},
+                inputs=list(node.input), outputs=list(node.output), constants=constants,
+                shapes=self._shapes,
+                plan_subgraph=self._subgraph_planner(node, name, slots, constants))
+            with _naming(node.op_type, name):
+                function = handler(context)
+            runtime_only = isinstance(function, (recurrent.RecurrentNode, ControlNode))
+            if not runtime_only and all(v == "" or v in constants for v in node.input):
+                try:
+                    self._fold(node, name, context, function, constants)
+                    continue
+                except (ValueError, TypeError):
+                    if top_level:
+                        raise
+            if node.op_type == "Identity" and len(node.output) == 1 and node.input and \
+                    node.input[0]:
+                # A runtime Identity is no step: its output is read from its input's slot.
+                slots[node.output[0]] = self._slot(node.input[0], slots, constants)
+                if top_level:
+                    self._viewed[node.output[0]] = self._viewed.get(node.input[0], node.input[0])
+                    if node.input[0] in self._may_alias:
+                        self._may_alias.add(node.output[0])
+                continue
+            for value_name in node.input:
+                self._slot(value_name, slots, constants)
+            step = Step(function, tuple(self._slot(v, slots, constants) for v in node.input),
+                        tuple(self._slot(v, slots, constants) for v in node.output), name,
+                        node.op_type, context.attributes)
+            steps.append(step)
+            protos.append(node)
+            if not top_level:
+                continue
+            for position, value_name in enumerate(node.output):
+                self.producers[value_name] = (node, position)
+            if isinstance(function, recurrent.RecurrentNode):
+                self.recurrent_nodes.append((function, node))
+            elif isinstance(function, ControlNode):
+                # A branch may hand over an enclosing value or a constant as it is.
+                self._may_alias.update(node.output)
+            elif node.op_type in VIEW_OPS and node.input:
+                source = node.input[0]
+                for value_name in node.output:
+                    self._viewed[value_name] = self._viewed.get(source, source)
+                if source in self._may_alias or source in constants:
+                    self._may_alias.update(node.output)
+        return steps, protos
+
+    def _fold(self, node, name, context, function, constants):
+        """Compute a node whose inputs are all constants, once, into constants (bounded)."""
+        values = [constants.get(v) for v in node.input]
+        self._folding.check(node.op_type, name, _fold_bytes(context, values))
+        with _naming(node.op_type, name):
+            results = [np.asarray(value) for value in _as_tuple(function(*values))]
+        self._folding.add(node.op_type, name, results)
+        for value_name, value in zip(node.output, results):
+            if value_name:
+                constants[value_name] = value
+
+    def _subgraph_planner(self, node, name, slots, constants):
+        """plan_subgraph(attribute name) for a node's handler: the Subgraph planned from that
+        graph attribute, in a scope of its own inside (slots, constants)."""
+        def plan_subgraph(attribute_name):
+            proto = next((a.g for a in node.attribute if a.name == attribute_name and
+                          a.type == onnx.AttributeProto.GRAPH), None)
+            if proto is None:
+                raise ValueError(f"{node.op_type} node {name!r} has no graph attribute "
+                                 f"{attribute_name!r}")
+            inner_slots, inner_constants = slots.new_child(), constants.new_child()
+            for tensor in proto.initializer:
+                inner_constants[tensor.name] = tensor_to_array(
+                    tensor, f"node {name!r}: {attribute_name} initializer")
+            if proto.input:
+                raise ValueError(f"{node.op_type} node {name!r}: its {attribute_name} declares "
+                                 f"inputs {[v.name for v in proto.input]}; an If branch takes "
+                                 f"none")
+            steps, _ = self._plan_nodes(proto.node, inner_slots, inner_constants,
+                                        top_level=False, where=f"{name}/{attribute_name}/")
+            outputs = []
+            for value in proto.output:
+                if value.name in inner_constants:
+                    outputs.append((None, inner_constants[value.name]))
+                elif value.name in inner_slots:
+                    outputs.append((inner_slots[value.name], None))
+                else:
+                    raise ValueError(f"{node.op_type} node {name!r}: {attribute_name} output "
+                                     f"{value.name!r} is not produced by any node")
+            return Subgraph(steps, outputs, [value.name for value in proto.output])
+        return plan_subgraph
+
     def _fuse_direction_squeezes(self, step_protos, slots):
         """Fuse the Squeeze of axis 1 that torch puts after every one-direction LSTM/GRU/RNN into
         the recurrent step, which then writes Y (T, 1, B, H) as (T, B, H) into the Squeeze's slot:
         one plan step and one array view fewer a run. Only where nothing else reads that Y."""
-        graph = self.model.graph
-        readers = collections.Counter(value for node in graph.node for value in node.input)
-        readers.update(value.name for value in graph.output)
+        readers = self._readers
         recurrent_by_y = {proto.output[0]: step for step, proto in zip(self.steps, step_protos)
                           if isinstance(step.function, recurrent.RecurrentNode)
                           and proto.output and proto.output[0]}
@@ -320,6 +396,49 @@ class Graph:
         if len(proto.input) < 2 or proto.input[1] not in self.constants:
             return None
         return [int(axis) for axis in np.asarray(self.constants[proto.input[1]]).reshape(-1)]
+
+
+def _walk_nodes(graph):
+    """Every node of `graph` and of its subgraphs (If branches, Loop bodies), depth first."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _walk_nodes(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _walk_nodes(subgraph)
+
+
+def _count_readers(graph, readers):
+    """Count, per value name, the nodes that read it (a subgraph's reads of an enclosing value
+    counted as reads by the node that holds it) and the graph outputs that are it."""
+    for node in _walk_nodes(graph):
+        readers.update(node.input)
+    readers.update(value.name for value in graph.output)
+
+
+def _check_supported(graph, opsets, default_opset):
+    """One ValueError naming every op type of the graph and its subgraphs that fastrnn cannot run
+    (with its node count and first node), or nothing."""
+    problems = {}   # (op type, domain, why) -> [count, first node name]
+    for index, node in enumerate(_walk_nodes(graph)):
+        opset = opsets.get(node.domain, default_opset)
+        handler, problem = find_handler(node.op_type, node.domain, opset)
+        if handler is None:
+            entry = problems.setdefault((node.op_type, node.domain, problem),
+                                        [0, node.name or f"{node.op_type}_{index}"])
+            entry[0] += 1
+    if not problems:
+        return
+    lines = []
+    for (op_type, domain, problem), (count, first) in problems.items():
+        why = "" if problem == "no handler" else f"; {problem}"
+        nodes = "1 node" if count == 1 else f"{count} nodes"
+        lines.append(f"  {op_type!r}: {nodes}, the first {first!r}{why}")
+    kinds = len({key[0] for key in problems})
+    raise ValueError(f"unsupported op{'s' if kinds > 1 else ''}: fastrnn cannot run this graph, "
+                     f"it has {kinds} op type{'s' if kinds > 1 else ''} without a handler:\n"
+                     + "\n".join(lines) + f"\nsupported ops: {', '.join(supported_ops())}")
 
 
 def _with_inferred_shapes(model):

@@ -1,10 +1,14 @@
 """fastrnn.InferenceSession: onnxruntime's InferenceSession interface over a loaded plan."""
 
 import operator
+from collections.abc import Mapping
 
 import numpy as np
+import numpy.typing as npt
 
 from fastrnn.converters.onnx.graph import Graph
+from fastrnn.converters.onnx.registry import ControlNode
+from fastrnn.converters.onnx.stateful import SessionStream, suggest_pairs
 
 ndarray = np.ndarray
 
@@ -53,10 +57,7 @@ class InferenceSession:
         known = {slot: (value.dtype, value.shape) for slot, value in enumerate(self._template)
                  if type(value) is ndarray}
         known.update((slot, (dtype, shape)) for _, slot, dtype, shape in self._static_feeds)
-        self._plan = [_empty_batch_lengths(step, step.function.bind(
-                          step.inputs, step.outputs, step.squeeze_y, known))
-                      if hasattr(step.function, "bind") else
-                      _bind(step.function, step.inputs, step.outputs) for step in graph.steps]
+        self._plan = _bind_steps(graph.steps, known)
         self._step_nodes = [step.node for step in graph.steps]
         self._input_names = frozenset(v.name for v in graph.inputs)
         # output name -> (slot, what is applied to it before it is handed over)
@@ -71,6 +72,28 @@ class InferenceSession:
 
     def get_providers(self):
         return ["fastrnn"]
+
+    def stream(self, state: Mapping[str, str] | None = None,
+               initial: Mapping[str, npt.ArrayLike] | None = None) -> SessionStream:
+        """The graph run chunk by chunk with its state kept inside (see stateful.SessionStream).
+
+        state: graph output name -> the graph input it feeds on the next run, e.g.
+        {"stateN": "state"}. initial: state input name -> its first value (default zeros of the
+        input's declared shape, a symbolic size counting as 1). Without `state`, a ValueError
+        names the pairs that look like state by name and shape.
+        """
+        if state is None:
+            pairs = suggest_pairs(self._graph)
+            offer = ", ".join(f"output {out!r} -> input {inp!r}" for out, inp in pairs)
+            mapping = "{" + ", ".join(f"{out!r}: {inp!r}" for out, inp in pairs) + "}"
+            raise ValueError(
+                "stream() needs state=, a mapping of graph output name to the graph input it "
+                "feeds on the next run; "
+                + (f"this graph's look like: {offer}, i.e. stream(state={mapping})" if pairs
+                   else f"no output of this graph matches an input by dtype and shape (outputs "
+                        f"{[v.name for v in self._graph.outputs]}, inputs "
+                        f"{[v.name for v in self._graph.inputs]})"))
+        return SessionStream(self, state, initial)
 
     def run(self, output_names, input_feed, run_options=None):
         """The outputs named (None: all, in the graph's order) for the feeds, as numpy arrays."""
@@ -188,7 +211,15 @@ def _finisher(name, graph):
         return np.array
     if name in graph.fresh_outputs:
         return None
-    return np.ascontiguousarray
+    return _contiguous
+
+
+def _contiguous(value):
+    """`value` as a C-contiguous ndarray, a copy only where needed; a 0-d result stays 0-d (a
+    numpy scalar becomes a 0-d array), where np.ascontiguousarray would make it 1-d."""
+    if type(value) is ndarray and value.flags.c_contiguous:
+        return value
+    return np.array(value, order="C")
 
 
 def _output_taker(outputs):
@@ -223,6 +254,22 @@ def _empty_batch_lengths(step, run):
         else:
             run(slots)
     return run_empty_batch_too
+
+
+def _bind_steps(steps, known):
+    """step(slots) for each of `steps` (graph.Step), If branches' steps bound inside their node."""
+    bound = []
+    for step in steps:
+        function = step.function
+        if isinstance(function, ControlNode):
+            bound.append(function.bind(step.inputs, step.outputs,
+                                       lambda inner: _bind_steps(inner, known)))
+        elif hasattr(function, "bind"):
+            bound.append(_empty_batch_lengths(step, function.bind(
+                step.inputs, step.outputs, step.squeeze_y, known)))
+        else:
+            bound.append(_bind(function, step.inputs, step.outputs))
+    return bound
 
 
 def _bind(function, inputs, outputs):

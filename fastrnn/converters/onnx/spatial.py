@@ -1,0 +1,598 @@
+"""Spatial ONNX ops: Conv, ConvTranspose, Pad, BatchNormalization, LayerNormalization,
+InstanceNormalization, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
+
+Each handler follows the ONNX operator of the same name. Conv, ConvTranspose and the pools take
+1-D (N, C, T) and 2-D (N, C, H, W) inputs; a 1-D input runs through the 2-D kernels with H = 1.
+Attributes are checked when the graph is loaded, and so are weight shapes against the input's
+declared shape where the model declares one; anything that depends on a shape only a run knows is
+checked on that run. Both refuse with a ValueError naming the node.
+
+Conv is an im2col (spatial_kernels.im2col) and one batched matmul (numpy's BLAS) over all groups:
+
+    col[n, (c, ky, kx), (oy, ox)] = x_padded[n, c, oy*sh + ky*dh, ox*sw + kx*dw]
+    y[n, g, m, :] = W[g, m, :] @ col[n, g, :, :] + B[g*M/G + m]
+
+ConvTranspose is its transpose: the product of W^T with the input, then col2im adds every column
+entry into the output position it came from. Geometry (output sizes, pads from auto_pad) is worked
+out once per input shape and remembered; the im2col and col2im buffers are allocated once per
+input shape and thread (threads may run one session at once). Outputs are fresh arrays each run.
+
+Data types: the kernels run in the input's own float dtype, float32 or float64 (each compiled
+once, the float64 specialisation on its first use); normalization statistics are summed in
+float64 for either.
+"""
+
+import threading
+
+import numpy as np
+
+from fastrnn.converters.onnx import spatial_kernels as kernels
+from fastrnn.converters.onnx.registry import as_ints, register
+
+MAX_OPSET = 22
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+CACHE_LIMIT = 64  # shapes remembered per node; past that, geometry is recomputed each run
+
+
+class _PerShape:
+    """Values computed once per input shape (geometry) and buffers once per shape and thread."""
+
+    def __init__(self, compute):
+        self.compute = compute
+        self.known = {}
+        self.local = threading.local()
+
+    def get(self, key):
+        value = self.known.get(key)
+        if value is None:
+            value = self.compute(*key)
+            if len(self.known) < CACHE_LIMIT:
+                self.known[key] = value
+        return value
+
+    def buffer(self, shape, dtype):
+        buffers = getattr(self.local, "buffers", None)
+        if buffers is None:
+            buffers = self.local.buffers = {}
+        key = (shape, dtype)
+        array = buffers.get(key)
+        if array is None:
+            array = np.empty(shape, dtype)
+            if len(buffers) < CACHE_LIMIT:
+                buffers[key] = array
+        return array
+
+
+# -- attributes and geometry ---------------------------------------------------------------------
+
+def _ints_attribute(node, name, rank, default, minimum):
+    value = node.attribute(name)
+    if value is None:
+        return (default,) * rank
+    value = tuple(int(v) for v in value)
+    if len(value) != rank:
+        raise node.error(f"{name} {list(value)} has {len(value)} values for {rank} spatial "
+                         f"axes")
+    if any(v < minimum for v in value):
+        raise node.error(f"{name} {list(value)} must be {minimum} or more")
+    return value
+
+
+def _window_attributes(node, rank, *, dilations=True):
+    """(strides, dilations, pads (begins then ends), auto_pad), checked against `rank`."""
+    if rank not in (1, 2):
+        raise node.error(f"{rank}-D {node.op_type} is not supported; fastrnn runs 1-D (N, C, T) "
+                         f"and 2-D (N, C, H, W) inputs")
+    strides = _ints_attribute(node, "strides", rank, 1, 1)
+    dilation = _ints_attribute(node, "dilations", rank, 1, 1) if dilations else (1,) * rank
+    pads = _ints_attribute(node, "pads", 2 * rank, 0, 0)
+    auto_pad = node.attribute("auto_pad", "NOTSET")
+    if auto_pad not in AUTO_PADS:
+        raise node.error(f"auto_pad {auto_pad!r} is not one of {', '.join(AUTO_PADS)}")
+    if auto_pad != "NOTSET" and node.attribute("pads") is not None and any(pads):
+        raise node.error(f"pads {list(pads)} cannot be given with auto_pad {auto_pad!r}")
+    return strides, dilation, pads, auto_pad
+
+
+def _window_geometry(sizes, kernel, strides, dilations, pads, auto_pad, ceil_mode):
+    """(output sizes, begin pads, end pads) of a sliding window over `sizes`, as ONNX defines it
+    for Conv and the pools: SAME_* gives ceil(size / stride) outputs with the odd pad at the end
+    (UPPER) or the start (LOWER); ceil_mode keeps a last, partial window unless it would start in
+    the end padding."""
+    rank = len(sizes)
+    outputs, begins, ends = [], [], []
+    for axis, size in enumerate(sizes):
+        span = (kernel[axis] - 1) * dilations[axis] + 1
+        stride = strides[axis]
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out = -(-size // stride)
+            total = max(0, (out - 1) * stride + span - size)
+            half = total // 2
+            begin, end = (half, total - half) if auto_pad == "SAME_UPPER" else (total - half, half)
+        else:
+            begin, end = (0, 0) if auto_pad == "VALID" else (pads[axis], pads[axis + rank])
+            room = size + begin + end - span
+            if room < 0:
+                raise ValueError(f"input size {size} along spatial axis {axis} (padded to "
+                                 f"{size + begin + end}) is smaller than the window ({span})")
+            if ceil_mode:
+                out = -(-room // stride) + 1
+                if (out - 1) * stride >= size + begin:
+                    out -= 1
+            else:
+                out = room // stride + 1
+        outputs.append(out)
+        begins.append(begin)
+        ends.append(end)
+    return tuple(outputs), tuple(begins), tuple(ends)
+
+
+def _as_2d(values, fill):
+    """A 1-D op's per-axis values as the 2-D kernels' (H first, its `fill`)."""
+    return (fill, *values) if len(values) == 1 else tuple(values)
+
+
+def _image(x, node, rank):
+    """x (N, C, T) or (N, C, H, W) as a C-contiguous (N, C, H, W) array, H = 1 for 1-D."""
+    if not isinstance(x, np.ndarray) or x.dtype not in FLOAT_TYPES:
+        raise TypeError(f"{node.op_type} node {node.name!r}: input X must be a float32 or "
+                        f"float64 array, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.ndim != rank + 2:
+        raise ValueError(f"{node.op_type} node {node.name!r}: input X has shape {x.shape}; "
+                         f"expected {rank + 2} dimensions (N, C and {rank} spatial)")
+    x = np.ascontiguousarray(x)
+    return x.reshape(x.shape[0], x.shape[1], 1, x.shape[2]) if rank == 1 else x
+
+
+def _weights(value, dtype, node, name):
+    if value.dtype != dtype:
+        raise TypeError(f"{node.op_type} node {node.name!r}: {name} is {value.dtype}, X is "
+                        f"{dtype}; ONNX needs them of one type")
+    return value
+
+
+# -- Conv -----------------------------------------------------------------------------------------
+
+@register("Conv", opsets=(1, MAX_OPSET))
+def conv(node):
+    group = node.attribute("group", 1)
+    if group < 1:
+        raise node.error(f"group {group} must be 1 or more")
+    weight = node.constant_input(1)
+    kernel_shape = node.attribute("kernel_shape")
+    rank = len(kernel_shape) if kernel_shape is not None else (
+        weight.ndim - 2 if weight is not None else None)
+    x_shape = node.input_shape(0)
+    if rank is None and x_shape is not None:
+        rank = len(x_shape) - 2
+    if rank is None:
+        raise node.error("the spatial rank is unknown when loading (no kernel_shape, no "
+                         "constant W, no declared X shape)")
+    strides, dilations, pads, auto_pad = _window_attributes(node, rank)
+
+    def check_weight(w, channels=None):
+        if w.ndim != rank + 2:
+            raise node.error(f"W has shape {w.shape}; expected {rank + 2} dimensions (M, C/group "
+                             f"and {rank} kernel)")
+        if kernel_shape is not None and tuple(w.shape[2:]) != tuple(kernel_shape):
+            raise node.error(f"kernel_shape {list(kernel_shape)} differs from W's {w.shape[2:]}")
+        if w.shape[0] % group:
+            raise node.error(f"W's {w.shape[0]} output channels are not divisible by group "
+                             f"{group}")
+        if channels is not None and channels != w.shape[1] * group:
+            raise node.error(f"X has {channels} channels; W {w.shape} with group {group} needs "
+                             f"{w.shape[1] * group} (channels must be divisible by group)")
+
+    bias = node.constant_input(2)
+    if weight is not None:
+        check_weight(weight, x_shape[1] if x_shape is not None and len(x_shape) > 1 else None)
+        if bias is not None and bias.shape != (weight.shape[0],):
+            raise node.error(f"B has shape {bias.shape}; expected ({weight.shape[0]},)")
+    kernel = tuple(weight.shape[2:]) if weight is not None else None
+
+    def prepare(w):
+        """W (M, C/G, k...) as (G, M/G, C/G * prod(k)), C-contiguous, for the batched matmul."""
+        return np.ascontiguousarray(w.reshape(group, w.shape[0] // group, -1))
+
+    prepared = prepare(weight) if weight is not None else None
+
+    def geometry(shape, kernel):
+        sizes = shape[2:]
+        outputs, begins, _ = _window_geometry(sizes, kernel, strides, dilations, pads, auto_pad,
+                                              0)
+        k2, s2, d2 = _as_2d(kernel, 1), _as_2d(strides, 1), _as_2d(dilations, 1)
+        o2, b2 = _as_2d(outputs, 1), _as_2d(begins, 0)
+        pointwise = all(k == 1 for k in kernel) and all(s == 1 for s in strides) and \
+            not any(begins) and tuple(outputs) == tuple(sizes)
+        positions = o2[0] * o2[1]
+        arguments = (o2[0], o2[1], k2[0], k2[1], s2[0], s2[1], d2[0], d2[1], b2[0], b2[1])
+        return outputs, positions, arguments, pointwise
+
+    cache = _PerShape(geometry)
+
+    def run(x, w, b=None):
+        nonlocal_w = prepared
+        w_kernel = kernel
+        if nonlocal_w is None:
+            check_weight(w)
+            nonlocal_w, w_kernel = prepare(w), tuple(w.shape[2:])
+        image = _image(x, node, rank)
+        _weights(nonlocal_w, image.dtype, node, "W")
+        batch, channels = image.shape[:2]
+        groups, per_group, depth = nonlocal_w.shape
+        if channels * int(np.prod(w_kernel)) != groups * depth:
+            raise ValueError(f"Conv node {node.name!r}: X has {channels} channels; W with group "
+                             f"{group} needs {groups * depth // int(np.prod(w_kernel))}")
+        outputs, positions, arguments, pointwise = cache.get((x.shape, w_kernel))
+        if pointwise:
+            col = image.reshape(batch, channels, positions)
+        else:
+            col = cache.buffer((batch, groups * depth, positions), image.dtype)
+            kernels.im2col(image, col, *arguments)
+        y = np.empty((batch, groups, per_group, positions), image.dtype)
+        np.matmul(nonlocal_w, col.reshape(batch, groups, depth, positions), out=y)
+        flat = y.reshape(batch, groups * per_group, positions)
+        if b is not None:
+            kernels.add_channel_bias(flat, _weights(b, image.dtype, node, "B"))
+        return flat.reshape(batch, groups * per_group, *outputs)
+    return run
+
+
+# -- ConvTranspose ---------------------------------------------------------------------------------
+
+@register("ConvTranspose", opsets=(1, MAX_OPSET))
+def conv_transpose(node):
+    group = node.attribute("group", 1)
+    if group < 1:
+        raise node.error(f"group {group} must be 1 or more")
+    weight = node.constant_input(1)
+    if weight is None:
+        raise node.error("W must be known when loading (an initializer or a Constant)")
+    rank = weight.ndim - 2
+    strides, dilations, pads, auto_pad = _window_attributes(node, rank)
+    kernel = tuple(weight.shape[2:])
+    kernel_shape = node.attribute("kernel_shape")
+    if kernel_shape is not None and tuple(kernel_shape) != kernel:
+        raise node.error(f"kernel_shape {list(kernel_shape)} differs from W's {kernel}")
+    output_padding = _ints_attribute(node, "output_padding", rank, 0, 0)
+    for axis, (extra, stride, dilation) in enumerate(zip(output_padding, strides, dilations)):
+        if extra >= max(stride, dilation):
+            raise node.error(f"output_padding {list(output_padding)}: along axis {axis} it must "
+                             f"be less than the stride or the dilation ({stride}, {dilation})")
+    output_shape = node.attribute("output_shape")
+    if output_shape is not None:
+        output_shape = tuple(int(v) for v in output_shape)[-rank:]  # may include N and C
+    in_channels = weight.shape[0]
+    if in_channels % group:
+        raise node.error(f"W's {in_channels} input channels are not divisible by group {group}")
+    x_shape = node.input_shape(0)
+    if x_shape is not None and len(x_shape) > 1 and x_shape[1] is not None and \
+            x_shape[1] != in_channels:
+        raise node.error(f"X has {x_shape[1]} channels; W {weight.shape} needs {in_channels}")
+    per_group_in, per_group_out = in_channels // group, weight.shape[1]
+    out_channels = per_group_out * group
+    bias = node.constant_input(2)
+    if bias is not None and bias.shape != (out_channels,):
+        raise node.error(f"B has shape {bias.shape}; expected ({out_channels},)")
+    taps = int(np.prod(kernel))
+    # W (C, M/G, k...) -> (G, M/G * prod(k), C/G): the product's rows are (m, ky, kx) per group.
+    transposed = np.ascontiguousarray(
+        weight.reshape(group, per_group_in, per_group_out * taps).transpose(0, 2, 1))
+
+    def geometry(shape):
+        sizes = shape[2:]
+        outputs, begins = [], []
+        for axis, size in enumerate(sizes):
+            natural = strides[axis] * (size - 1) + output_padding[axis] + \
+                (kernel[axis] - 1) * dilations[axis] + 1
+            if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+                target = output_shape[axis] if output_shape is not None else \
+                    size * strides[axis]
+                total = natural - target
+                # As onnxruntime: SAME_UPPER puts the odd pad at the end, otherwise the start.
+                begin = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+                out = target
+            elif auto_pad == "VALID":
+                begin, out = 0, natural
+            else:
+                begin, out = pads[axis], natural - pads[axis] - pads[axis + rank]
+            if out < 1:
+                raise ValueError(f"the output size along spatial axis {axis} would be {out}")
+            outputs.append(out)
+            begins.append(begin)
+        i2 = _as_2d(sizes, 1)
+        k2, s2, d2 = _as_2d(kernel, 1), _as_2d(strides, 1), _as_2d(dilations, 1)
+        o2, b2 = _as_2d(outputs, 1), _as_2d(begins, 0)
+        arguments = (i2[0], i2[1], k2[0], k2[1], s2[0], s2[1], d2[0], d2[1], b2[0], b2[1])
+        return tuple(outputs), o2, arguments
+
+    cache = _PerShape(geometry)
+
+    def run(x, w, b=None):
+        image = _image(x, node, rank)
+        _weights(transposed, image.dtype, node, "W")
+        batch, channels, height, width = image.shape
+        if channels != in_channels:
+            raise ValueError(f"ConvTranspose node {node.name!r}: X has {channels} channels; W "
+                             f"{weight.shape} needs {in_channels}")
+        outputs, o2, arguments = cache.get((x.shape,))
+        col = cache.buffer((batch, group, per_group_out * taps, height * width), image.dtype)
+        np.matmul(transposed, image.reshape(batch, group, per_group_in, height * width), out=col)
+        y = np.empty((batch, out_channels, o2[0] * o2[1]), image.dtype)
+        if b is not None:
+            kernels.fill_channel_bias(y, _weights(b, image.dtype, node, "B"))
+        else:
+            y.fill(0)
+        kernels.col2im(col.reshape(batch, out_channels * taps, height * width),
+                       y.reshape(batch, out_channels, *o2), *arguments)
+        return y.reshape(batch, out_channels, *outputs)
+    return run
+
+
+# -- pooling ---------------------------------------------------------------------------------------
+
+def _pool_setup(node, *, dilations):
+    kernel = node.attribute("kernel_shape")
+    if kernel is None:
+        raise node.error("kernel_shape is required")
+    kernel = tuple(int(k) for k in kernel)
+    rank = len(kernel)
+    strides, dilation, pads, auto_pad = _window_attributes(node, rank, dilations=dilations)
+    if any(k < 1 for k in kernel):
+        raise node.error(f"kernel_shape {list(kernel)} must be 1 or more")
+    for axis, k in enumerate(kernel):
+        if pads[axis] >= k * dilation[axis] or pads[axis + rank] >= k * dilation[axis]:
+            raise node.error(f"pads {list(pads)} must be smaller than the window along each axis "
+                             f"(kernel_shape {list(kernel)})")
+    ceil_mode = node.attribute("ceil_mode", 0)
+
+    def geometry(shape):
+        outputs, begins, ends = _window_geometry(shape[2:], kernel, strides, dilation, pads,
+                                                 auto_pad, ceil_mode)
+        arguments = (*_as_2d(kernel, 1), *_as_2d(strides, 1), *_as_2d(dilation, 1),
+                     *_as_2d(begins, 0))
+        return outputs, _as_2d(outputs, 1), arguments, _as_2d(ends, 0)
+
+    return rank, _PerShape(geometry)
+
+
+@register("MaxPool", opsets=(1, MAX_OPSET))
+def max_pool(node):
+    if len(node.outputs) > 1 and node.outputs[1]:
+        raise node.error("the Indices output is not supported; fastrnn's MaxPool gives Y only")
+    if node.attribute("storage_order", 0) not in (0, 1):
+        raise node.error("storage_order must be 0 or 1")
+    rank, cache = _pool_setup(node, dilations=True)
+
+    def run(x):
+        image = _image(x, node, rank)
+        outputs, o2, arguments, _ = cache.get((x.shape,))
+        y = np.empty((*image.shape[:2], *o2), image.dtype)
+        kernels.max_pool(image, y, *arguments)
+        return y.reshape(*image.shape[:2], *outputs)
+    return run
+
+
+@register("AveragePool", opsets=(1, MAX_OPSET))
+def average_pool(node):
+    rank, cache = _pool_setup(node, dilations=node.opset >= 19)
+    include_pad = bool(node.attribute("count_include_pad", 0))
+
+    def run(x):
+        image = _image(x, node, rank)
+        outputs, o2, arguments, ends = cache.get((x.shape,))
+        y = np.empty((*image.shape[:2], *o2), image.dtype)
+        kernels.average_pool(image, y, *arguments, *ends, include_pad)
+        return y.reshape(*image.shape[:2], *outputs)
+    return run
+
+
+def _global_pool(take_max):
+    def handler(node):
+        def run(x):
+            if not isinstance(x, np.ndarray) or x.dtype not in FLOAT_TYPES or x.ndim < 3:
+                raise ValueError(f"{node.op_type} node {node.name!r}: X must be a float32 or "
+                                 f"float64 array (N, C, spatial...), got "
+                                 f"{getattr(x, 'shape', type(x).__name__)}")
+            rows = x.shape[0] * x.shape[1]
+            y = np.empty(rows, x.dtype)
+            kernels.global_pool(np.ascontiguousarray(x).reshape(rows, -1), y, take_max)
+            return y.reshape(*x.shape[:2], *(1,) * (x.ndim - 2))
+        return run
+    return handler
+
+
+register("GlobalAveragePool", opsets=(1, MAX_OPSET))(_global_pool(False))
+register("GlobalMaxPool", opsets=(1, MAX_OPSET))(_global_pool(True))
+
+
+# -- normalization ---------------------------------------------------------------------------------
+
+def _float_input(x, node):
+    if not isinstance(x, np.ndarray) or x.dtype not in FLOAT_TYPES:
+        raise TypeError(f"{node.op_type} node {node.name!r}: X must be a float32 or float64 "
+                        f"array, got {getattr(x, 'dtype', type(x).__name__)}")
+    return np.ascontiguousarray(x)
+
+
+@register("BatchNormalization", opsets=(6, MAX_OPSET))
+def batch_normalization(node):
+    """Inference form: y = (x - mean) / sqrt(var + epsilon) * scale + B, per channel (axis 1)."""
+    if node.attribute("training_mode", 0):
+        raise node.error("training_mode=1 is not supported; fastrnn runs inference only")
+    if node.opset < 9 and node.attribute("spatial", 1) != 1:
+        raise node.error("spatial=0 (statistics per element) is not supported")
+    if any(node.outputs[1:]):
+        raise node.error("the training outputs (running mean and variance, saved statistics) "
+                         "are not supported; fastrnn runs inference only")
+    epsilon = float(node.attribute("epsilon", 1e-5))
+    folded = {}
+
+    def fold(scale, bias, mean, var, dtype):
+        """(a, b) with y = x * a + b, computed in float64 and cast to the data's dtype."""
+        parts = [np.asarray(v, np.float64).reshape(-1) for v in (scale, bias, mean, var)]
+        sizes = {part.shape[0] for part in parts}
+        if len(sizes) != 1:
+            raise ValueError(f"BatchNormalization node {node.name!r}: scale, B, mean and var "
+                             f"must all be (C,); got {[part.shape for part in parts]}")
+        a = parts[0] / np.sqrt(parts[3] + epsilon)
+        return a.astype(dtype), (parts[1] - parts[2] * a).astype(dtype)
+
+    statistics = [node.constant_input(k) for k in range(1, 5)]
+    constant = all(value is not None for value in statistics)
+    if constant:
+        for dtype in FLOAT_TYPES:
+            folded[dtype] = fold(*statistics, dtype)
+
+    def run(x, scale, bias, mean, var):
+        x = _float_input(x, node)
+        a, b = folded[x.dtype] if constant else fold(scale, bias, mean, var, x.dtype)
+        channels = x.shape[1] if x.ndim > 1 else 1
+        if a.shape[0] != channels:
+            raise ValueError(f"BatchNormalization node {node.name!r}: X has {channels} channels, "
+                             f"the statistics {a.shape[0]}")
+        y = np.empty_like(x)
+        shape = (x.shape[0], channels, -1)
+        kernels.channel_affine(x.reshape(shape), y.reshape(shape), a, b)
+        return y
+    return run
+
+
+@register("LayerNormalization", opsets=(17, MAX_OPSET))
+def layer_normalization(node):
+    """y = (x - mean) / sqrt(var + epsilon) * Scale + B over the axes [axis, rank)."""
+    axis = node.attribute("axis", -1)
+    epsilon = float(node.attribute("epsilon", 1e-5))
+    stash_dtype = np.float32 if node.attribute("stash_type", 1) == 1 else None
+    wants_mean = len(node.outputs) > 1 and bool(node.outputs[1])
+    wants_inv_std = len(node.outputs) > 2 and bool(node.outputs[2])
+
+    def run(x, scale, bias=None):
+        x = _float_input(x, node)
+        start = axis + x.ndim if axis < 0 else axis
+        if not 0 <= start < x.ndim:
+            raise ValueError(f"LayerNormalization node {node.name!r}: axis {axis} is out of "
+                             f"range for X of shape {x.shape}")
+        normalized = x.shape[start:]
+        rows, size = int(np.prod(x.shape[:start])), int(np.prod(normalized))
+        try:
+            scale_row = np.ascontiguousarray(np.broadcast_to(scale, normalized),
+                                             x.dtype).reshape(-1)
+            bias_row = np.zeros(size, x.dtype) if bias is None else np.ascontiguousarray(
+                np.broadcast_to(bias, normalized), x.dtype).reshape(-1)
+        except ValueError:
+            raise ValueError(f"LayerNormalization node {node.name!r}: Scale {np.shape(scale)} "
+                             f"or B {np.shape(bias)} does not broadcast to the normalized shape "
+                             f"{normalized}") from None
+        y = np.empty_like(x)
+        mean, inv_std = np.empty(rows), np.empty(rows)
+        kernels.normalize_rows(x.reshape(rows, size), y.reshape(rows, size), scale_row,
+                               bias_row, epsilon, 1, False, mean, inv_std)
+        if not (wants_mean or wants_inv_std):
+            return y
+        stats_shape = (*x.shape[:start], *(1,) * (x.ndim - start))
+        stats_dtype = stash_dtype or x.dtype
+        return (y, mean.astype(stats_dtype).reshape(stats_shape),
+                inv_std.astype(stats_dtype).reshape(stats_shape))
+    return run
+
+
+@register("InstanceNormalization", opsets=(6, MAX_OPSET))
+def instance_normalization(node):
+    """y = (x - mean) / sqrt(var + epsilon) * scale[c] + B[c], statistics per (n, c) over the
+    spatial axes."""
+    epsilon = float(node.attribute("epsilon", 1e-5))
+
+    def run(x, scale, bias):
+        x = _float_input(x, node)
+        if x.ndim < 3:
+            raise ValueError(f"InstanceNormalization node {node.name!r}: X has shape {x.shape}; "
+                             f"expected (N, C, spatial...)")
+        channels = x.shape[1]
+        if np.shape(scale) != (channels,) or np.shape(bias) != (channels,):
+            raise ValueError(f"InstanceNormalization node {node.name!r}: scale {np.shape(scale)} "
+                             f"and B {np.shape(bias)} must be ({channels},)")
+        rows = x.shape[0] * channels
+        y = np.empty_like(x)
+        mean, inv_std = np.empty(rows), np.empty(rows)
+        kernels.normalize_rows(x.reshape(rows, -1), y.reshape(rows, -1),
+                               np.ascontiguousarray(scale, x.dtype),
+                               np.ascontiguousarray(bias, x.dtype), epsilon, channels, True,
+                               mean, inv_std)
+        return y
+    return run
+
+
+# -- Pad -------------------------------------------------------------------------------------------
+
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+
+
+def _pad(node, x, pads, value, axes, mode):
+    """x padded (negative pads crop) by `pads` (begins then ends, one pair per axis of `axes`)."""
+    rank = x.ndim
+    axes = range(rank) if axes is None else [a + rank if a < 0 else a for a in axes]
+    axes = list(axes)
+    if len(pads) != 2 * len(axes):
+        raise ValueError(f"Pad node {node.name!r}: pads {list(pads)} need 2 values per padded "
+                         f"axis ({len(axes)} axes, X of shape {x.shape})")
+    if any(not 0 <= a < rank for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"Pad node {node.name!r}: axes {axes} are not distinct axes of X "
+                         f"(rank {rank})")
+    widths = [(0, 0)] * rank
+    crop = [slice(None)] * rank
+    for k, a in enumerate(axes):
+        begin, end = pads[k], pads[k + len(axes)]
+        crop[a] = slice(-begin if begin < 0 else 0, x.shape[a] + end if end < 0 else None)
+        widths[a] = (max(begin, 0), max(end, 0))
+    x = x[tuple(crop)]
+    if mode == "constant":
+        y = np.full([size + b + e for size, (b, e) in zip(x.shape, widths)],
+                    value if value is not None else 0, x.dtype)
+        y[tuple(slice(b, b + size) for size, (b, _) in zip(x.shape, widths))] = x
+        return y
+    for a, (b, e) in enumerate(widths):
+        if (b or e) and x.shape[a] == 0:
+            raise ValueError(f"Pad node {node.name!r}: mode {mode!r} cannot pad an empty axis")
+        if mode == "reflect" and max(b, e) >= x.shape[a] and (b or e):
+            raise ValueError(f"Pad node {node.name!r}: reflect pads {b, e} along axis {a} must "
+                             f"be smaller than its size {x.shape[a]}")
+    return np.pad(x, widths, mode=PAD_MODES[mode])
+
+
+def _pad_mode(node):
+    mode = node.attribute("mode", "constant")
+    allowed = ("constant", "reflect", "edge", "wrap") if node.opset >= 19 else \
+        ("constant", "reflect", "edge")
+    if mode not in allowed:
+        raise node.error(f"mode {mode!r} is not one of {', '.join(allowed)} (opset {node.opset})")
+    return mode
+
+
+@register("Pad", opsets=(2, 10))
+def pad_attribute(node):
+    pads = node.attribute("pads")
+    if pads is None:
+        raise node.error("the pads attribute is required")
+    pads = tuple(int(p) for p in pads)
+    value = float(node.attribute("value", 0.0))
+    mode = _pad_mode(node)
+    return lambda x: _pad(node, x, pads, value, None, mode)
+
+
+@register("Pad", opsets=(11, MAX_OPSET))
+def pad_input(node):
+    mode = _pad_mode(node)
+    pads = as_ints(node.constant_input(1))
+    axes = as_ints(node.constant_input(3))
+    value = node.constant_input(2)
+
+    def run(x, pads_value, constant_value=None, axes_value=None):
+        value_now = constant_value if value is None else value
+        if value_now is not None:
+            value_now = np.asarray(value_now).reshape(-1)
+            value_now = value_now[0] if value_now.size else None
+        return _pad(node, x, pads or as_ints(pads_value), value_now,
+                    axes if axes is not None else as_ints(axes_value), mode)
+    return run

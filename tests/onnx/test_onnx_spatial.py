@@ -1,0 +1,393 @@
+"""The spatial ops (Conv, ConvTranspose, Pad, the normalizations and the pools), one node each:
+fastrnn against onnxruntime on the same inputs, float32, within 1e-4 of the largest |y|; the
+float64 path against a float64 numpy reference; bad attributes refused when loading, naming the
+node."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import fastrnn
+from onnx_cases import onnxruntime_session
+
+ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+        np.dtype(np.int64): TensorProto.INT64}
+RELATIVE = 1e-4
+
+
+def normal(*shape, seed=0):
+    return np.random.default_rng(seed + sum(shape)).standard_normal(shape).astype(np.float32)
+
+
+def node_model(op_type, fed, constants=(), attributes=None, opset=17, outputs=1, inputs=None):
+    """A one-node graph: `fed` (name -> array) are graph inputs, `constants` initializers; the
+    node reads `inputs` (names, '' for an omitted optional one; default fed then constants)."""
+    fed, constants = dict(fed), dict(constants)
+    names = inputs if inputs is not None else [*fed, *constants]
+    out_names = [f"y{k}" for k in range(outputs)]
+    node = helper.make_node(op_type, names, out_names, name=f"the_{op_type.lower()}",
+                            **(attributes or {}))
+    graph = helper.make_graph(
+        [node], "spatial",
+        [helper.make_tensor_value_info(n, ELEM[v.dtype], list(v.shape)) for n, v in fed.items()],
+        [helper.make_empty_tensor_value_info(n) for n in out_names],
+        [numpy_helper.from_array(np.asarray(v), n) for n, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return model, fed
+
+
+def assert_matches_onnxruntime(model, feeds, runs=2):
+    theirs = onnxruntime_session(model).run(None, feeds)
+    session = fastrnn.InferenceSession(model)
+    for _ in range(runs):  # the second run reuses the buffers and geometry of the first
+        ours = session.run(None, feeds)
+        assert len(ours) == len(theirs)
+        for index, (got, expected) in enumerate(zip(ours, theirs)):
+            assert got.shape == expected.shape, f"output {index}: {got.shape} != {expected.shape}"
+            assert got.dtype == expected.dtype
+            scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+            np.testing.assert_allclose(got, expected, rtol=0, atol=RELATIVE * scale,
+                                       err_msg=f"output {index}")
+    return ours
+
+
+# -- Conv ------------------------------------------------------------------------------------------
+
+# (x shape, W shape, bias, attributes)
+CONV_CASES = [
+    ((2, 3, 9), (4, 3, 3), True, {}),
+    ((2, 3, 9), (4, 3, 3), False, {"pads": [1, 2], "strides": [2]}),
+    ((1, 4, 11), (4, 2, 3), True, {"group": 2, "dilations": [2], "pads": [2, 2]}),
+    ((1, 4, 10), (4, 1, 5), True, {"group": 4, "auto_pad": "SAME_UPPER", "strides": [3]}),
+    ((1, 2, 10), (3, 2, 4), True, {"auto_pad": "SAME_LOWER"}),
+    ((1, 2, 10), (3, 2, 4), True, {"auto_pad": "SAME_UPPER"}),
+    ((1, 2, 10), (3, 2, 4), True, {"auto_pad": "VALID", "strides": [2]}),
+    ((2, 3, 8, 7), (5, 3, 3, 3), True, {}),
+    ((2, 3, 8, 7), (5, 3, 3, 2), True, {"pads": [1, 0, 2, 1], "strides": [2, 1],
+                                         "dilations": [1, 2]}),
+    ((1, 6, 7, 7), (4, 3, 3, 3), True, {"group": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ((1, 4, 9, 6), (4, 1, 3, 3), False, {"group": 4, "auto_pad": "SAME_UPPER",
+                                          "strides": [2, 2]}),
+    ((1, 3, 9, 6), (2, 3, 2, 4), True, {"auto_pad": "SAME_LOWER", "strides": [2, 1]}),
+    ((1, 3, 9, 6), (2, 3, 3, 3), True, {"auto_pad": "VALID", "strides": [2, 3]}),
+    ((2, 5, 4, 3), (6, 5, 1, 1), True, {}),                      # pointwise: no im2col
+    ((2, 5, 4, 3), (6, 5, 1, 1), False, {"strides": [2, 2]}),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, bias, attributes", CONV_CASES,
+                         ids=[f"conv{index}" for index in range(len(CONV_CASES))])
+def test_conv(x_shape, w_shape, bias, attributes):
+    constants = {"W": normal(*w_shape, seed=1)}
+    if bias:
+        constants["B"] = normal(w_shape[0], seed=2)
+    if "auto_pad" not in attributes:
+        attributes = {**attributes, "kernel_shape": list(w_shape[2:])}
+    model, feeds = node_model("Conv", {"X": normal(*x_shape)}, constants, attributes)
+    assert_matches_onnxruntime(model, feeds)
+
+
+def test_conv_weights_fed_at_run_time():
+    x, w, b = normal(2, 4, 6, 5), normal(6, 2, 3, 3, seed=1), normal(6, seed=2)
+    model, feeds = node_model("Conv", {"X": x, "W": w, "B": b}, {},
+                              {"group": 2, "pads": [1, 1, 1, 1]})
+    assert_matches_onnxruntime(model, feeds)
+
+
+def test_conv_other_batch_sizes_reuse_nothing_stale():
+    model, _ = node_model("Conv", {"X": normal(1, 3, 8, 8)}, {"W": normal(4, 3, 3, 3, seed=1)},
+                          {"pads": [1, 1, 1, 1]})
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "n"
+    session, peer = fastrnn.InferenceSession(model), onnxruntime_session(model)
+    for batch in (1, 3, 1):
+        feeds = {"X": normal(batch, 3, 8, 8, seed=batch)}
+        np.testing.assert_allclose(session.run(None, feeds)[0], peer.run(None, feeds)[0],
+                                   rtol=0, atol=1e-4 * 10)
+
+
+# -- ConvTranspose ---------------------------------------------------------------------------------
+
+CONV_TRANSPOSE_CASES = [
+    ((2, 3, 5), (3, 4, 3), True, {}),
+    ((1, 3, 5), (3, 2, 4), False, {"strides": [2], "pads": [1, 2]}),
+    ((1, 4, 6), (4, 3, 3), True, {"group": 2, "strides": [3], "output_padding": [1],
+                                   "dilations": [2]}),
+    ((1, 2, 5), (2, 3, 3), True, {"strides": [2], "output_shape": [12]}),
+    ((1, 2, 5), (2, 3, 4), True, {"strides": [2], "auto_pad": "SAME_UPPER"}),
+    ((1, 2, 5), (2, 3, 4), True, {"strides": [2], "auto_pad": "SAME_LOWER"}),
+    ((1, 2, 5), (2, 3, 3), True, {"strides": [2], "auto_pad": "SAME_UPPER"}),   # odd total pad
+    ((1, 2, 5), (2, 3, 3), True, {"strides": [2], "auto_pad": "SAME_LOWER"}),
+    ((1, 2, 5), (2, 3, 3), True, {"strides": [2], "output_shape": [10]}),
+    ((2, 3, 4, 5), (3, 2, 3, 3), True, {}),
+    ((1, 3, 4, 5), (3, 2, 3, 2), True, {"strides": [2, 3], "pads": [1, 0, 1, 1]}),
+    ((1, 4, 3, 4), (4, 1, 3, 3), False, {"group": 4, "strides": [2, 2], "output_padding": [1, 1]}),
+    ((1, 2, 4, 4), (2, 3, 3, 3), True, {"strides": [2, 2], "output_shape": [9, 8]}),
+    ((1, 2, 4, 4), (2, 3, 2, 3), True, {"strides": [2, 2], "dilations": [2, 1],
+                                         "auto_pad": "VALID"}),
+    ((1, 2, 3, 5), (2, 3, 3, 3), True, {"strides": [2, 1], "auto_pad": "SAME_UPPER"}),
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, bias, attributes", CONV_TRANSPOSE_CASES,
+                         ids=[f"convT{index}" for index in range(len(CONV_TRANSPOSE_CASES))])
+def test_conv_transpose(x_shape, w_shape, bias, attributes):
+    constants = {"W": normal(*w_shape, seed=1)}
+    if bias:
+        constants["B"] = normal(w_shape[1] * attributes.get("group", 1), seed=2)
+    model, feeds = node_model("ConvTranspose", {"X": normal(*x_shape)}, constants, attributes)
+    assert_matches_onnxruntime(model, feeds)
+
+
+# -- pooling ---------------------------------------------------------------------------------------
+
+POOL_CASES = [
+    ("MaxPool", (2, 3, 9), {"kernel_shape": [3]}, 17),
+    ("MaxPool", (2, 3, 10), {"kernel_shape": [3], "strides": [2], "pads": [1, 1],
+                             "ceil_mode": 1}, 17),
+    ("MaxPool", (1, 2, 11), {"kernel_shape": [2], "dilations": [3], "pads": [1, 1]}, 17),
+    ("MaxPool", (1, 2, 11), {"kernel_shape": [3], "strides": [2], "auto_pad": "SAME_UPPER"}, 17),
+    ("MaxPool", (2, 3, 8, 9), {"kernel_shape": [2, 2], "strides": [2, 2]}, 12),
+    ("MaxPool", (1, 2, 7, 8), {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1],
+                               "ceil_mode": 1}, 17),
+    ("MaxPool", (1, 2, 9, 8), {"kernel_shape": [3, 3], "dilations": [2, 1], "strides": [1, 2]},
+     17),
+    ("MaxPool", (1, 2, 7, 8), {"kernel_shape": [3, 3], "strides": [2, 2],
+                               "auto_pad": "SAME_LOWER"}, 17),
+    ("MaxPool", (1, 2, 7, 8), {"kernel_shape": [2, 3], "strides": [2, 2], "auto_pad": "VALID"},
+     17),
+    # ceil_mode drops a last window that would start in the end padding
+    ("MaxPool", (1, 2, 9), {"kernel_shape": [2], "strides": [2], "pads": [1, 1], "ceil_mode": 1},
+     17),
+    ("AveragePool", (1, 2, 9), {"kernel_shape": [2], "strides": [2], "pads": [1, 1],
+                                "ceil_mode": 1, "count_include_pad": 1}, 17),
+    ("AveragePool", (2, 3, 9), {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}, 17),
+    ("AveragePool", (2, 3, 9), {"kernel_shape": [3], "strides": [2], "pads": [1, 1],
+                                "count_include_pad": 1}, 17),
+    ("AveragePool", (2, 3, 10), {"kernel_shape": [3], "strides": [2], "pads": [1, 1],
+                                 "ceil_mode": 1, "count_include_pad": 1}, 17),
+    ("AveragePool", (2, 3, 8, 7), {"kernel_shape": [2, 2], "strides": [2, 2]}, 11),
+    ("AveragePool", (1, 2, 7, 8), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                   "pads": [1, 1, 1, 1], "ceil_mode": 1}, 17),
+    ("AveragePool", (1, 2, 7, 8), {"kernel_shape": [3, 2], "strides": [2, 3],
+                                   "pads": [1, 0, 2, 1], "count_include_pad": 1,
+                                   "ceil_mode": 1}, 17),
+    ("AveragePool", (1, 2, 7, 8), {"kernel_shape": [3, 3], "strides": [2, 2],
+                                   "auto_pad": "SAME_UPPER", "count_include_pad": 1}, 17),
+    ("AveragePool", (1, 2, 9, 8), {"kernel_shape": [2, 2], "dilations": [2, 2],
+                                   "pads": [1, 1, 1, 1]}, 19),
+]
+
+
+@pytest.mark.parametrize("op_type, x_shape, attributes, opset", POOL_CASES,
+                         ids=[f"{case[0]}{index}" for index, case in enumerate(POOL_CASES)])
+def test_pool(op_type, x_shape, attributes, opset):
+    model, feeds = node_model(op_type, {"X": normal(*x_shape)}, {}, attributes, opset)
+    assert_matches_onnxruntime(model, feeds)
+
+
+def test_max_pool_same_with_dilations_follows_the_spec():
+    # SAME_* gives ceil(size / stride) outputs, padded for the dilated window (the spec's formula);
+    # onnxruntime pads for the undilated kernel and gives fewer outputs, so ONNX's reference
+    # evaluator is the peer here.
+    from onnx.reference import ReferenceEvaluator
+    model, feeds = node_model("MaxPool", {"X": normal(1, 2, 11)}, {},
+                              {"kernel_shape": [2], "dilations": [3], "auto_pad": "SAME_UPPER"})
+    got = fastrnn.InferenceSession(model).run(None, feeds)[0]
+    assert got.shape == (1, 2, 11)
+    np.testing.assert_array_equal(got, ReferenceEvaluator(model).run(None, feeds)[0])
+
+
+@pytest.mark.parametrize("op_type", ["GlobalAveragePool", "GlobalMaxPool"])
+@pytest.mark.parametrize("x_shape", [(2, 3, 7), (2, 3, 4, 5)])
+def test_global_pool(op_type, x_shape):
+    model, feeds = node_model(op_type, {"X": normal(*x_shape)})
+    assert_matches_onnxruntime(model, feeds)
+
+
+# -- normalization ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("x_shape, opset", [((2, 3, 5, 4), 15), ((3, 4, 6), 9), ((5, 3), 14)])
+def test_batch_normalization(x_shape, opset):
+    channels = x_shape[1]
+    constants = {"scale": normal(channels, seed=1), "B": normal(channels, seed=2),
+                 "mean": normal(channels, seed=3),
+                 "var": np.abs(normal(channels, seed=4)) + 0.1}
+    model, feeds = node_model("BatchNormalization", {"X": normal(*x_shape)}, constants,
+                              {"epsilon": 1e-3}, opset)
+    assert_matches_onnxruntime(model, feeds)
+
+
+def test_batch_normalization_statistics_fed_at_run_time():
+    fed = {"X": normal(2, 3, 4), "scale": normal(3, seed=1), "B": normal(3, seed=2),
+           "mean": normal(3, seed=3), "var": np.abs(normal(3, seed=4)) + 0.1}
+    model, feeds = node_model("BatchNormalization", fed)
+    assert_matches_onnxruntime(model, feeds)
+
+
+# (x shape, axis, scale shape, bias, outputs)
+LAYER_NORM_CASES = [
+    ((2, 5, 8), -1, (8,), True, 1),
+    ((2, 5, 8), -1, (8,), False, 1),
+    ((2, 5, 4, 3), 2, (4, 3), True, 3),
+    ((3, 6), 0, (3, 6), True, 1),
+    ((2, 5, 4), 1, (1, 4), True, 1),     # Scale broadcast over the normalized shape
+]
+
+
+@pytest.mark.parametrize("x_shape, axis, scale_shape, bias, outputs", LAYER_NORM_CASES,
+                         ids=[f"layernorm{index}" for index in range(len(LAYER_NORM_CASES))])
+def test_layer_normalization(x_shape, axis, scale_shape, bias, outputs):
+    constants = {"Scale": normal(*scale_shape, seed=1)}
+    if bias:
+        constants["B"] = normal(*scale_shape, seed=2)
+    x = normal(*x_shape) * 3 + 2   # a mean and a spread far from 0 and 1
+    model, feeds = node_model("LayerNormalization", {"X": x}, constants,
+                              {"axis": axis, "epsilon": 1e-4}, 17, outputs)
+    assert_matches_onnxruntime(model, feeds)
+
+
+@pytest.mark.parametrize("x_shape", [(2, 3, 7), (2, 3, 4, 5)])
+def test_instance_normalization(x_shape):
+    channels = x_shape[1]
+    model, feeds = node_model("InstanceNormalization", {"X": normal(*x_shape) + 1},
+                              {"scale": normal(channels, seed=1), "B": normal(channels, seed=2)},
+                              {"epsilon": 1e-3})
+    assert_matches_onnxruntime(model, feeds)
+
+
+# -- Pad -------------------------------------------------------------------------------------------
+
+I64 = lambda *values: np.array(values, np.int64)  # noqa: E731
+X_PAD = normal(2, 3, 4)
+
+# (fed, constants, attributes, opset, node inputs)
+PAD_CASES = [
+    ({}, {}, {"pads": [0, 1, 2, 0, 2, 1], "value": 1.5}, 10, None),
+    ({}, {}, {"pads": [0, 0, 2, 0, 1, 3], "mode": "reflect"}, 2, None),
+    ({}, {}, {"pads": [0, 1, 1, 0, 2, 2], "mode": "edge"}, 10, None),
+    ({}, {"pads": I64(0, 1, 2, 0, 0, 1)}, {}, 13, None),
+    ({}, {"pads": I64(0, 0, 2, 0, 1, 1), "value": np.array(-2.0, np.float32)}, {}, 13, None),
+    ({}, {"pads": I64(0, 1, -1, 0, -1, 2)}, {}, 13, None),               # negative pads crop
+    ({}, {"pads": I64(0, 0, 3, 0, 2, 1)}, {"mode": "reflect"}, 13, None),
+    ({}, {"pads": I64(1, 0, 1, 1, 2, 2)}, {"mode": "edge"}, 13, None),
+    ({}, {"pads": I64(1, 2, 1, 3), "value": np.array(0.5, np.float32), "axes": I64(1, -1)}, {},
+     18, None),
+    ({}, {"pads": I64(2, 1), "axes": I64(2)}, {"mode": "reflect"}, 18, ["X", "pads", "", "axes"]),
+    ({}, {"pads": I64(0, 0, 3, 0, 0, 2)}, {"mode": "wrap"}, 19, None),
+    ({"pads": I64(0, 1, 1, 0, 1, 2)}, {}, {"mode": "edge"}, 13, None),   # pads fed at run time
+]
+
+
+@pytest.mark.parametrize("fed, constants, attributes, opset, inputs", PAD_CASES,
+                         ids=[f"pad{index}" for index in range(len(PAD_CASES))])
+def test_pad(fed, constants, attributes, opset, inputs):
+    model, feeds = node_model("Pad", {"X": X_PAD, **fed}, constants, attributes, opset,
+                              inputs=inputs)
+    assert_matches_onnxruntime(model, feeds)
+
+
+# -- float64 against a numpy reference --------------------------------------------------------------
+
+def reference_conv(x, w, b, stride, pad, group):
+    """Direct float64 2-D convolution, symmetric pads."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    batch, channels, height, width = x.shape
+    out_channels, per_group, kh, kw = w.shape
+    out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
+    y = np.zeros((batch, out_channels, out_h, out_w))
+    per_out = out_channels // group
+    for m in range(out_channels):
+        g = m // per_out
+        for oy in range(out_h):
+            for ox in range(out_w):
+                patch = x[:, g * per_group:(g + 1) * per_group,
+                          oy * stride:oy * stride + kh, ox * stride:ox * stride + kw]
+                y[:, m, oy, ox] = np.sum(patch * w[m], axis=(1, 2, 3)) + b[m]
+    return y
+
+
+def reference_max_pool(x, kernel, stride):
+    batch, channels, height, width = x.shape
+    out_h, out_w = (height - kernel) // stride + 1, (width - kernel) // stride + 1
+    y = np.empty((batch, channels, out_h, out_w))
+    for oy in range(out_h):
+        for ox in range(out_w):
+            y[:, :, oy, ox] = x[:, :, oy * stride:oy * stride + kernel,
+                                ox * stride:ox * stride + kernel].max(axis=(2, 3))
+    return y
+
+
+def test_float64_conv_and_pool_match_a_numpy_reference():
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((2, 4, 7, 6)), rng.standard_normal((6, 2, 3, 3)), \
+        rng.standard_normal(6)
+    model, feeds = node_model("Conv", {"X": x}, {"W": w, "B": b},
+                              {"group": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]})
+    got = fastrnn.InferenceSession(model).run(None, feeds)[0]
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, reference_conv(x, w, b, 2, 1, 2), rtol=0, atol=1e-12)
+    model, feeds = node_model("MaxPool", {"X": x}, {}, {"kernel_shape": [2, 2],
+                                                         "strides": [2, 2]})
+    np.testing.assert_array_equal(fastrnn.InferenceSession(model).run(None, feeds)[0],
+                                  reference_max_pool(x, 2, 2))
+
+
+def test_float32_conv_matches_a_float64_reference():
+    x, w, b = normal(2, 4, 7, 6), normal(6, 2, 3, 3, seed=1), normal(6, seed=2)
+    model, feeds = node_model("Conv", {"X": x}, {"W": w, "B": b},
+                              {"group": 2, "strides": [2, 2], "pads": [1, 1, 1, 1]})
+    got = fastrnn.InferenceSession(model).run(None, feeds)[0]
+    expected = reference_conv(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                              2, 1, 2)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.max(np.abs(expected)))
+
+
+# -- refused when loading --------------------------------------------------------------------------
+
+BAD_NODES = [
+    ("Conv", (1, 4, 5, 5), {"W": (3, 2, 3, 3)}, {"group": 2}, "not divisible by group"),
+    ("Conv", (1, 5, 5, 5), {"W": (4, 2, 3, 3)}, {"group": 2}, "divisible by group"),
+    ("Conv", (1, 4, 5, 5), {"W": (4, 4, 3, 3)}, {"kernel_shape": [2, 2]}, "kernel_shape"),
+    ("Conv", (1, 4, 5, 5), {"W": (4, 4, 3, 3)}, {"strides": [0, 1]}, "strides"),
+    ("Conv", (1, 4, 5, 5), {"W": (4, 4, 3, 3)}, {"pads": [1, 1]}, "pads"),
+    ("Conv", (1, 4, 5, 5), {"W": (4, 4, 3, 3)}, {"auto_pad": "SAME"}, "auto_pad"),
+    ("Conv", (1, 4, 5, 5, 5), {"W": (4, 4, 3, 3, 3)}, {}, "3-D Conv is not supported"),
+    ("ConvTranspose", (1, 3, 5, 5), {"W": (3, 2, 3, 3)}, {"group": 2}, "divisible by group"),
+    ("ConvTranspose", (1, 4, 5, 5), {"W": (4, 2, 3, 3)},
+     {"strides": [2, 2], "output_padding": [2, 0]}, "output_padding"),
+    ("MaxPool", (1, 4, 5, 5), {}, {}, "kernel_shape is required"),
+    ("MaxPool", (1, 4, 5, 5), {}, {"kernel_shape": [2, 2], "pads": [2, 0, 0, 0]},
+     "smaller than the window"),
+    ("AveragePool", (1, 4, 5, 5), {}, {"kernel_shape": [2, 2], "dilations": [1, 0]},
+     "dilations"),
+    ("BatchNormalization", (1, 4, 5, 5), {"s": (4,), "b": (4,), "m": (4,), "v": (4,)},
+     {"training_mode": 1}, "training_mode"),
+]
+
+
+@pytest.mark.parametrize("op_type, x_shape, weights, attributes, message", BAD_NODES,
+                         ids=[f"{case[0]}-{index}" for index, case in enumerate(BAD_NODES)])
+def test_bad_attributes_are_refused_when_loading(op_type, x_shape, weights, attributes,
+                                                 message):
+    opset = 19 if op_type == "AveragePool" else 17
+    model, _ = node_model(op_type, {"X": normal(*x_shape)},
+                          {name: normal(*shape) for name, shape in weights.items()}, attributes,
+                          opset)
+    with pytest.raises(ValueError, match=message) as raised:
+        fastrnn.InferenceSession(model)
+    assert f"the_{op_type.lower()}" in str(raised.value)
+
+
+def test_max_pool_indices_output_is_refused_when_loading():
+    model, _ = node_model("MaxPool", {"X": normal(1, 2, 4, 4)}, {}, {"kernel_shape": [2, 2]},
+                          outputs=2)
+    with pytest.raises(ValueError, match="the_maxpool.*Indices"):
+        fastrnn.InferenceSession(model)
+
+
+def test_conv_channels_mismatch_at_run_time_names_the_node():
+    model, _ = node_model("Conv", {"X": normal(1, 4, 5, 5)}, {"W": normal(2, 4, 3, 3)})
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "c"   # channels left open
+    session = fastrnn.InferenceSession(model)
+    with pytest.raises(ValueError, match="the_conv.*3 channels"):
+        session.run(None, {"X": normal(1, 3, 5, 5)})
