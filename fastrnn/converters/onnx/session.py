@@ -38,7 +38,7 @@ class InferenceSession:
         """
         self._graph = graph = Graph(path_or_bytes)
         if weights is not None:
-            for node, _ in graph.recurrent_nodes:
+            for node in _recurrent_nodes(graph.steps):
                 node.use_weights(weights)
         slots = graph.slots
         self._template = graph.template
@@ -298,3 +298,18 @@ def _bind(function, inputs, outputs):
         for slot, value in zip(outputs, function(*[slots[i] for i in inputs])):
             slots[slot] = value
     return step
+
+
+def _recurrent_nodes(steps):
+    """The RecurrentNodes of these steps and of the If branches among them, each once."""
+    from fastrnn.converters.onnx.recurrent import RecurrentNode
+    found = {}
+    for step in steps:
+        function = step.function
+        if isinstance(function, RecurrentNode):
+            found[id(function)] = function
+        for label in ("then_branch", "else_branch"):
+            branch = getattr(function, label, None)
+            if branch is not None:
+                found.update((id(node), node) for node in _recurrent_nodes(branch.steps))
+    return list(found.values())
