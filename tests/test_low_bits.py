@@ -17,6 +17,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -24,8 +25,10 @@ import torch
 import fastrnn
 import reference
 from fastrnn import fileformat
+from fastrnn.engine.plan import _stored_block
+from fastrnn.engine.products import add_scaled_rows, add_scaled_rows_batch, matrix_block
 from fastrnn.engine.quantise import (bfloat16_to_float32, float32_to_bfloat16, float32_to_int8,
-                                     quantise)
+                                     quantise, storage_dtype)
 from fastrnn.layers import Recurrent
 
 sys.path.insert(0, str(Path(__file__).parent / "onnx"))
@@ -121,6 +124,39 @@ def test_int8_matches_a_numpy_reference():
 def test_int8_refuses_non_finite_weights():
     with pytest.raises(ValueError, match="finite"):
         float32_to_int8(np.array([[1.0, np.inf]], np.float32))
+
+
+@numba.njit
+def both_products(flat, count, columns, vectors, column, width):
+    """(add_scaled_rows_batch's, add_scaled_rows' row by row) products of the packed matrix."""
+    rows = matrix_block(flat, 0, count, columns)
+    batch = np.zeros((vectors.shape[0], width), np.float32)
+    add_scaled_rows_batch(batch, vectors, rows, 0, column, width)
+    single = np.zeros((vectors.shape[0], width), np.float32)
+    for b in range(vectors.shape[0]):
+        add_scaled_rows(single[b], vectors[b], rows, column)
+    return batch, single
+
+
+@pytest.mark.parametrize("weight_format", ("float32",) + FORMATS)
+def test_products_against_float64_on_every_tail(weight_format):
+    """Every count of weight rows mod 8 (the passes' tails, a bfloat16 word's odd half), one to
+    three batch rows (pairs and a lone row), a column window: against float64 numpy."""
+    rng = np.random.default_rng(5)
+    for count in range(1, 18):
+        matrix = rng.standard_normal((24, count)).astype(np.float32)   # (columns, count) layout
+        if weight_format == "float32":
+            flat, values = matrix.T.copy().ravel(), matrix
+        else:
+            stored = quantise(matrix, weight_format)
+            flat = _stored_block(stored, None, storage_dtype(weight_format))
+            values = stored.dequantised()
+        for batch in (1, 2, 3):
+            vectors = rng.standard_normal((batch, count)).astype(np.float32)
+            got = both_products(flat, count, 24, vectors, 5, 13)
+            expected = vectors.astype(np.float64) @ values.T.astype(np.float64)[:, 5:18]
+            for product in got:
+                np.testing.assert_allclose(product, expected, rtol=0, atol=1e-5)
 
 
 # -- the models --------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-from fastrnn.engine.jit import kernel
+from fastrnn.engine.jit import FASTMATH, kernel
 
 # Rows of an int8 matrix after its weights that hold its float32 column scales (4 bytes each).
 SCALE_ROWS = 4
@@ -103,29 +103,29 @@ def column_scales(rows, count):
     return rows[count:count + SCALE_ROWS].reshape(SCALE_ROWS * rows.shape[1]).view(np.float32)
 
 
+# The products are overloads, their implementation picked by the weights' dtype when a kernel is
+# typed: one compiled function a product and dtype, with the kernels' flags (a dispatcher between
+# would be one more function to compile on every path).
+_PRODUCT_OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy", "nogil": True}
+
+
 # -- one row ---------------------------------------------------------------------------------------
 
-def _scaled_rows(out, vector, rows, column):
-    raise NotImplementedError("called from jitted code only")
-
-
-@overload(_scaled_rows)
-def _pick_scaled_rows(out, vector, rows, column):
-    if rows.dtype == types.uint32:
-        return lambda out, vector, rows, column: _bfloat16_scaled_rows(out, vector, rows, column)
-    if rows.dtype == types.int8:
-        return lambda out, vector, rows, column: _int8_scaled_rows(out, vector, rows, column)
-    return lambda out, vector, rows, column: _float_scaled_rows(out, vector, rows, column)
-
-
-@kernel
 def add_scaled_rows(out, vector, rows, column):
     """out += vector @ rows[:, column:column + len(out)]   (rows: (len(vector), >= column + len(out)),
-    float, bfloat16 or int8 as the module docstring says)."""
-    _scaled_rows(out, vector, rows, column)
+    float, bfloat16 or int8 as the module docstring says). Called from jitted code only."""
+    raise NotImplementedError("add_scaled_rows is called from jitted code only")
 
 
-@kernel
+@overload(add_scaled_rows, jit_options=_PRODUCT_OPTIONS)
+def _pick_scaled_rows(out, vector, rows, column):
+    if rows.dtype == types.uint32:
+        return _bfloat16_scaled_rows
+    if rows.dtype == types.int8:
+        return _int8_scaled_rows
+    return _float_scaled_rows
+
+
 def _float_scaled_rows(out, vector, rows, column):
     """add_scaled_rows for float weights.
 
@@ -155,7 +155,6 @@ def _float_scaled_rows(out, vector, rows, column):
         k += 1
 
 
-@kernel
 def _bfloat16_scaled_rows(out, vector, rows, column):
     """add_scaled_rows for bfloat16 weights, two rows a word (uint32): _float_scaled_rows' loop,
     four rows (two words) a pass."""
@@ -184,7 +183,6 @@ def _bfloat16_scaled_rows(out, vector, rows, column):
             out[j] += s0 * low_bfloat16(pair[j])
 
 
-@kernel
 def _int8_scaled_rows(out, vector, rows, column):
     """add_scaled_rows for int8 weights: out_j += s_j * sum_k v_k q_kj, the sum made INT8_PASS
     rows at a time in float32 and scaled once a pass."""
@@ -220,31 +218,22 @@ def _int8_scaled_rows(out, vector, rows, column):
 
 # -- a block of rows -------------------------------------------------------------------------------
 
-def _scaled_rows_batch(out, vectors, rows, out_column, column, width):
-    raise NotImplementedError("called from jitted code only")
-
-
-@overload(_scaled_rows_batch)
-def _pick_scaled_rows_batch(out, vectors, rows, out_column, column, width):
-    if rows.dtype == types.uint32:
-        return lambda out, vectors, rows, out_column, column, width: \
-            _bfloat16_scaled_rows_batch(out, vectors, rows, out_column, column, width)
-    if rows.dtype == types.int8:
-        return lambda out, vectors, rows, out_column, column, width: \
-            _int8_scaled_rows_batch(out, vectors, rows, out_column, column, width)
-    return lambda out, vectors, rows, out_column, column, width: \
-        _float_scaled_rows_batch(out, vectors, rows, out_column, column, width)
-
-
-@kernel
 def add_scaled_rows_batch(out, vectors, rows, out_column, column, width):
     """out[b, out_column:+width] += vectors[b] @ rows[:, column:+width] for every row b
     (out (B, >= out_column + width), vectors (B, K), rows (K, >= column + width), float, bfloat16
-    or int8 as the module docstring says)."""
-    _scaled_rows_batch(out, vectors, rows, out_column, column, width)
+    or int8 as the module docstring says). Called from jitted code only."""
+    raise NotImplementedError("add_scaled_rows_batch is called from jitted code only")
 
 
-@kernel
+@overload(add_scaled_rows_batch, jit_options=_PRODUCT_OPTIONS)
+def _pick_scaled_rows_batch(out, vectors, rows, out_column, column, width):
+    if rows.dtype == types.uint32:
+        return _bfloat16_scaled_rows_batch
+    if rows.dtype == types.int8:
+        return _int8_scaled_rows_batch
+    return _float_scaled_rows_batch
+
+
 def _float_scaled_rows_batch(out, vectors, rows, out_column, column, width):
     """add_scaled_rows_batch for float weights.
 
@@ -290,7 +279,6 @@ def _float_scaled_rows_batch(out, vectors, rows, out_column, column, width):
         k += 1
 
 
-@kernel
 def _bfloat16_scaled_rows_batch(out, vectors, rows, out_column, column, width):
     """add_scaled_rows_batch for bfloat16 weights, two rows a word (uint32):
     _float_scaled_rows_batch's loops, each pair of words widened once and used for two batch
@@ -298,7 +286,7 @@ def _bfloat16_scaled_rows_batch(out, vectors, rows, out_column, column, width):
     count = vectors.shape[1]
     batch = out.shape[0]
     if batch == 1:
-        _bfloat16_scaled_rows(out[0, out_column:out_column + width], vectors[0], rows, column)
+        add_scaled_rows(out[0, out_column:out_column + width], vectors[0], rows, column)
         return
     k = 0
     while k + 4 <= count:
@@ -342,7 +330,6 @@ def _bfloat16_scaled_rows_batch(out, vectors, rows, out_column, column, width):
         k += 1
 
 
-@kernel
 def _int8_scaled_rows_batch(out, vectors, rows, out_column, column, width):
     """add_scaled_rows_batch for int8 weights: out[b, j] += s_j * sum_k vectors[b, k] q_kj.
 
@@ -352,7 +339,7 @@ def _int8_scaled_rows_batch(out, vectors, rows, out_column, column, width):
     count = vectors.shape[1]
     batch = out.shape[0]
     if batch == 1:
-        _int8_scaled_rows(out[0, out_column:out_column + width], vectors[0], rows, column)
+        add_scaled_rows(out[0, out_column:out_column + width], vectors[0], rows, column)
         return
     scales = column_scales(rows, count)[column:column + width]
     k = 0
