@@ -105,6 +105,32 @@ def test_conv_other_batch_sizes_reuse_nothing_stale():
                                    rtol=0, atol=1e-4 * 10)
 
 
+@pytest.mark.parametrize("op_type", ["Conv", "ConvTranspose"])
+def test_products_big_enough_for_threads(op_type):
+    # Past PARALLEL_PRODUCT multiply-adds the product is cut into blocks over fastrnn's threads.
+    from fastrnn.converters.onnx import spatial
+    x, w = normal(2, 16, 32, 40), normal(16, 16, 3, 3, seed=1)
+    assert 2 * 16 * 32 * 40 * 16 * 9 >= spatial.PARALLEL_PRODUCT
+    model, feeds = node_model(op_type, {"X": x}, {"W": w, "B": normal(16, seed=2)},
+                              {"pads": [1, 1, 1, 1]})
+    assert_matches_onnxruntime(model, feeds)
+
+
+def test_conv_session_shared_by_threads():
+    # im2col buffers are per thread: runs in threads at once must not see each other's columns.
+    from concurrent.futures import ThreadPoolExecutor
+    model, _ = node_model("Conv", {"X": normal(2, 3, 12, 12)}, {"W": normal(8, 3, 3, 3, seed=1)},
+                          {"pads": [1, 1, 1, 1]})
+    session, peer = fastrnn.InferenceSession(model), onnxruntime_session(model)
+    inputs = [normal(2, 3, 12, 12, seed=10 * k) for k in range(8)]
+    expected = [peer.run(None, {"X": x})[0] for x in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: [session.run(None, {"X": x})[0] for _ in range(20)][-1],
+                            inputs))
+    for ours, theirs in zip(got, expected):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4 * np.max(np.abs(theirs)))
+
+
 # -- ConvTranspose ---------------------------------------------------------------------------------
 
 CONV_TRANSPOSE_CASES = [
@@ -286,7 +312,7 @@ def test_pad(fed, constants, attributes, opset, inputs):
     assert_matches_onnxruntime(model, feeds)
 
 
-# -- float64 against a numpy reference --------------------------------------------------------------
+# -- float64 against a numpy reference -------------------------------------------------------------
 
 def reference_conv(x, w, b, stride, pad, group):
     """Direct float64 2-D convolution, symmetric pads."""

@@ -27,7 +27,9 @@ Supported (default ONNX domain, opsets up to 22; the full table is in docs/onnx.
 - Math (math_ops.py): elementwise math, comparisons and logic, Where, Size, Range, Tile, the
   Reduce* family, LeakyRelu, PRelu, Elu, Selu, HardSigmoid, HardSwish, Softplus, Softsign, Gelu,
   Dropout (inference).
-- Spatial (spatial.py): Conv, ConvTranspose, Pad, the normalizations and pools.
+- Spatial (spatial.py, Numba kernels in spatial_kernels.py): Conv, ConvTranspose, MaxPool,
+  AveragePool (1-D and 2-D), GlobalAveragePool, GlobalMaxPool, BatchNormalization (inference),
+  LayerNormalization, InstanceNormalization, Pad; docs/onnx-ops.md lists their attributes.
 Refused when loading, in one error listing every op type with its count and first node: any
 other op, ops of other domains, opsets above 22. Refused when loading, naming the node: recurrent
 weights (W, R, B, P) that are graph inputs, float16 recurrent weights. Inputs that override

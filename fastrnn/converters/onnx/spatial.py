@@ -7,7 +7,9 @@ Attributes are checked when the graph is loaded, and so are weight shapes agains
 declared shape where the model declares one; anything that depends on a shape only a run knows is
 checked on that run. Both refuse with a ValueError naming the node.
 
-Conv is an im2col (spatial_kernels.im2col) and one batched matmul (numpy's BLAS) over all groups:
+Conv is an im2col (spatial_kernels.im2col) and one product over all images and groups
+(spatial_kernels.grouped_product, in Numba: no BLAS thread pool competing for the cores; a big
+product is cut into blocks of images, groups and positions over fastrnn's threads):
 
     col[n, (c, ky, kx), (oy, ox)] = x_padded[n, c, oy*sh + ky*dh, ox*sw + kx*dw]
     y[n, g, m, :] = W[g, m, :] @ col[n, g, :, :] + B[g*M/G + m]
@@ -28,11 +30,30 @@ import numpy as np
 
 from fastrnn.converters.onnx import spatial_kernels as kernels
 from fastrnn.converters.onnx.registry import as_ints, register
+from fastrnn.engine import parallel
 
 MAX_OPSET = 22
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
 CACHE_LIMIT = 64  # shapes remembered per node; past that, geometry is recomputed each run
+# Multiply-adds below which a product stays on the calling thread (about half a millisecond of
+# one core's work): under it, waking a second thread costs more than it saves.
+PARALLEL_PRODUCT = 1 << 22
+
+
+def _product(a, b, bias, out):
+    """out[n, g] = a[g] @ b[n, g] + bias[g][:, None] (spatial_kernels.grouped_product), its work
+    units spread over fastrnn's threads (fastrnn.engine.parallel) when it is big enough."""
+    batch, groups, _, positions = b.shape
+    units = batch * groups * -(-positions // kernels.POSITION_BLOCK)
+    blocks = 1
+    if out.size * a.shape[2] >= PARALLEL_PRODUCT:
+        blocks = min(parallel.threads_for_call(), units)
+    if blocks > 1:
+        with parallel.parallel_section():
+            kernels.grouped_product_blocks(a, b, bias, out, blocks)
+    else:
+        kernels.grouped_product(a, b, bias, out, 0, units)
 
 
 class _PerShape:
@@ -210,6 +231,7 @@ def conv(node):
         return outputs, positions, arguments, pointwise
 
     cache = _PerShape(geometry)
+    zeros = {}  # (groups, per group, dtype) -> the zero bias of a Conv without B
 
     def run(x, w, b=None):
         nonlocal_w = prepared
@@ -230,12 +252,20 @@ def conv(node):
         else:
             col = cache.buffer((batch, groups * depth, positions), image.dtype)
             kernels.im2col(image, col, *arguments)
+        if b is None:
+            bias_rows = zeros.get((groups, per_group, image.dtype))
+            if bias_rows is None:
+                bias_rows = zeros[groups, per_group, image.dtype] = np.zeros(
+                    (groups, per_group), image.dtype)
+        else:
+            if b.shape != (groups * per_group,):
+                raise ValueError(f"Conv node {node.name!r}: B has shape {b.shape}; expected "
+                                 f"({groups * per_group},)")
+            bias_rows = np.ascontiguousarray(_weights(b, image.dtype, node, "B")).reshape(
+                groups, per_group)
         y = np.empty((batch, groups, per_group, positions), image.dtype)
-        np.matmul(nonlocal_w, col.reshape(batch, groups, depth, positions), out=y)
-        flat = y.reshape(batch, groups * per_group, positions)
-        if b is not None:
-            kernels.add_channel_bias(flat, _weights(b, image.dtype, node, "B"))
-        return flat.reshape(batch, groups * per_group, *outputs)
+        _product(nonlocal_w, col.reshape(batch, groups, depth, positions), bias_rows, y)
+        return y.reshape(batch, groups * per_group, *outputs)
     return run
 
 
@@ -308,6 +338,7 @@ def conv_transpose(node):
         return tuple(outputs), o2, arguments
 
     cache = _PerShape(geometry)
+    zero_rows = {dtype: np.zeros(transposed.shape[:2], dtype) for dtype in FLOAT_TYPES}
 
     def run(x, w, b=None):
         image = _image(x, node, rank)
@@ -318,7 +349,8 @@ def conv_transpose(node):
                              f"{weight.shape} needs {in_channels}")
         outputs, o2, arguments = cache.get((x.shape,))
         col = cache.buffer((batch, group, per_group_out * taps, height * width), image.dtype)
-        np.matmul(transposed, image.reshape(batch, group, per_group_in, height * width), out=col)
+        _product(transposed, image.reshape(batch, group, per_group_in, height * width),
+                 zero_rows[image.dtype], col)
         y = np.empty((batch, out_channels, o2[0] * o2[1]), image.dtype)
         if b is not None:
             kernels.fill_channel_bias(y, _weights(b, image.dtype, node, "B"))
