@@ -12,17 +12,17 @@
                   section (which therefore starts 8-byte aligned)
 
 Weights are stored in fastrnn's own layout (fastrnn.engine.weights), layers listed as PyTorch
-names them (l0, l0_reverse, l1, ...).
+names them (l0, l0_reverse, l1, ...). The two CRCs catch truncated and garbled files; every array
+entry is checked against the data section before it is read. Files are written to a temporary
+file of a unique name in the target directory, flushed to disk and renamed over the target, so an
+interrupted save, or two processes saving to one path at once, never leaves a half-written model.
 
 A model with low-bit weights (Model.with_weights, fastrnn.engine.quantise) is written as format
 version 2, so that a fastrnn that predates them refuses it by its version: the header adds
 "weights": "bfloat16" | "int8", its "dtype" stays "float32" (biases, peepholes, arithmetic), and
 each matrix entry (w_ih, w_hh, w_proj) says its own "dtype": "uint16" (bfloat16 bit patterns) or
 "int8", an int8 matrix followed by its float32 row scales "<layer index>.<matrix>_scale"; every
-array starts 8-byte aligned. Version 1 files (float weights) are written and read as before. The two CRCs catch truncated and garbled files; every array
-entry is checked against the data section before it is read. Files are written to a temporary
-file of a unique name in the target directory, flushed to disk and renamed over the target, so an
-interrupted save, or two processes saving to one path at once, never leaves a half-written model.
+array starts 8-byte aligned. Version 1 files (float weights) are written and read as before.
 
 Loading is bounded by the file: only a regular file is opened (a FIFO or a device such as
 /dev/zero is refused at once), the magic bytes come from a bounded read of the preamble, and every

@@ -11,13 +11,13 @@ flat read-only array, with a small int64 table saying where each block starts:
     peephole (3, H)         LSTM only (or (3, 0)); rows i, f, o
     W_proj^T (H, H_out)     LSTM only (or (0, 0))
 
-The GRU's n block of `bias` is b_in, plus b_hn when the reset comes before the product (b_hn
-then sits outside r * (...)). With low-bit weights (fastrnn.engine.quantise) the flat array is of
-the matrices' storage dtype (uint32 for bfloat16, int8), the three matrices are stored in it
-as the products read them (bfloat16: two rows of the transpose a word; int8: q^T, then its
-column scales' bytes; fastrnn.engine.products),
-the float32 blocks as their bytes, and every block starts on a 64-byte boundary. One flat array keeps the per-call cost low (a kernel pays ~70 ns
-per array argument) and lets sequences, streams, pools and ONNX nodes read the same bytes.
+The GRU's n block of `bias` is b_in, plus b_hn when the reset comes before the product (b_hn then
+sits outside r * (...)). With low-bit weights (fastrnn.engine.quantise) the flat array is of the
+matrices' storage dtype (uint32 for bfloat16, int8), the three matrices are stored in it as the
+products read them (bfloat16: two rows of the transpose a word; int8: q^T, then its column scales'
+bytes; fastrnn.engine.products), the float32 blocks as their bytes, and every block starts on a
+64-byte boundary. One flat array keeps the per-call cost low (a kernel pays ~70 ns per array
+argument) and lets sequences, streams, pools and ONNX nodes read the same bytes.
 
 `threads_for(batch)` is the one place that decides how a call is cut across cores.
 """

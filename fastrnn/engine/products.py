@@ -18,10 +18,11 @@ product is picked by its dtype when the kernel is compiled (nothing is decided p
                       s_j * (sum over a pass of rows of v_k q_kj), one multiply per pass
 
 Low-bit weights are widened to float32 in registers as they are read, and the loops vectorise
-(LLVM, AVX2 here) as the float ones do: a bfloat16 word gives its two weights with one shift
-and one mask (a word per row needed a zero-extend and a shift per weight: 1.8x slower), an int8
-weight takes a sign-extend and a convert. A step then streams 2 or 1 bytes a weight, not 4. `float_block` and `matrix_block` cut a plan's flat array (fastrnn.engine.plan) into its
-float32 blocks and its matrices, whatever its storage.
+(LLVM, AVX2 here) as the float ones do: a bfloat16 word gives its two weights with one shift and
+one mask (a word per row needed a zero-extend and a shift per weight: 1.8x slower), an int8 weight
+takes a sign-extend and a convert. A step then streams 2 or 1 bytes a weight, not 4. `float_block`
+and `matrix_block` cut a plan's flat array (fastrnn.engine.plan) into its float32 blocks and its
+matrices, whatever its storage.
 """
 
 import numpy as np

@@ -72,7 +72,7 @@ def float32_to_bfloat16(values: np.ndarray) -> np.ndarray:
 
 
 def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
-    """The float32 values of bfloat16 bit patterns (uint16): the 16 bits as a float32's high half."""
+    """The float32 values of bfloat16 bit patterns (uint16): each a float32's high half."""
     return (np.asarray(bits, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
