@@ -195,9 +195,10 @@ class Chain:
             if refusal:
                 raise ValueError(f"this chain cannot stream: {refusal}")
             if not supports(self.layers):
-                raise ValueError("this chain has layers the streaming kernel has no op for "
-                                 "(other than fastrnn.layers' own): it streams layer by layer "
-                                 "in a ChainStream, and has no ChainPool")
+                raise ValueError("this chain has layers the streaming kernel has no op for (a "
+                                 "converter's own layer types, or a recurrent stack with "
+                                 "low-bit weights): it streams layer by layer in a "
+                                 "ChainStream, and has no ChainPool")
             self._program = Program(self.layers, self.dtype)
         return self._program
 

@@ -408,3 +408,18 @@ def test_a_chain_file_with_a_tampered_header_is_refused(tmp_path, rng):
         path.write_bytes(rewritten(edit))
         with pytest.raises(ValueError, match=f"malformed chain header: .*{message}"):
             fastrnn.load(path)
+
+
+def test_a_chain_with_low_bit_weights_streams_layer_by_layer(rng):
+    torch.manual_seed(18)
+    model = fastrnn.from_torch(nn.LSTM(2, 4)).with_weights("bfloat16")
+    chain = fastrnn.Chain([Recurrent(model), Linear(rng.standard_normal((1, 4)))])
+    x = rng.standard_normal((10, 2, 2)).astype(np.float32)
+    whole = chain(x)
+    expected = model(x)[0] @ chain.layers[1].weight.T
+    np.testing.assert_allclose(whole, expected, rtol=0, atol=1e-6)
+    stream = chain.stream(batch=2)
+    np.testing.assert_allclose(np.concatenate([stream.process(x[:3]), stream.process(x[3:])]),
+                               whole, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="no op for"):
+        chain.pool()

@@ -70,7 +70,9 @@ class CpuStateTable:
         mode = compile_mode()
         self._serial = load_cached(step_block, arguments)
         if self._serial is None:
-            self._helper = _helper(plan.dtype) if mode == "background" else None
+            # numpy_step reads float weights only: a low-bit plan compiles here
+            background = mode == "background" and plan.encoded is None
+            self._helper = _helper(plan.dtype) if background else None
             if self._helper is None:
                 self._serial = _entry_point(step_block, arguments)
             else:

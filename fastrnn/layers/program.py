@@ -132,13 +132,16 @@ run_program_with_stacks = _program_kernel(True)
 
 def supports(layers):
     """Whether every layer (inside residuals too) is one the program has an op for; a chain of
-    other Layer subclasses (a converter's own) streams layer by layer instead (TableChain)."""
+    other Layer subclasses (a converter's own), or with a low-bit recurrent stack, streams layer
+    by layer instead (TableChain)."""
     for layer in layers:
         if isinstance(layer, Residual):
             if not supports(layer.layers):
                 return False
         elif not isinstance(layer, (Linear, Conv1d, Activation, LayerNorm, Affine, Recurrent)):
             return False
+        elif isinstance(layer, Recurrent) and getattr(layer.model.plan, "encoded", None):
+            return False  # low-bit weights (bfloat16, int8): the engine's own kernels read them
     return True
 
 
