@@ -7,7 +7,9 @@
     next N bytes  header, UTF-8 JSON padded with spaces to a multiple of 8 bytes:
                   {"config": Config.to_json(), "dtype": "float32" | "float64",
                    "arrays": [{"name": "<layer index>.<weight name>", "shape", "offset"}],
-                   "data_bytes", "crc32", "fastrnn_version"}
+                   "data_bytes", "crc32", "fastrnn_version",
+                   "assumptions" (only when the converter assumed something the weights cannot
+                   tell: {"kind": "rnn_tanh", "batch_first": false}, Model.assumptions)}
     then          the arrays, little-endian, C order, back to back from offset 0 of the data
                   section (which therefore starts 8-byte aligned)
 
@@ -98,6 +100,8 @@ def save(model, path):
     fields = {"config": config, "dtype": np.dtype(model.dtype).name}
     if encoded is not None:
         fields["weights"] = model.plan.weight_format
+    if model.assumptions:
+        fields["assumptions"] = dict(model.assumptions)
     header = json.dumps({
         **fields, "arrays": entries, "data_bytes": len(data), "crc32": zlib.crc32(data),
         "fastrnn_version": __version__,
@@ -286,12 +290,29 @@ def read(path):
     return read_encoded(path)[:3]
 
 
+# What a converter may assume, and the values it can assume (fastrnn.converters.pytorch).
+_ASSUMPTIONS = {"kind": ("lstm", "gru", "rnn_tanh", "rnn_relu"), "batch_first": (False, True)}
+
+
+def _assumptions(header, path):
+    assumptions = header.get("assumptions", {})
+    def known(name, value):  # type checked too: JSON's 0 is not false
+        return any(type(value) is type(v) and value == v for v in _ASSUMPTIONS.get(name, ()))
+
+    if not isinstance(assumptions, dict) or not all(known(*item) for item in assumptions.items()):
+        raise ValueError(f"{path} has a malformed header: 'assumptions' must map kind and "
+                         f"batch_first to what a converter can assume, got {assumptions!r}")
+    return assumptions
+
+
 def read_encoded(path):
-    """(config, layers, dtype, encoded) of a file written by Model.save: `encoded` is None for
-    float weights, else per layer-direction {name: Quantised} of its matrices, bit for bit as
-    saved (and `layers` holds the values they stand for). fastrnn.load builds the Model."""
+    """(config, layers, dtype, encoded, assumptions) of a file written by Model.save: `encoded`
+    is None for float weights, else per layer-direction {name: Quantised} of its matrices, bit
+    for bit as saved (and `layers` holds the values they stand for); `assumptions` is
+    Model.assumptions as saved. fastrnn.load builds the Model."""
     path = _as_path(path)
     version, header, data = read_header(path)
+    assumptions = _assumptions(header, path)
     try:
         config = Config.from_json(header["config"])
         if header["dtype"] not in _DTYPES:
@@ -320,7 +341,7 @@ def read_encoded(path):
         if weight_format is not None:
             encoded = [_encoded_matrices(arrays, weight_format) for arrays in layers]
         layers = check_layers(config, [LayerWeights(**w) for w in layers], dtype)
-        return config, layers, dtype, encoded
+        return config, layers, dtype, encoded, assumptions
     except (KeyError, TypeError, IndexError, ValueError, OverflowError) as error:
         raise ValueError(f"{path} has a malformed header: {error}") from None
 

@@ -331,7 +331,10 @@ def load(path: str | os.PathLike) -> Model | Chain:
     from fastrnn import chainfile
     if chainfile.holds_chain(path):
         return chainfile.load(path)
-    config, layers, dtype, encoded = fileformat.read_encoded(path)
+    config, layers, dtype, encoded, assumptions = fileformat.read_encoded(path)
     if encoded is not None:
-        return Model._from_encoded(config, layers, encoded)
-    return Model(config, layers, dtype=dtype)
+        model = Model._from_encoded(config, layers, encoded)
+    else:
+        model = Model(config, layers, dtype=dtype)
+    model.assumptions = dict(assumptions)
+    return model

@@ -180,6 +180,9 @@ def rewrite_header(path, edit):
     (lambda h: h["arrays"][0].update(name="9.w_ih"), "array name '9.w_ih'"),
     (lambda h: h["arrays"].pop(), "missing weight"),
     (lambda h: h["arrays"][0].update(shape=[4, 3]), "has shape"),
+    (lambda h: h.update(assumptions={"kind": "rnn_sigmoid"}), "'assumptions' must map"),
+    (lambda h: h.update(assumptions={"batch_first": 0}), "'assumptions' must map"),
+    (lambda h: h.update(assumptions=["kind"]), "'assumptions' must map"),
 ])
 def test_inconsistent_header_is_refused(saved_model, edit, message):
     _, path = saved_model
@@ -387,3 +390,18 @@ def test_concurrent_saves_from_two_processes_leave_a_model_at_every_moment(tmp_p
     assert reads[0] > 0
     assert fastrnn.load(path).config.num_layers == 8
     assert os.listdir(tmp_path) == [path.name]
+
+
+def test_what_a_converter_assumed_is_saved_with_the_model(tmp_path):
+    """A state dict's RNN: the nonlinearity and the layout were assumed; the file keeps that."""
+    torch = pytest.importorskip("torch")
+    state_dict = torch.nn.RNN(3, 4).state_dict()
+    with pytest.warns(fastrnn.converters.pytorch.AssumptionWarning):
+        model = fastrnn.from_torch(state_dict)
+    path = tmp_path / "assumed.fastrnn"
+    model.save(path)
+    assert fastrnn.load(path).assumptions == {"kind": "rnn_tanh", "batch_first": False}
+    stated = fastrnn.from_torch(state_dict, kind="rnn_tanh", batch_first=False)
+    stated.save(path)
+    assert "assumptions" not in fileformat.read_header(path)[1]
+    assert fastrnn.load(path).assumptions == {}
