@@ -26,6 +26,7 @@ from onnx import external_data_helper, helper, numpy_helper
 from fastrnn.converters.onnx import control, glue, math_ops, recurrent  # noqa: F401
 from fastrnn.converters.onnx.registry import (ControlNode, NodeContext, find_handler, lookup,
                                               supported_ops)
+from fastrnn.converters.onnx.shape_chain import fuse_shape_chains, is_shape_only
 from fastrnn.paths import open_regular_file
 
 # The bytes that constant folding may create when a graph is loaded, in all: far above what the
@@ -156,15 +157,18 @@ class Step:
 
     squeeze_y: a recurrent node writes Y without its direction axis, into the slot of the Squeeze
     that followed it (fused when loading; see Graph._fuse_direction_squeezes).
+    shape_only: the step reads only shapes and constants (see shape_chain).
     """
 
-    __slots__ = ("function", "inputs", "outputs", "node", "op_type", "attributes", "squeeze_y")
+    __slots__ = ("function", "inputs", "outputs", "node", "op_type", "attributes", "squeeze_y",
+                 "shape_only")
 
     def __init__(self, function, inputs, outputs, node, op_type, attributes):
         self.function, self.inputs, self.outputs = function, inputs, outputs
         self.node, self.op_type = node, op_type  # the node's name and op type, for messages
         self.attributes = attributes
         self.squeeze_y = False
+        self.shape_only = False
 
 
 class Subgraph:
@@ -215,12 +219,15 @@ class Graph:
         # runtime value the value whose memory it may view: outputs that share memory are copied.
         self._may_alias = {v.name for v in self.inputs}
         self._viewed = {}
+        # Values computed from shapes and constants only: remembered between runs (shape_chain).
+        self._shape_values = set()
         self._folding = _FoldBudget(sum(array.nbytes for array in constants.values()))
         for value in self.inputs:
             self._slot(value.name, slots, constants)
         self.steps, step_protos = self._plan_nodes(graph.node, slots, constants, top_level=True)
         self.constants = constants
         self._fuse_direction_squeezes(step_protos, slots)
+        self.steps = fuse_shape_chains(self.steps, _chain_step)
         for value in self.outputs:
             if value.name not in slots:
                 if value.name not in constants:
@@ -294,6 +301,8 @@ class Graph:
                     node.input[0]:
                 # A runtime Identity is no step: its output is read from its input's slot.
                 slots[node.output[0]] = self._slot(node.input[0], slots, constants)
+                if node.input[0] in self._shape_values:
+                    self._shape_values.add(node.output[0])
                 if top_level:
                     self._viewed[node.output[0]] = self._viewed.get(node.input[0], node.input[0])
                     if node.input[0] in self._may_alias:
@@ -306,6 +315,12 @@ class Graph:
                         node.op_type, context.attributes)
             steps.append(step)
             protos.append(node)
+            if not runtime_only and is_shape_only(node.op_type, node.input, constants,
+                                                  self._shape_values):
+                step.shape_only = True
+                self._shape_values.update(value for value in node.output if value)
+                if top_level:  # remembered between runs, like a constant: outputs are copied
+                    self._may_alias.update(node.output)
             if not top_level:
                 continue
             for position, value_name in enumerate(node.output):
@@ -353,6 +368,7 @@ class Graph:
                                  f"none")
             steps, _ = self._plan_nodes(proto.node, inner_slots, inner_constants,
                                         top_level=False, where=f"{name}/{attribute_name}/")
+            steps = fuse_shape_chains(steps, _chain_step)
             outputs = []
             for value in proto.output:
                 if value.name in inner_constants:
@@ -396,6 +412,11 @@ class Graph:
         if len(proto.input) < 2 or proto.input[1] not in self.constants:
             return None
         return [int(axis) for axis in np.asarray(self.constants[proto.input[1]]).reshape(-1)]
+
+
+def _chain_step(function, inputs, outputs):
+    """The plan step of a shape_chain.ShapeChain (its errors name the chain's own nodes)."""
+    return Step(function, inputs, outputs, "", "ShapeChain", {})
 
 
 def _walk_nodes(graph):
