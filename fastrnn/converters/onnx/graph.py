@@ -225,6 +225,7 @@ class Graph:
         for value in self.inputs:
             self._slot(value.name, slots, constants)
         self.steps, step_protos = self._plan_nodes(graph.node, slots, constants, top_level=True)
+        self.steps, step_protos = self._fuse_conv_relus(self.steps, step_protos)
         self.constants = constants
         self._fuse_direction_squeezes(step_protos, slots)
         self.steps = fuse_shape_chains(self.steps, _chain_step)
@@ -366,8 +367,9 @@ class Graph:
                 raise ValueError(f"{node.op_type} node {name!r}: its {attribute_name} declares "
                                  f"inputs {[v.name for v in proto.input]}; an If branch takes "
                                  f"none")
-            steps, _ = self._plan_nodes(proto.node, inner_slots, inner_constants,
-                                        top_level=False, where=f"{name}/{attribute_name}/")
+            steps, protos = self._plan_nodes(proto.node, inner_slots, inner_constants,
+                                             top_level=False, where=f"{name}/{attribute_name}/")
+            steps, _ = self._fuse_conv_relus(steps, protos)
             steps = fuse_shape_chains(steps, _chain_step)
             outputs = []
             for value in proto.output:
@@ -405,6 +407,27 @@ class Graph:
             fused.add(id(step))
         self.steps = [step for step in self.steps if id(step) not in fused]
 
+    def _fuse_conv_relus(self, steps, protos):
+        """(steps, protos) with every Relu whose input is a Conv's output read by nothing else
+        folded into that Conv, which then applies max(y, 0) to its own fresh output in place:
+        one step and one pass over a fresh array fewer a run."""
+        readers = self._readers
+        conv_by_output = {proto.output[0]: step for step, proto in zip(steps, protos)
+                          if proto.op_type == "Conv" and len(step.outputs) == 1}
+        fused = set()
+        for step, proto in zip(steps, protos):
+            if proto.op_type != "Relu" or not proto.input or readers[proto.input[0]] != 1:
+                continue
+            conv = conv_by_output.get(proto.input[0])
+            if conv is None or conv.op_type != "Conv":
+                continue
+            conv.function = _then_relu(conv.function)
+            conv.outputs = step.outputs
+            conv.op_type = "Conv+Relu"
+            fused.add(id(step))
+        kept = [(step, proto) for step, proto in zip(steps, protos) if id(step) not in fused]
+        return [step for step, _ in kept], [proto for _, proto in kept]
+
     def _squeeze_axes(self, proto):
         """A Squeeze node's axes if known when loading (attribute, or constant input from 13)."""
         if self.opset < 13:
@@ -412,6 +435,14 @@ class Graph:
         if len(proto.input) < 2 or proto.input[1] not in self.constants:
             return None
         return [int(axis) for axis in np.asarray(self.constants[proto.input[1]]).reshape(-1)]
+
+
+def _then_relu(run):
+    """A Conv's run followed by Relu on its output, in place (Conv's output is a fresh array)."""
+    def run_then_relu(*values):
+        y = run(*values)
+        return glue.relu_array(y, out=y)
+    return run_then_relu
 
 
 def _chain_step(function, inputs, outputs):

@@ -435,3 +435,11 @@ def pad_rows(x, y, begin, end, mode):
             else:
                 j = i % width
             target[begin + width + i] = source[j]
+
+
+@kernel
+def relu(x, y):
+    """y = max(x, 0) elementwise, NaN kept (as np.maximum); x, y: 1-D, may be the same array."""
+    for i in range(x.shape[0]):
+        v = x[i]
+        y[i] = v if v > 0 or v != v else 0
