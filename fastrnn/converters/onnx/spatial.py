@@ -267,7 +267,8 @@ def conv(node):
         columns = (batch, groups, positions, depth) if narrow else \
             (batch, groups * depth, positions)
         rows = bias_rows_for(b, groups, per_group, image.dtype) if constant_bias else None
-        entry = (narrow, (groups, *arguments) if narrow else arguments, columns,
+        entry = (narrow, np.array((groups, *arguments), np.int64) if narrow else arguments,
+                 columns,
                  (batch, groups, per_group, positions), (batch, groups * per_group, *outputs),
                  rows, image.shape, pointwise)
         if len(fast) < CACHE_LIMIT:
@@ -286,9 +287,8 @@ def conv(node):
             rows = bias_rows_for(b, product_shape[1], product_shape[2], x.dtype)
         y = np.empty(y_shape, x.dtype)
         if narrow:
-            col = cache.buffer(columns, x.dtype)
-            kernels.im2col_rows(image, col, *arguments)
-            kernels.narrow_product(prepared, col, rows, y.reshape(product_shape))
+            kernels.narrow_conv(image, prepared, rows, cache.buffer(columns, x.dtype),
+                                y.reshape(product_shape), arguments)
         else:
             if pointwise:
                 col = image.reshape(columns)
@@ -686,7 +686,46 @@ def pad_input(node):
     axes = as_ints(node.constant_input(3))
     value = node.constant_input(2)
 
+    # Constant pads and axes, a mode other than constant: per X shape and dtype, (begin, end,
+    # mode code, rows, Y's shape) where only the last axis is padded, else None (_pad's path).
+    row_pads = {} if pads is not None and mode != "constant" and \
+        (axes is not None or not node.has_input(3)) else None
+
+    def row_entry(x):
+        rank = x.ndim
+        if not rank or x.dtype not in FLOAT_TYPES or not x.size:
+            return None
+        axes_now = range(rank) if axes is None else [a + rank if a < 0 else a for a in axes]
+        axes_now = list(axes_now)
+        if len(pads) != 2 * len(axes_now) or any(p < 0 for p in pads) or \
+                sorted(axes_now) != sorted(set(axes_now)) or \
+                any(not 0 <= a < rank for a in axes_now):
+            return None
+        begin = end = 0
+        for k, a in enumerate(axes_now):
+            if a != rank - 1:
+                if pads[k] or pads[k + len(axes_now)]:
+                    return None
+            else:
+                begin, end = pads[k], pads[k + len(axes_now)]
+        if mode == "reflect" and max(begin, end) >= x.shape[-1]:
+            return None   # _pad's path says why
+        return (begin, end, ROW_PAD_MODES[mode], x.size // x.shape[-1],
+                (*x.shape[:-1], x.shape[-1] + begin + end))
+
     def run(x, pads_value, constant_value=None, axes_value=None):
+        if row_pads is not None and type(x) is np.ndarray and x.flags.c_contiguous:
+            key = (x.shape, x.dtype)
+            entry = row_pads.get(key, False)
+            if entry is False:
+                entry = row_entry(x)
+                if len(row_pads) < 64:
+                    row_pads[key] = entry
+            if entry is not None:
+                begin, end, code, rows, y_shape = entry
+                y = np.empty(y_shape, x.dtype)
+                kernels.pad_rows(x.reshape(rows, -1), y.reshape(rows, -1), begin, end, code)
+                return y
         value_now = constant_value if value is None else value
         if value_now is not None:
             value_now = np.asarray(value_now).reshape(-1)

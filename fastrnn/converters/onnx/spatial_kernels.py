@@ -443,3 +443,24 @@ def relu(x, y):
     for i in range(x.shape[0]):
         v = x[i]
         y[i] = v if v > 0 or v != v else 0
+
+
+@kernel
+def narrow_conv(x, a, bias, col_t, out, geometry):
+    """im2col_rows then narrow_product in one call (a call from Python costs more than these
+    kernels' work at a few positions). geometry: int64 (groups, oh, ow, kh, kw, sh, sw, dh, dw,
+    pad top, pad left); out: (N, G, M, P)."""
+    im2col_rows(x, col_t, geometry[0], geometry[1], geometry[2], geometry[3], geometry[4],
+                geometry[5], geometry[6], geometry[7], geometry[8], geometry[9], geometry[10])
+    narrow_product(a, col_t, bias, out)
+
+
+@kernel
+def sigmoid(x, y, cap):
+    """y = 1 / (1 + exp(min(-x, cap))) elementwise, NaN kept; x, y: 1-D. cap keeps exp finite:
+    for x below -cap the result is a tiny positive number instead of 0 with an overflow."""
+    for i in range(x.shape[0]):
+        t = -x[i]
+        if t > cap:
+            t = cap
+        y[i] = 1 / (1 + np.exp(t))
