@@ -13,6 +13,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Every timed step on the kernels: a cold cache must not leave a stream on its numpy first steps
+# while the timing runs (fastrnn.engine.table); children of the benchmarks inherit it.
+os.environ.setdefault("FASTRNN_COMPILE", "wait")
+
 
 def cpu_model():
     """The CPU's model name as /proc/cpuinfo gives it (the platform's guess elsewhere)."""

@@ -18,7 +18,12 @@ Each compile (or load from the cache) is logged on the "fastrnn" logger with its
 The cache goes where Numba puts it: the directory FASTRNN_CACHE_DIR names when it is set
 (fastrnn sets NUMBA_CACHE_DIR from it at import), otherwise the __pycache__ folders next to the
 installed package's sources, or, when those are read-only, Numba's user cache directory
-(~/.cache/numba on Linux).
+(~/.cache/numba on Linux). Wherever it is, a cached kernel is used only while every source file
+of the package is as it was compiled from (fastrnn.engine.jit): an upgrade or an edit recompiles.
+
+Without a warmup, a stream's first steps need not wait: with an empty cache they are answered
+from numpy while a helper process compiles the step kernel (fastrnn.engine.table;
+FASTRNN_COMPILE=wait compiles in the process instead). The other kernels compile on first use.
 """
 
 from __future__ import annotations

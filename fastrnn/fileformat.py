@@ -17,6 +17,13 @@ entry is checked against the data section before it is read. Files are written t
 file of a unique name in the target directory, flushed to disk and renamed over the target, so an
 interrupted save, or two processes saving to one path at once, never leaves a half-written model.
 
+A model with low-bit weights (Model.with_weights, fastrnn.engine.quantise) is written as format
+version 2, so that a fastrnn that predates them refuses it by its version: the header adds
+"weights": "bfloat16" | "int8", its "dtype" stays "float32" (biases, peepholes, arithmetic), and
+each matrix entry (w_ih, w_hh, w_proj) says its own "dtype": "uint16" (bfloat16 bit patterns) or
+"int8", an int8 matrix followed by its float32 row scales "<layer index>.<matrix>_scale"; every
+array starts 8-byte aligned. Version 1 files (float weights) are written and read as before.
+
 Loading is bounded by the file: only a regular file is opened (a FIFO or a device such as
 /dev/zero is refused at once), the magic bytes come from a bounded read of the preamble, and every
 size the file declares (header length, data length, layer count, array shapes) is checked against
@@ -34,16 +41,20 @@ from pathlib import Path
 
 import numpy as np
 
+from fastrnn.engine.quantise import LOW_BIT_FORMATS, MATRICES, Quantised, matrix_dtype
 from fastrnn.engine.weights import Config, LayerWeights, check_layers
 from fastrnn.version import __version__
 
 MAGIC = b"FASTRNN\0"
 FORMAT_VERSION = 1
+LOW_BIT_FORMAT_VERSION = 2  # written for low-bit weights only; both are read
+_READABLE_VERSIONS = (FORMAT_VERSION, LOW_BIT_FORMAT_VERSION)
 SUFFIX = ".fastrnn"
 _PREFIX = struct.Struct("<8sIQI")
 _ALIGNMENT = 8
 _DTYPES = ("float32", "float64")
 _WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh", "peephole", "w_proj")
+_SCALE_NAMES = tuple(f"{name}_scale" for name in MATRICES)
 _REQUIRED_PER_LAYER = 4  # w_ih, w_hh, b_ih, b_hh
 
 
@@ -56,26 +67,44 @@ def save(model, path):
     """
     path = _as_path(path)
     dtype = np.dtype(model.dtype).newbyteorder("<")
+    encoded = model.plan.encoded
     entries, chunks, offset = [], [], 0
+
+    def add(name, array, entry_dtype, labelled):
+        nonlocal offset
+        data = np.ascontiguousarray(array, dtype=entry_dtype.newbyteorder("<")).tobytes()
+        entry = {"name": name, "shape": list(array.shape), "offset": offset}
+        if labelled:
+            entry["dtype"] = entry_dtype.name
+            data += b"\0" * (-len(data) % _ALIGNMENT)
+        entries.append(entry)
+        chunks.append(data)
+        offset += len(data)
+
     for index, weights in enumerate(model.layers):
         for name, array in weights.arrays().items():
-            data = np.ascontiguousarray(array, dtype=dtype).tobytes()
-            entries.append({"name": f"{index}.{name}", "shape": list(array.shape),
-                            "offset": offset})
-            chunks.append(data)
-            offset += len(data)
+            if encoded is not None and name in MATRICES:
+                stored = encoded[index][name]
+                add(f"{index}.{name}", stored.data, stored.data.dtype, True)
+                if stored.scale is not None:
+                    add(f"{index}.{name}_scale", stored.scale, np.dtype(np.float32), True)
+            else:
+                add(f"{index}.{name}", array, dtype, encoded is not None)
     data = b"".join(chunks)
     config = model.config.to_json()
     # Activation parameters as floats, so that equal models write equal bytes.
     config["activations"] = [[str(name), float(alpha), float(beta)]
                              for name, alpha, beta in config.get("activations", ())]
+    fields = {"config": config, "dtype": np.dtype(model.dtype).name}
+    if encoded is not None:
+        fields["weights"] = model.plan.weight_format
     header = json.dumps({
-        "config": config, "dtype": np.dtype(model.dtype).name,
-        "arrays": entries, "data_bytes": len(data), "crc32": zlib.crc32(data),
+        **fields, "arrays": entries, "data_bytes": len(data), "crc32": zlib.crc32(data),
         "fastrnn_version": __version__,
     }).encode()
     header += b" " * (-(_PREFIX.size + len(header)) % _ALIGNMENT)
-    blob = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), zlib.crc32(header)) + header + data
+    version = FORMAT_VERSION if encoded is None else LOW_BIT_FORMAT_VERSION
+    blob = _PREFIX.pack(MAGIC, version, len(header), zlib.crc32(header)) + header + data
     _write_atomically(path, blob)
 
 
@@ -211,10 +240,11 @@ def read_header(path):
             raise ValueError(f"{path} is truncated: {len(prefix)} bytes, shorter than the "
                              f"{_PREFIX.size}-byte preamble")
         _, version, header_size, header_crc = _PREFIX.unpack(prefix)
-        if version != FORMAT_VERSION:
-            newer = " (written by a newer fastrnn)" if version > FORMAT_VERSION else ""
+        if version not in _READABLE_VERSIONS:
+            newest = max(_READABLE_VERSIONS)
+            newer = " (written by a newer fastrnn)" if version > newest else ""
             raise ValueError(f"{path} has format version {version}{newer}; this fastrnn reads "
-                             f"version {FORMAT_VERSION}")
+                             f"versions {', '.join(map(str, _READABLE_VERSIONS))}")
         header_end = _PREFIX.size + header_size
         if header_end > size:
             raise ValueError(f"{path} is truncated: its header ({header_size} bytes) runs past "
@@ -251,33 +281,83 @@ def _is_count(value):
 
 def read(path):
     """(config, layers, dtype) of a file written by Model.save, every shape checked; the weights
-    come back bit for bit. fastrnn.load builds the Model from them."""
+    come back bit for bit (low-bit matrices as the float32 values they stand for: read_encoded
+    gives them as stored)."""
+    return read_encoded(path)[:3]
+
+
+def read_encoded(path):
+    """(config, layers, dtype, encoded) of a file written by Model.save: `encoded` is None for
+    float weights, else per layer-direction {name: Quantised} of its matrices, bit for bit as
+    saved (and `layers` holds the values they stand for). fastrnn.load builds the Model."""
     path = _as_path(path)
-    _, header, data = read_header(path)
+    version, header, data = read_header(path)
     try:
         config = Config.from_json(header["config"])
         if header["dtype"] not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {header['dtype']!r}")
         dtype = np.dtype(header["dtype"])
+        weight_format = header.get("weights")
+        if (version == LOW_BIT_FORMAT_VERSION) != (weight_format is not None):
+            raise ValueError(f"format version {version} with weights {weight_format!r}")
+        if weight_format is not None and (weight_format not in LOW_BIT_FORMATS
+                                          or dtype != np.float32):
+            raise ValueError(f"weights must be one of {LOW_BIT_FORMATS} with dtype float32, got "
+                             f"{weight_format!r} with {dtype.name}")
         entries = header["arrays"]
         if not isinstance(entries, list):
             raise ValueError(f"'arrays' must be a list of array entries, got "
                              f"{type(entries).__name__}")
-        _check_sizes(config, dtype, len(entries), len(data))
+        _check_sizes(config, dtype, len(entries), len(data), weight_format)
         layers = [dict() for _ in range(config.num_layers * config.num_directions)]
         for entry in entries:
-            index, weight = _array_name(entry, len(layers))
+            index, weight = _array_name(entry, len(layers), weight_format == "int8")
             if weight in layers[index]:
                 raise ValueError(f"array {entry['name']!r} is listed twice")
-            layers[index][weight] = _read_array(entry, data, dtype)
-        return config, check_layers(config, [LayerWeights(**w) for w in layers], dtype), dtype
+            layers[index][weight] = _read_array(entry, data,
+                                                _entry_dtype(entry, weight, dtype, weight_format))
+        encoded = None
+        if weight_format is not None:
+            encoded = [_encoded_matrices(arrays, weight_format) for arrays in layers]
+        layers = check_layers(config, [LayerWeights(**w) for w in layers], dtype)
+        return config, layers, dtype, encoded
     except (KeyError, TypeError, IndexError, ValueError, OverflowError) as error:
         raise ValueError(f"{path} has a malformed header: {error}") from None
 
 
-def _check_sizes(config, dtype, num_entries, data_bytes):
+def _entry_dtype(entry, weight, dtype, weight_format):
+    """The dtype an array entry must declare (low-bit files) and is read as."""
+    if weight_format is None:
+        return dtype
+    expected = matrix_dtype(weight_format) if weight in MATRICES else np.dtype(np.float32)
+    if entry.get("dtype") != expected.name:
+        raise ValueError(f"array {entry['name']!r} must be stored as {expected.name}, got "
+                         f"{entry.get('dtype')!r}")
+    return expected
+
+
+def _encoded_matrices(arrays, weight_format):
+    """One layer's matrices (and int8 scales) taken out of `arrays` as Quantised, replaced there
+    by the float32 values they stand for."""
+    encoded = {}
+    for name in MATRICES:
+        if name not in arrays:
+            continue
+        scale = arrays.pop(f"{name}_scale", None) if weight_format == "int8" else None
+        if weight_format == "int8" and (scale is None or scale.shape != arrays[name].shape[:1]):
+            raise ValueError(f"int8 matrix {name} needs a {name}_scale of shape "
+                             f"{arrays[name].shape[:1]}")
+        encoded[name] = Quantised(weight_format, arrays[name], scale)
+        arrays[name] = encoded[name].dequantised()
+    if any(name in arrays for name in _SCALE_NAMES):
+        raise ValueError("a scale array without its matrix")
+    return encoded
+
+
+def _check_sizes(config, dtype, num_entries, data_bytes, weight_format=None):
     """Refuse a config that the file cannot hold, before anything is allocated for it: its layers
-    need four arrays each in the header, and their weights need bytes in the data section."""
+    need four arrays each in the header, and their weights need bytes in the data section (at
+    least one a weight for low-bit files)."""
     layers = config.num_layers * config.num_directions
     if _REQUIRED_PER_LAYER * layers > num_entries:
         raise ValueError(f"the config declares {config.num_layers} layer(s) of "
@@ -292,19 +372,22 @@ def _check_sizes(config, dtype, num_entries, data_bytes):
     later_input = config.num_directions * config.output_size
     elements = config.num_directions * (per_direction(config.input_size)
                                          + (config.num_layers - 1) * per_direction(later_input))
-    if elements * dtype.itemsize > data_bytes:
-        raise ValueError(f"the config declares {elements * dtype.itemsize} bytes of weights; the "
+    itemsize = 1 if weight_format is not None else dtype.itemsize
+    if elements * itemsize > data_bytes:
+        raise ValueError(f"the config declares {elements * itemsize} bytes of weights; the "
                          f"data section holds {data_bytes}")
 
 
-def _array_name(entry, count):
-    """(layer index, weight name) of an array entry named '<layer index>.<weight name>'."""
+def _array_name(entry, count, scales=False):
+    """(layer index, weight name) of an array entry named '<layer index>.<weight name>'
+    (scales: an int8 file's '<matrix>_scale' names are weight names too)."""
     name = entry["name"]
     index, _, weight = name.partition(".") if isinstance(name, str) else ("", "", "")
+    names = _WEIGHT_NAMES + (_SCALE_NAMES if scales else ())
     if not (index.isascii() and index.isdigit()) or int(index) >= count or \
-            weight not in _WEIGHT_NAMES:
+            weight not in names:
         raise ValueError(f"array name {name!r} is not '<layer index below {count}>.<one of "
-                         f"{', '.join(_WEIGHT_NAMES)}>'")
+                         f"{', '.join(names)}>'")
     return int(index), weight
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from fastrnn import fileformat
 from fastrnn.engine.driver import run_sequence
 from fastrnn.engine.plan import Plan
+from fastrnn.engine.quantise import FLOAT_FORMATS, MATRICES, check_format, quantise_layers
 from fastrnn.engine.table import CpuStateTable
 from fastrnn.engine.weights import Config, LayerWeights, check_layers
 from fastrnn.state import State
@@ -119,7 +120,71 @@ class Model:
                      ("clip", 0.0), ("input_forget", False), ("linear_before_reset", True),
                      ("activations", ())) if getattr(c, name) != default]
         assumed = "".join(f", assumed {name}={value!r}" for name, value in self.assumptions.items())
-        return f"fastrnn.Model({c.kind}, {', '.join(options)}, dtype={self.dtype.name}{assumed})"
+        weights = "" if self.plan.encoded is None else f", weights={self.weight_format}"
+        return (f"fastrnn.Model({c.kind}, {', '.join(options)}, dtype={self.dtype.name}{weights}"
+                f"{assumed})")
+
+    # -- weight formats ----------------------------------------------------------------------
+
+    @property
+    def weight_format(self) -> str:
+        """How the weight matrices are stored: "float32", "float64", "bfloat16" or "int8"."""
+        return self.plan.weight_format
+
+    def with_weights(self, weight_format: str) -> Model:
+        """This model with its weight matrices (W_ih, W_hh, the LSTM's W_proj) stored as
+        `weight_format`: "bfloat16" or "int8" (see docs/precision.md), or "float32"/"float64".
+
+        bfloat16 rounds each float32 weight to nearest even; int8 stores q = round(w / s) with one
+        float32 scale s = max|row| / 127 per output row. Biases, peepholes, the state and all
+        arithmetic stay float32: a float64 model is refused for the low-bit formats (take
+        .with_weights("float32") first). The formats start from this model's weights as they
+        stand: from a low-bit model, "float32" gives the float32 values it computes with.
+        Every path runs the result: whole sequences, streams, pools, chains, save/load.
+        """
+        weight_format = check_format(weight_format)
+        if weight_format in FLOAT_FORMATS:
+            model = Model(self.config, self.layers, dtype=weight_format)
+        elif weight_format == self.weight_format:
+            model = self._with_config(self.config)
+        else:
+            if self.dtype != np.float32:
+                raise TypeError(f"{weight_format} weights run with float32 arithmetic; this "
+                                f"model is {self.dtype.name}: take "
+                                f"model.with_weights('float32') first")
+            model = Model._from_encoded(self.config, self.layers,
+                                        quantise_layers(self.layers, weight_format))
+        model.assumptions = dict(self.assumptions)
+        return model
+
+    @classmethod
+    def _from_encoded(cls, config: Config, layers: Sequence[LayerWeights],
+                      encoded: list[dict[str, Any]]) -> Model:
+        """A float32 model whose matrices are `encoded` (per layer-direction {name: Quantised},
+        of the shapes `layers` has; `layers` gives the rest)."""
+        layers = check_layers(config, list(layers), np.float32)
+        formats = {q.format for e in encoded for q in e.values()}
+        if len(encoded) != len(layers) or len(formats) != 1:
+            raise ValueError("encoded weights must give every layer's matrices in one format")
+        for w, e in zip(layers, encoded):
+            if {name: getattr(w, name).shape for name in e} != \
+                    {name: q.shape for name, q in e.items()} or \
+                    set(e) != {name for name in w.arrays() if name in MATRICES}:
+                raise ValueError("encoded matrices do not match the layers' shapes")
+        model = cls.__new__(cls)
+        model.config = config
+        model.dtype = np.dtype(np.float32)
+        model.plan = Plan(config, layers, model.dtype, encoded=encoded)
+        model.layers = model.plan.layers
+        model.assumptions = {}
+        return model
+
+    def _with_config(self, config: Config) -> Model:
+        """This model's weights, as stored, under `config` (of the same shapes; e.g. another
+        batch_first)."""
+        if self.plan.encoded is None:
+            return Model(config, self.layers, self.dtype)
+        return Model._from_encoded(config, self.layers, self.plan.encoded)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -262,5 +327,7 @@ class Model:
 def load(path: str | os.PathLike) -> Model:
     """A Model from a file written by Model.save (fastrnn.fileformat); bit for bit the weights
     it was saved with."""
-    config, layers, dtype = fileformat.read(path)
+    config, layers, dtype, encoded = fileformat.read_encoded(path)
+    if encoded is not None:
+        return Model._from_encoded(config, layers, encoded)
     return Model(config, layers, dtype=dtype)

@@ -22,7 +22,8 @@ DESIGN = (ROOT / "docs" / "design.md").read_text()
 # What the reference page must render: the public names, by the anchors mkdocstrings gives them.
 PUBLIC = ["fastrnn.Model", "fastrnn.load", "fastrnn.converters.pytorch.from_torch", "fastrnn.from_onnx",
           "fastrnn.from_numpy", "fastrnn.stream.Stream", "fastrnn.stream.StreamPool",
-          "fastrnn.converters.onnx.session.InferenceSession", "fastrnn.Config", "fastrnn.LayerWeights"]
+          "fastrnn.converters.onnx.session.InferenceSession", "fastrnn.Config", "fastrnn.LayerWeights",
+          "fastrnn.warmup"]
 
 
 def docstring(relative_path):

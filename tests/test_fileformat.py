@@ -188,13 +188,24 @@ def test_inconsistent_header_is_refused(saved_model, edit, message):
         fastrnn.load(path)
 
 
-@pytest.mark.parametrize("version", [0, 2])
+@pytest.mark.parametrize("version", [0, 3])
 def test_other_format_version_is_refused(saved_model, version):
     _, path = saved_model
     blob = bytearray(path.read_bytes())
     blob[8:12] = struct.pack("<I", version)
     path.write_bytes(bytes(blob))
-    with pytest.raises(ValueError, match=f"format version {version}.*reads version 1"):
+    with pytest.raises(ValueError, match=f"format version {version}.*reads versions 1, 2"):
+        fastrnn.load(path)
+
+
+def test_version_2_without_low_bit_weights_is_refused(saved_model):
+    """Version 2 is the low-bit weights' (tests/test_low_bits.py): a float file labelled so is
+    malformed."""
+    _, path = saved_model
+    blob = bytearray(path.read_bytes())
+    blob[8:12] = struct.pack("<I", 2)
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="format version 2 with weights None"):
         fastrnn.load(path)
 
 

@@ -8,8 +8,11 @@ an empty cache directory, as a fresh install does.
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numba
@@ -224,3 +227,122 @@ def test_cli_warmup_in_an_empty_cache_then_a_fresh_process_compiles_nothing(tmp_
                                                if PARALLEL else set())
     assert all(counts[name][1] >= 1 for name in used)
 
+
+
+# -- the cache follows every source file -----------------------------------------------------------
+
+# rnn_cell (cells/rnn.py) stores its state through flush_tiny (cells/common.py), which zeroes
+# values below DENORMAL_FLUSH: 1e-20 passes today, and is zeroed once common.py says 1e-10.
+RNN_CELL = """
+import json
+import numpy as np
+import fastrnn
+from fastrnn.engine.jit import call
+from fastrnn.engine.cells.rnn import rnn_cell
+h = np.zeros(2)
+call(rnn_cell, np.array([1e-20, 0.5]), np.ones(3, np.int64), np.zeros(3), np.zeros(3), 0.0, h)
+stats = rnn_cell.stats
+print(json.dumps([fastrnn.__file__, stats.cache_path, h.tolist(), sum(stats.cache_misses.values()),
+                  sum(stats.cache_hits.values())]))
+"""
+
+
+def copy_package(tmp_path):
+    """A copy of the fastrnn package under tmp_path/copy, to edit; returns the copy's root."""
+    root = tmp_path / "copy"
+    shutil.copytree(ROOT / "fastrnn", root / "fastrnn",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return root
+
+
+def run_copy(root, **environment):
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "FASTRNN_CACHE_DIR")}
+    env.update(environment, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    result = subprocess.run([sys.executable, "-c", RNN_CELL], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    path, cache_path, h, misses, hits = json.loads(result.stdout.splitlines()[-1])
+    assert path == str(root / "fastrnn" / "__init__.py")
+    return cache_path, h, misses, hits
+
+
+def edit_flush_threshold(root):
+    common = root / "fastrnn" / "engine" / "cells" / "common.py"
+    text = common.read_text()
+    assert "DENORMAL_FLUSH = np.float32(1e-30)" in text
+    common.write_text(text.replace("DENORMAL_FLUSH = np.float32(1e-30)",
+                                   "DENORMAL_FLUSH = np.float32(1e-10)"))
+
+
+def test_an_edit_of_a_callees_file_recompiles_the_kernels_that_call_it(tmp_path):
+    """Numba checks a cached kernel against its own file only: rnn.py is unchanged here, and
+    the cached rnn_cell must still be dropped when common.py changes."""
+    root, cache = copy_package(tmp_path), str(tmp_path / "cache")
+    cache_path, h, misses, hits = run_copy(root, FASTRNN_CACHE_DIR=cache)
+    assert cache_path.startswith(cache) and (misses, hits) == (1, 0)
+    assert h[0] == pytest.approx(1e-20, rel=1e-12) and h[1] == pytest.approx(np.tanh(0.5))
+    assert run_copy(root, FASTRNN_CACHE_DIR=cache)[1:] == (h, 0, 1)   # unchanged: loaded
+    edit_flush_threshold(root)
+    _, h, misses, hits = run_copy(root, FASTRNN_CACHE_DIR=cache)
+    assert h[0] == 0.0 and (misses, hits) == (1, 0)
+
+
+def test_a_package_that_cannot_hold_its_cache_uses_the_user_cache_and_follows_edits(tmp_path):
+    """Where no __pycache__ can be made beside the sources (a file stands in its place here, as
+    a read-only install does for a non-root user), kernels go to Numba's user cache directory,
+    and an edit of a callee's file still recompiles them."""
+    root, user_cache = copy_package(tmp_path), tmp_path / "user-cache"
+    for folder in (root / "fastrnn").rglob("*"):
+        if folder.is_dir():
+            (folder / "__pycache__").write_text("not a folder")
+    (root / "fastrnn" / "__pycache__").write_text("not a folder")
+    cache_path, h, misses, _ = run_copy(root, XDG_CACHE_HOME=str(user_cache))
+    assert cache_path.startswith(str(user_cache / "numba")) and misses == 1 and h[0] > 0
+    edit_flush_threshold(root)
+    cache_path, h, misses, _ = run_copy(root, XDG_CACHE_HOME=str(user_cache))
+    assert cache_path.startswith(str(user_cache / "numba")) and misses == 1 and h[0] == 0.0
+
+
+# -- a new user's first answer ---------------------------------------------------------------------
+
+FIRST_ANSWER = """
+import time, logging; t0 = time.perf_counter()
+logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
+import numpy as np, fastrnn
+m = fastrnn.from_torch("examples/demo_lstm.safetensors", kind="lstm", prefix="rnn.", batch_first=False)
+s = m.stream(); y = s.step(np.zeros((1, m.config.input_size), np.float32))
+print(time.perf_counter() - t0)
+print(y.tolist())
+"""
+
+
+def wait_for_exit(pid, timeout=600):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the helper process {pid} was still running after {timeout} s")
+
+
+def test_first_answer_from_an_empty_cache_comes_at_once_and_the_helper_fills_the_cache(tmp_path):
+    """The first stream step of an LSTM in a fresh process with an empty cache: answered from
+    numpy while a helper process compiles step_block (logged), as the kernel answers; the
+    helper leaves the kernel in the cache, where the next process finds it."""
+    model = fastrnn.from_torch(ROOT / "examples" / "demo_lstm.safetensors", kind="lstm",
+                               prefix="rnn.", batch_first=False)
+    expected = model.stream().step(np.zeros((1, model.config.input_size), np.float32))
+    cache = str(tmp_path / "cache")
+    cold = run_python(FIRST_ANSWER, FASTRNN_CACHE_DIR=cache, FASTRNN_COMPILE="background")
+    np.testing.assert_allclose(json.loads(cold.stdout.splitlines()[-1]), expected, atol=3e-5)
+    started = re.search(r"fastrnn: step_block is not compiled for float32; a helper process "
+                        r"\(pid (\d+)\) compiles it into " + re.escape(cache), cold.stderr)
+    assert started, cold.stderr
+    assert "compiled step_block" not in cold.stderr   # the process itself compiled nothing
+    wait_for_exit(int(started.group(1)))
+    warm = run_python(FIRST_ANSWER, FASTRNN_CACHE_DIR=cache, FASTRNN_COMPILE="background")
+    assert "fastrnn: loaded step_block from the disk cache in " in warm.stderr, warm.stderr
+    assert "helper process" not in warm.stderr and "compiled" not in warm.stderr
+    np.testing.assert_array_equal(json.loads(warm.stdout.splitlines()[-1]), expected)

@@ -81,8 +81,8 @@ def activation_code(name):
     raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATION_CODES)}")
 
 
-# float32 e^y for y <= 0: e^y = 2^n e^r with n = round(y / ln 2), made by adding 1.5 * 2^23 (the
-# sum's low mantissa bits then hold n, and _pow2 reads 2^n from them), r = y - n ln 2 in two parts
+# float32 e^x for x <= 0: e^x = 2^n e^r with n = round(x / ln 2), made by adding 1.5 * 2^23 (the
+# sum's low mantissa bits then hold n, and _pow2 reads 2^n from them), r = x - n ln 2 in two parts
 # (Cody and Waite: n * _LN2_HI is exact), e^r on |r| <= ln 2 / 2 by Cephes' expf polynomial.
 _ROUNDER = np.float32(12582912.0)
 _LOG2E = np.float32(1.44269504088896341)
@@ -128,7 +128,7 @@ def _pow2(typingctx, rounded):
     return signature, codegen
 
 
-# No "reassoc": (k - _ROUNDER) in _exp_ratio must stay a rounding to an integer, not fold to y.
+# No "reassoc": (k - _ROUNDER) in _exp_ratio must stay a rounding to an integer, not fold to x.
 _JIT_OPTIONS = {"fastmath": {"contract", "arcp", "nsz", "afn"}, "error_model": "numpy"}
 
 
@@ -142,63 +142,66 @@ def fast_sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def _exp_ratio(y):
-    """e^y / (1 + e^y), for float32 y in [-88, 0] (NaN flows through)."""
-    return math.exp(y) / (1.0 + math.exp(y))
+def _exp_ratio(x):
+    """e^x / (1 + e^x), for float32 x in [-88, 0] (NaN flows through)."""
+    return math.exp(x) / (1.0 + math.exp(x))
 
 
-@overload(_exp_ratio, jit_options=_JIT_OPTIONS)
-def _exp_ratio_float32(y):
-    def exp_ratio(y):
-        k = y * _LOG2E + _ROUNDER
-        n = k - _ROUNDER
-        r = y - n * _LN2_HI
-        r = r - n * _LN2_LO
-        p = _E5 * r + _E4
-        p = p * r + _E3
-        p = p * r + _E2
-        p = p * r + _E1
-        p = p * r + _E0
-        e = (p * (r * r) + r + _ONE32) * _pow2(k)
-        return e / (_ONE32 + e)
-    return exp_ratio
+def _float32_version(function):
+    """Register the decorated function as `function`'s implementation for float32 arguments in
+    jitted code; every other type gets `function` itself, the exact version."""
+    def register(float32_function):
+        @overload(function, jit_options=_JIT_OPTIONS)
+        def implementation(x):
+            if isinstance(x, types.Float) and x.bitwidth == 32:
+                return float32_function
+            return function
+        return float32_function
+    return register
 
 
-@overload(fast_tanh, jit_options=_JIT_OPTIONS)
-def _fast_tanh(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        def tanh_float32(x):
-            # The clamp's comparison fails for NaN, which flows through both branches.
-            a = abs(x)
-            if a > _TANH_CLAMP:
-                a = _TANH_CLAMP
-            z = a * a
-            p = z * _T5 + _T4
-            p = p * z + _T3
-            p = p * z + _T2
-            p = p * z + _T1
-            p = p * z + _T0
-            small = a + a * z * p
-            large = _ONE32 - _TWO32 * _exp_ratio(-_TWO32 * a)
-            # Made from |x| and given x's sign: tanh(-0) is -0, tiny inputs come back unrounded.
-            return math.copysign(small if a < _TANH_SMALL else large, x)
-        return tanh_float32
-    return lambda x: math.tanh(x)
+@_float32_version(_exp_ratio)
+def _exp_ratio_float32(x):
+    k = x * _LOG2E + _ROUNDER
+    n = k - _ROUNDER
+    r = x - n * _LN2_HI
+    r = r - n * _LN2_LO
+    p = _E5 * r + _E4
+    p = p * r + _E3
+    p = p * r + _E2
+    p = p * r + _E1
+    p = p * r + _E0
+    e = (p * (r * r) + r + _ONE32) * _pow2(k)
+    return e / (_ONE32 + e)
 
 
-@overload(fast_sigmoid, jit_options=_JIT_OPTIONS)
-def _fast_sigmoid(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        def sigmoid_float32(x):
-            a = abs(x)
-            if a > _SIGMOID_CLAMP:
-                a = _SIGMOID_CLAMP
-            # s = sigmoid(-|x|) to its last place; above 0 the result is 1 - s, rounded once (not
-            # 1 / (1 + e^-x), where rounding 1 + e^-x costs a gate near 1 up to 2 ulp).
-            s = _exp_ratio(-a)
-            return s if x < 0 else _ONE32 - s
-        return sigmoid_float32
-    return lambda x: 1.0 / (1.0 + math.exp(-x))
+@_float32_version(fast_tanh)
+def _tanh_float32(x):
+    # The clamp's comparison fails for NaN, which flows through both branches.
+    a = abs(x)
+    if a > _TANH_CLAMP:
+        a = _TANH_CLAMP
+    z = a * a
+    p = z * _T5 + _T4
+    p = p * z + _T3
+    p = p * z + _T2
+    p = p * z + _T1
+    p = p * z + _T0
+    small = a + a * z * p
+    large = _ONE32 - _TWO32 * _exp_ratio(-_TWO32 * a)
+    # Made from |x| and given x's sign: tanh(-0) is -0, tiny inputs come back unrounded.
+    return math.copysign(small if a < _TANH_SMALL else large, x)
+
+
+@_float32_version(fast_sigmoid)
+def _sigmoid_float32(x):
+    a = abs(x)
+    if a > _SIGMOID_CLAMP:
+        a = _SIGMOID_CLAMP
+    # s = sigmoid(-|x|) to its last place; above 0 the result is 1 - s, rounded once (not
+    # 1 / (1 + e^-x), where rounding 1 + e^-x costs a gate near 1 up to 2 ulp).
+    s = _exp_ratio(-a)
+    return s if x < 0 else _ONE32 - s
 
 
 @kernel

@@ -24,7 +24,7 @@ from fastrnn.engine.jit import call, kernel, parallel_kernel
 from fastrnn.engine.plan import (ALPHAS, B_HN, BETAS, BIAS, CELL, CLIP, CODES, FLAG, GATES, HIDDEN,
                                  INPUTS, OUTPUTS, PEEPHOLE, PEEPHOLE_WIDTH, PROJ_ROWS, REVERSE,
                                  W_HH, W_IH, W_PROJ)
-from fastrnn.engine.products import add_scaled_rows_batch
+from fastrnn.engine.products import add_scaled_rows_batch, float_block, matrix_block
 
 # Row-steps whose input products are made in one pass over W_ih (sequence_block): enough to
 # spread W_ih's trip through the cache, few enough that the gates they fill stay in L2.
@@ -38,18 +38,17 @@ def layer_views(weights, layout, parameters, ld):
     alphas (3,), betas (3,)), views into the plan's arrays."""
     row = layout[ld]
     inputs, output, hidden, gates = row[INPUTS], row[OUTPUTS], row[HIDDEN], row[GATES]
-    start = row[W_IH]
-    w_ih_t = weights[start:start + inputs * gates].reshape((inputs, gates))
-    start = row[W_HH]
-    w_hh_t = weights[start:start + output * gates].reshape((output, gates))
-    bias = weights[row[BIAS]:row[BIAS] + gates]
-    b_hn = weights[row[B_HN]:row[B_HN] + hidden]
+    # The matrices as the products read them (float, bfloat16 or int8 with its scales), the
+    # float blocks as float (fastrnn.engine.products).
+    w_ih_t = matrix_block(weights, row[W_IH], inputs, gates)
+    w_hh_t = matrix_block(weights, row[W_HH], output, gates)
+    bias = float_block(weights, row[BIAS], gates)
+    b_hn = float_block(weights, row[B_HN], hidden)
     width = row[PEEPHOLE_WIDTH]
-    peephole = weights[row[PEEPHOLE]:row[PEEPHOLE] + 3 * width].reshape((3, width))
+    peephole = float_block(weights, row[PEEPHOLE], 3 * width).reshape((3, width))
     proj_rows = row[PROJ_ROWS]
     proj_columns = output if proj_rows > 0 else 0
-    start = row[W_PROJ]
-    w_proj_t = weights[start:start + proj_rows * proj_columns].reshape((proj_rows, proj_columns))
+    w_proj_t = matrix_block(weights, row[W_PROJ], proj_rows, proj_columns)
     p = parameters[ld]
     return (row[CELL], row[FLAG], p[CLIP], w_ih_t, w_hh_t, bias, b_hn, peephole, w_proj_t,
             row[CODES:CODES + 3], p[ALPHAS:ALPHAS + 3], p[BETAS:BETAS + 3])

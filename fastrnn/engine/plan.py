@@ -11,9 +11,13 @@ flat read-only array, with a small int64 table saying where each block starts:
     peephole (3, H)         LSTM only (or (3, 0)); rows i, f, o
     W_proj^T (H, H_out)     LSTM only (or (0, 0))
 
-The GRU's n block of `bias` is b_in, plus b_hn when the reset comes before the product (b_hn
-then sits outside r * (...)). One flat array keeps the per-call cost low (a kernel pays ~70 ns
-per array argument) and lets sequences, streams, pools and ONNX nodes read the same bytes.
+The GRU's n block of `bias` is b_in, plus b_hn when the reset comes before the product (b_hn then
+sits outside r * (...)). With low-bit weights (fastrnn.engine.quantise) the flat array is of the
+matrices' storage dtype (uint32 for bfloat16, int8), the three matrices are stored in it as the
+products read them (bfloat16: two rows of the transpose a word; int8: q^T, then its column scales'
+bytes; fastrnn.engine.products), the float32 blocks as their bytes, and every block starts on a
+64-byte boundary. One flat array keeps the per-call cost low (a kernel pays ~70 ns per array
+argument) and lets sequences, streams, pools and ONNX nodes read the same bytes.
 
 `threads_for(batch)` is the one place that decides how a call is cut across cores.
 """
@@ -22,6 +26,7 @@ import numpy as np
 
 from fastrnn.engine import parallel
 from fastrnn.engine.cells import GRU, LSTM
+from fastrnn.engine.quantise import MATRICES, storage_dtype
 from fastrnn.engine.weights import LayerWeights
 
 # Columns of Plan.layout (one row per layer-direction).
@@ -44,17 +49,25 @@ class Plan:
         layout      (L*D, LAYOUT_COLUMNS) int64
         parameters  (L*D, PARAMETER_COLUMNS) float64
         layers      the LayerWeights in fastrnn's layout, as read-only views into `weights`
-                    (biases excepted: b_ih and b_hh are kept as given, and folded into `bias`)
+                    (biases excepted: b_ih and b_hh are kept as given, and folded into `bias`);
+                    with low-bit weights, read-only float32 arrays of the values they stand for
+        weight_format  "float32", "float64", "bfloat16" or "int8"
+        encoded     per layer-direction, {name: Quantised} of its matrices; None for float weights
     """
 
-    def __init__(self, config, layers, dtype, reverse=None):
+    def __init__(self, config, layers, dtype, reverse=None, encoded=None):
         """reverse: whether each direction runs backwards in time; (False, True) for a
-        bidirectional model and (False,) otherwise, unless given (ONNX's direction="reverse")."""
+        bidirectional model and (False,) otherwise, unless given (ONNX's direction="reverse").
+        encoded: the layers' matrices in a low-bit format (see the class docstring); `layers`
+        then holds the rest (and dtype is float32, the arithmetic's)."""
         dtype = np.dtype(dtype)
         if reverse is None:
             reverse = (False, True)[:config.num_directions]
         self.config = config
         self.dtype = dtype
+        self.encoded = encoded
+        self.weight_format = encoded[0]["w_ih"].format if encoded else dtype.name
+        storage = storage_dtype(self.weight_format)
         self.num_layers = config.num_layers
         self.num_directions = config.num_directions
         codes, alphas, betas = config.activation_table()
@@ -74,21 +87,29 @@ class Plan:
             peephole = w.peephole if w.peephole is not None else np.zeros((3, 0), dtype)
             w_proj_t = w.w_proj.T if w.w_proj is not None else np.zeros((0, 0), dtype)
             row = []
-            for block in (w.w_ih.T, w.w_hh.T, bias, b_hn, peephole, w_proj_t):
+            for name, block in zip(("w_ih", "w_hh", "bias", "b_hn", "peephole", "w_proj"),
+                                   (w.w_ih.T, w.w_hh.T, bias, b_hn, peephole, w_proj_t)):
+                if encoded is None:
+                    stored = np.ascontiguousarray(block, dtype).ravel()
+                else:
+                    stored = _stored_block(encoded[ld].get(name), block, storage)
                 row.append(start)
-                blocks.append(np.ascontiguousarray(block, dtype).ravel())
-                start += block.size
+                blocks.append(stored)
+                start += stored.size
             row += [w.w_ih.shape[1], output, hidden, gates, peephole.shape[1], w_proj_t.shape[0],
                     cell, int(flag), int(reverse[direction]), *codes[direction]]
             layout.append(row)
             parameters.append([*alphas[direction], *betas[direction], config.clip])
-        self.weights = np.concatenate(blocks).astype(dtype, copy=False)
+        self.weights = np.concatenate(blocks).astype(storage, copy=False)
         self.weights.setflags(write=False)
         self.layout = np.array(layout, np.int64)
         self.parameters = np.array(parameters, np.float64)
         self.layout.setflags(write=False)
         self.parameters.setflags(write=False)
-        self.layers = [self._layer_weights(ld, w) for ld, w in enumerate(layers)]
+        if encoded is None:
+            self.layers = [self._layer_weights(ld, w) for ld, w in enumerate(layers)]
+        else:
+            self.layers = [_dequantised_layer(w, e) for w, e in zip(layers, encoded)]
         self._stacked = None
 
     def view(self, ld, column, shape):
@@ -124,6 +145,44 @@ class Plan:
         if self._stacked is None:
             self._stacked = _Stacked(self)
         return self._stacked
+
+
+# Low-bit blocks start on a cache line, so that the products' vector loads of a row never split
+# one more often than the row's width makes them.
+_BLOCK_ALIGNMENT = 64
+
+
+def _stored_block(quantised, block, storage):
+    """One block of a low-bit plan as `storage` elements, padded to _BLOCK_ALIGNMENT bytes: a
+    matrix (quantised: its Quantised, transposed as `block` is) or a float32 block's bytes."""
+    if quantised is not None and quantised.format == "bfloat16":
+        # Rows 2p and 2p + 1 of the transposed matrix share the words of row p: low half, high
+        # half (little-endian), an odd last row paired with zeros.
+        data = quantised.data.T
+        if data.shape[0] % 2:
+            data = np.concatenate([data, np.zeros((1, data.shape[1]), np.uint16)])
+        stored = np.ascontiguousarray(np.stack([data[0::2], data[1::2]], axis=-1)) \
+            .astype("<u2").view("<u4").astype(storage).ravel()
+    elif quantised is not None:
+        data = np.ascontiguousarray(quantised.data.T)
+        stored = data.view(storage).ravel()
+        if data.shape[0]:
+            stored = np.concatenate([stored, quantised.scale.astype(np.float32).view(np.int8)])
+    else:
+        stored = np.ascontiguousarray(block, np.float32).ravel().view(storage)
+    padding = -stored.nbytes % _BLOCK_ALIGNMENT // storage.itemsize
+    return np.concatenate([stored, np.zeros(padding, storage)])
+
+
+def _dequantised_layer(given, encoded):
+    """A low-bit layer as LayerWeights of read-only float32 arrays: its matrices' values as
+    stored, its other weights as given."""
+    arrays = {}
+    for name, value in given.arrays().items():
+        array = encoded[name].dequantised() if name in MATRICES else np.array(value, np.float32)
+        array.setflags(write=False)
+        arrays[name] = array
+    return LayerWeights(**arrays)
 
 
 class _Stacked:

@@ -12,17 +12,37 @@ validate their arguments and call nothing else:
 
 h (L, rows, H_out) and c (L, rows, H) (or (L, rows, 0)) are allocated once; a step allocates
 nothing. A table is driven by one thread at a time (Stream and StreamPool hold a lock).
+
+The first answer of a process with an empty cache. Compiling step_block takes Numba seconds to
+tens of seconds; with FASTRNN_COMPILE=background (the default), a table that finds it neither
+compiled in this process nor in the disk cache starts one helper process (per dtype, shared by
+every table of the process) that compiles it into the cache, and serves its few-row steps from
+fastrnn.engine.numpy_step meanwhile: the same equations in float64, within the float32 kernels'
+tolerance. Each step looks whether the helper is done (a waitpid); when it is, the kernel is
+loaded from the cache (a fraction of a second, on that step) and answers from then on, the state
+carrying over as it is. A helper that failed or was interrupted (Ctrl-C reaches it too), or a
+fork that left it behind, leaves the kernel to be compiled in the process, as in "wait" mode. A
+process that exits first leaves the helper to finish filling the cache for the next one. Pool
+ticks of many slots take the parallel kernel and compile it as before.
 """
 
 import functools
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
 
 import numba
 import numpy as np
 
-from fastrnn.engine import parallel
-from fastrnn.engine.jit import call
+from fastrnn.engine import numpy_step, parallel
+from fastrnn.engine.jit import call, compile_mode, load_cached
 from fastrnn.engine import plan as plan_module
 from fastrnn.engine.driver import run_sequence, step_block, step_blocks, step_scratch_size
+
+_log = logging.getLogger("fastrnn")
 
 
 class CpuStateTable:
@@ -45,9 +65,31 @@ class CpuStateTable:
         y0 = np.zeros((0, config.output_size), plan.dtype)
         arguments = (*self._front, np.zeros(0, np.int64), self.h, self.c, self._scratch[0], 0,
                      0, x0, y0)
-        self._serial = _entry_point(step_block, arguments)
+        self._kernel_arguments = arguments
+        self._helper = None
+        mode = compile_mode()
+        self._serial = load_cached(step_block, arguments)
+        if self._serial is None:
+            # numpy_step reads float weights only: a low-bit plan compiles here
+            background = mode == "background" and plan.encoded is None
+            self._helper = _helper(plan.dtype) if background else None
+            if self._helper is None:
+                self._serial = _entry_point(step_block, arguments)
+            else:
+                self._serial = self._first_steps
         # Calls on fewer rows than this run as one block straight away (a Stream's every step).
         self._serial_below = min(2 * plan_module.MIN_ROWS_PER_THREAD, self._scratch_rows + 1)
+
+    def _first_steps(self, *arguments):
+        """step_block(*arguments) while its helper process compiles it: numpy, then the kernel."""
+        if self._helper.done():
+            started, self._helper = self._helper.started, None
+            self._serial = (load_cached(step_block, self._kernel_arguments)
+                            or _entry_point(step_block, self._kernel_arguments))
+            _log.info("step_block ready %.2f s after its helper process started; streams step "
+                      "on it from now on", time.perf_counter() - started)
+            return self._serial(*arguments)
+        numpy_step.step(*arguments)
 
     def _ensure_scratch(self, blocks, rows_per_block):
         if blocks > self._scratch_blocks or rows_per_block > self._scratch_rows:
@@ -79,6 +121,10 @@ class CpuStateTable:
         count = slots.shape[0]
         if count >= self._serial_below:
             return lambda x, out: self.advance(x, slots, out)
+        if self._helper is not None:   # self._serial changes when the kernel is ready
+            scratch = self._scratch[0]
+            return lambda x, out: self._serial(*self._front, slots, self.h, self.c, scratch, 0,
+                                               count, x, out)
         return functools.partial(self._serial, *self._front, slots, self.h, self.c,
                                  self._scratch[0], 0, count)
 
@@ -107,3 +153,63 @@ def _entry_point(kernel_function, arguments):
         return kernel_function.overloads[tuple(numba.typeof(a) for a in arguments)].entry_point
     except (KeyError, AttributeError):
         return kernel_function
+
+
+# The helper process: builds a one-row table of a tiny model of the dtype, which compiles
+# step_block for exactly the argument types every table of that dtype passes (sizes are runtime
+# values), and writes it to the disk cache.
+_HELPER_CODE = """
+import os, sys
+os.environ["FASTRNN_COMPILE"] = "wait"
+from fastrnn.builders import from_numpy
+from fastrnn.compiles import _tiny_model
+from fastrnn.engine.table import CpuStateTable
+model = _tiny_model(from_numpy, sys.argv[1])
+CpuStateTable(model.plan, 1)
+"""
+
+_helpers = {}
+_helpers_lock = threading.Lock()
+
+
+class _Helper:
+    """A process compiling step_block of one dtype into the disk cache."""
+
+    def __init__(self, dtype):
+        from fastrnn.compiles import cache_directory
+        package_parent = os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([package_parent] + [
+            path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path])
+        if numba.config.CACHE_DIR:
+            env["NUMBA_CACHE_DIR"] = numba.config.CACHE_DIR
+        self.started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HELPER_CODE, dtype.name], env=env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.pid = os.getpid()
+        _log.info("step_block is not compiled for %s; a helper process (pid %d) compiles it into "
+                  "%s while the first steps run on numpy (FASTRNN_COMPILE=wait waits instead)",
+                  dtype.name, self.process.pid, cache_directory())
+
+    def done(self):
+        # A forked process cannot wait for its parent's child: it compiles for itself.
+        return os.getpid() != self.pid or self.process.poll() is not None
+
+
+def _helper(dtype):
+    """The helper compiling step_block for dtype (started now if none is running), or None where
+    none can help: no writable disk cache for it to fill."""
+    from fastrnn.compiles import cache_directory
+    with _helpers_lock:
+        helper = _helpers.get(dtype.name)
+        if helper is not None:   # running; or done, and the kernel is still not in the cache
+            return None if helper.done() else helper
+        if cache_directory() is None:
+            return None
+        try:
+            helper = _helpers[dtype.name] = _Helper(dtype)
+        except OSError:   # no process could be started: compile here
+            return None
+        return helper

@@ -27,8 +27,8 @@ class Recurrent(Layer):
         if not isinstance(model, Model):
             raise TypeError(f"Recurrent wraps a fastrnn.Model, got {type(model).__name__}")
         if model.config.batch_first:  # inside a chain every array is time-major
-            model = Model(dataclasses.replace(model.config, batch_first=False), model.layers,
-                          model.dtype)
+            # as stored: low-bit weights stay low-bit
+            model = model._with_config(dataclasses.replace(model.config, batch_first=False))
         self.model = model
         self.dtype = model.dtype
         self.in_features, self.out_features = model.input_size, model.output_size

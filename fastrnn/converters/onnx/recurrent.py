@@ -26,6 +26,7 @@ from fastrnn.engine.activations import ACTIVATION_CODES, activation_code
 from fastrnn.engine.cells import DEFAULT_ACTIVATIONS
 from fastrnn.engine.driver import run_sequence, step_block, step_scratch_size
 from fastrnn.engine.plan import Plan
+from fastrnn.engine.quantise import LOW_BIT_FORMATS, quantise_layers
 from fastrnn.converters.onnx.registry import register
 from fastrnn.engine.weights import Config, LayerWeights, check_layers
 
@@ -155,6 +156,7 @@ class RecurrentNode:
                 _permute_blocks(peephole[d], PEEPHOLE_ORDER, hidden).reshape(3, hidden)))
         self.layers = check_layers(self.config, layers, self.dtype)
         reverse = (direction == "reverse",) if directions == 1 else (False, True)
+        self.reverse = reverse
         self.plan = Plan(self.config, self.layers, self.dtype, reverse=reverse)
         self.has_c = family == "lstm"
         self.state_width_c = hidden if self.has_c else 0
@@ -164,6 +166,20 @@ class RecurrentNode:
         # One timestep of a one-direction node at layout 0 runs the streaming step kernel.
         self.step_arguments = _step_arguments(self) if directions == 1 and self.layout == 0 \
             else None
+
+    def use_weights(self, weight_format):
+        """Re-pack this node's W and R as `weight_format` (InferenceSession(weights=...)):
+        "bfloat16" or "int8" for a float32 node (fastrnn.engine.quantise), or its own dtype."""
+        if weight_format == self.dtype.name:
+            return
+        if weight_format not in LOW_BIT_FORMATS or self.dtype != np.float32:
+            raise self.node.error(f"weights={weight_format!r}: a {self.dtype.name} node takes "
+                                  f"{self.dtype.name}" + (", 'bfloat16' or 'int8'"
+                                                          if self.dtype == np.float32 else ""))
+        self.plan = Plan(self.config, self.layers, self.dtype, reverse=self.reverse,
+                         encoded=quantise_layers(self.layers, weight_format))
+        if self.step_arguments is not None:
+            self.step_arguments = _step_arguments(self)
 
     # -- run time ------------------------------------------------------------------------------
 

@@ -25,15 +25,21 @@ class InferenceSession:
     is loaded, with an error naming the op and the node.
     """
 
-    def __init__(self, path_or_bytes, sess_options=None, providers=None, **kwargs):
+    def __init__(self, path_or_bytes, sess_options=None, providers=None, *, weights=None,
+                 **kwargs):
         """Load a graph and check that fastrnn can run all of it.
 
         path_or_bytes: a path to an .onnx file, the file's bytes, or an onnx.ModelProto.
+        weights: None to run the recurrent nodes' W and R as the graph stores them, or
+        "bfloat16" / "int8" to store them in fewer bits (float32 graphs; docs/precision.md).
         sess_options, providers and other keyword arguments are accepted, and ignored, so that
         onnxruntime call sites work unchanged: the graph runs on fastrnn's CPU kernels and numpy.
         An op fastrnn cannot run is an error here, naming the op and its node.
         """
         self._graph = graph = Graph(path_or_bytes)
+        if weights is not None:
+            for node in _recurrent_nodes(graph.steps):
+                node.use_weights(weights)
         slots = graph.slots
         self._template = graph.template
         # Feeds whose dtype and every size are declared: (name, slot, dtype, shape), checked by
@@ -292,3 +298,18 @@ def _bind(function, inputs, outputs):
         for slot, value in zip(outputs, function(*[slots[i] for i in inputs])):
             slots[slot] = value
     return step
+
+
+def _recurrent_nodes(steps):
+    """The RecurrentNodes of these steps and of the If branches among them, each once."""
+    from fastrnn.converters.onnx.recurrent import RecurrentNode
+    found = {}
+    for step in steps:
+        function = step.function
+        if isinstance(function, RecurrentNode):
+            found[id(function)] = function
+        for label in ("then_branch", "else_branch"):
+            branch = getattr(function, label, None)
+            if branch is not None:
+                found.update((id(node), node) for node in _recurrent_nodes(branch.steps))
+    return list(found.values())
