@@ -14,6 +14,10 @@ product is cut into blocks of images, groups and positions over fastrnn's thread
     col[n, (c, ky, kx), (oy, ox)] = x_padded[n, c, oy*sh + ky*dh, ox*sw + kx*dw]
     y[n, g, m, :] = W[g, m, :] @ col[n, g, :, :] + B[g*M/G + m]
 
+Below NARROW_POSITIONS output positions per image the columns are written as rows instead
+(spatial_kernels.im2col_rows) and each output is a dot product along K (narrow_product), the
+two in one kernel call (narrow_conv); with W constant, each X shape and dtype is checked once.
+
 ConvTranspose is its transpose: the product of W^T with the input, then col2im adds every column
 entry into the output position it came from. Geometry (output sizes, pads from auto_pad) is worked
 out once per input shape and remembered; the im2col and col2im buffers are allocated once per
