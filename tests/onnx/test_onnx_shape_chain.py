@@ -98,3 +98,33 @@ def test_chain_read_before_its_last_shape_stays_unfused():
         feeds = {"x": np.zeros(shape, np.float32), "v": np.array([0.5, 1.5], np.float32)}
         for got, expected in zip(session.run(None, feeds), peer.run(None, feeds)):
             np.testing.assert_array_equal(got, expected)
+
+
+def test_branch_chain_reading_an_enclosing_shape_follows_it():
+    # In the branch, c = x.shape[0] + y.shape[0]: x's shape comes from the enclosing graph, so the
+    # branch's chain may not be remembered by y's shape alone.
+    branch = helper.make_graph(
+        [helper.make_node("Shape", ["y"], ["sy"], name="shape_y"),
+         helper.make_node("Gather", ["sx", "zero"], ["a"], name="take_x", axis=0),
+         helper.make_node("Gather", ["sy", "zero"], ["b"], name="take_y", axis=0),
+         helper.make_node("Add", ["a", "b"], ["c"], name="add")],
+        "then", [], [helper.make_tensor_value_info("c", TensorProto.INT64, [])])
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["zero"], ["d"], name="keep")], "else", [],
+        [helper.make_tensor_value_info("d", TensorProto.INT64, [])])
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["sx"], name="shape_x"),
+         helper.make_node("If", ["flag"], ["out"], name="choose", then_branch=branch,
+                          else_branch=other)],
+        "outer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a"]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("out", TensorProto.INT64, [])],
+        [numpy_helper.from_array(np.array(0, np.int64), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = fastrnn.InferenceSession(model)
+    y, flag = np.zeros(3, np.float32), np.array(True)
+    for size in (2, 5, 2):
+        (got,) = session.run(None, {"x": np.zeros(size, np.float32), "y": y, "flag": flag})
+        assert int(got) == size + 3

@@ -228,7 +228,7 @@ class Graph:
         self.steps, step_protos = self._fuse_conv_relus(self.steps, step_protos)
         self.constants = constants
         self._fuse_direction_squeezes(step_protos, slots)
-        self.steps = fuse_shape_chains(self.steps, _chain_step)
+        self.steps = fuse_shape_chains(self.steps, _chain_step, self._constant_slots)
         for value in self.outputs:
             if value.name not in slots:
                 if value.name not in constants:
@@ -370,7 +370,7 @@ class Graph:
             steps, protos = self._plan_nodes(proto.node, inner_slots, inner_constants,
                                              top_level=False, where=f"{name}/{attribute_name}/")
             steps, _ = self._fuse_conv_relus(steps, protos)
-            steps = fuse_shape_chains(steps, _chain_step)
+            steps = fuse_shape_chains(steps, _chain_step, self._constant_slots)
             outputs = []
             for value in proto.output:
                 if value.name in inner_constants:

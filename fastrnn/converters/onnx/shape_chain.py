@@ -85,10 +85,12 @@ def step_reads(step):
     return reads
 
 
-def fuse_shape_chains(steps, make_step):
+def fuse_shape_chains(steps, make_step, constant_slots):
     """`steps` with every connected chain of two or more shape-only steps (step.shape_only) as one
     ShapeChain step, placed where its last Shape or Size step was. A chain stays as it is if a
-    step outside it would read one of its values before that place."""
+    step outside it would read one of its values before that place, or if it reads a value that is
+    neither its own, a constant (`constant_slots`) nor what its Shape and Size steps read (an If
+    branch's chain reading a shape value of the enclosing graph: the key would not hold it)."""
     members = [index for index, step in enumerate(steps) if step.shape_only]
     if len(members) < 2:
         return steps
@@ -122,6 +124,10 @@ def fuse_shape_chains(steps, make_step):
         written = {slot for index in chain for slot in steps[index].outputs if slot}
         if any(reads[index] & written for index in range(place)
                if index not in chain_set):
+            continue
+        if any(slot and slot not in written and slot not in constant_slots
+               for index in chain if steps[index].op_type not in SHAPE_OPS
+               for slot in steps[index].inputs):
             continue
         sources = tuple(dict.fromkeys(steps[index].inputs[0] for index in readers_of_shapes))
         outputs = tuple(dict.fromkeys(slot for index in chain for slot in steps[index].outputs
