@@ -42,7 +42,7 @@ from fastrnn.engine.weights import Config, LayerWeights
 from fastrnn.builders import from_numpy
 from fastrnn.engine.parallel import get_num_threads, set_num_threads
 from fastrnn.compiles import warmup
-from fastrnn.chain import Chain
+from fastrnn.chain import Chain, ChainPool
 
 if TYPE_CHECKING:
     from fastrnn.converters.onnx import InferenceSession
@@ -97,4 +97,4 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["Model", "State", "Config", "LayerWeights", "from_numpy", "from_torch", "from_onnx",
            "from_keras", "from_nam", "load", "InferenceSession", "Stream", "StreamPool",
-           "set_num_threads", "get_num_threads", "warmup", "Chain"]
+           "set_num_threads", "get_num_threads", "warmup", "Chain", "ChainPool"]

@@ -6,6 +6,9 @@
     y_t = stream.step(x_t)                        # (B, C_in) -> (B, C_out), every layer's state kept
     ys = stream.process(chunk)                    # a chunk, laid out as chain(x) takes it
     blob = stream.snapshot(); stream.restore(blob)
+    pool = chain.pool(capacity=1024)              # one slot per user, any set stepped at once
+    ys = pool.step(slots, xs)                     # slots (N,), xs (N, C_in) -> (N, C_out)
+    chain.save("model.fastrnn"); chain = fastrnn.load("model.fastrnn")
 
 Layouts. Inside, every array is time-major, (T, B, C). `input_layout` and `output_layout` say how
 the caller's arrays are laid out, as a permutation of the letters T, B, C: "BCT" is torch's
@@ -14,26 +17,46 @@ Conv1d layout (batch, channels, time), so chain(x) with x (B, C, T) is run on x.
 GRU's (B, T, C) needs no permute here at all: the converter resolves those at load. "BTC" is
 batch_first, "TBC" time-major. A step is always (B, C), whatever the layouts.
 
-Streaming needs every layer causal (see each layer's stream_refusal); step by step, chunked and
-whole-sequence results agree to 1e-6. A snapshot holds every layer's state for every row, in a
-versioned and checksummed format checked against the chain (its layers, weights, dtype and batch):
+One kernel. At its first stream (or call) a chain is compiled into a flat program
+(fastrnn.layers.program): an int64 table of ops with offsets into one flat weights array and one
+flat state array. ChainStream.process(chunk) and step() run every layer for every sample in one
+call of one jitted kernel, which loops samples x ops; chain(x) on a chain that streams is the
+same kernel over the whole sequence from a zero state, so whole-sequence, chunked and step-by-step
+results agree (to 1e-6, and in practice exactly). A chain that cannot stream (a conv that looks
+ahead, a bidirectional stack) runs layer by layer on whole sequences.
+
+Pools. ChainPool (chain.pool(capacity)) holds one slot per user in one state table: step(slots,
+xs) and process(slots, chunk) advance any set of distinct slots in one kernel call over their
+rows; reset(slots), export(slots) / import_(slots, blob), snapshot(slot) / restore(slot, blob).
+
+Files. chain.save(path) writes every layer and weight into fastrnn's native file
+(fastrnn.chainfile); fastrnn.load(path) gives the chain back bit for bit.
+
+Streaming needs every layer causal (see each layer's stream_refusal). A snapshot holds every
+layer's state for every row, in a versioned and checksummed format checked against the chain
+(its layers, weights, dtype and batch):
 
     offset  size  field
     0       8     magic b"FRNNCHSN"
     8       4     format version (uint32, little-endian), CHAIN_SNAPSHOT_VERSION
     12      32    chain fingerprint (sha256 of every layer's settings and weights, the dtype)
-    44      1     dtype: 0 float32, 1 float64; then 3 bytes of padding
+    44      1     dtype: 0 float32, 1 float64; then 3 bytes of padding (zero)
     48      4     rows (the stream's batch)
     52      4     number of state arrays N
     56      12 N  each array's shape, 3 x uint32
     ...     ...   the arrays, C order, little-endian, in layer order
     end-4   4     crc32 of every byte before it
+
+The envelope (magic, version, crc32, zero padding, fingerprint) is checked by
+fastrnn.snapshot.check_envelope, as a stream snapshot's is. A ChainPool slot's snapshot is a
+batch-1 stream's, and an export of N slots a batch-N stream's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import threading
 import zlib
@@ -43,6 +66,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastrnn.layers import Layer
+from fastrnn.layers.program import Program, ProgramTable, TableChain, supports
+from fastrnn.snapshot import check_envelope
 from fastrnn.validation import as_float_array, check_shape, is_torch_tensor
 
 if TYPE_CHECKING:  # for type checkers only: numpy.typing costs import time
@@ -92,6 +117,7 @@ class Chain:
         self.input_layout = _check_layout(input_layout, "input_layout")
         self.output_layout = _check_layout(output_layout, "output_layout")
         self._fingerprint = None
+        self._program = None
 
     def __repr__(self) -> str:
         inner = "".join(f"\n  ({index}) {layer!r}" for index, layer in enumerate(self.layers))
@@ -129,9 +155,17 @@ class Chain:
         x = self.to_time_major(x)
         if x.shape[0] == 0:
             raise ValueError("x has no time steps")
-        for layer in self.layers:
-            x = np.ascontiguousarray(layer.sequence(x))
-        y = self.from_time_major(x)
+        if self.stream_refusal() is None and supports(self.layers):
+            # A chain that streams runs the whole sequence as one chunk through the streaming
+            # kernel, from a fresh start state: one call for every layer and step.
+            y = np.empty((x.shape[0], x.shape[1], self.out_features), self.dtype)
+            ProgramTable(self.program(), x.shape[1]).run(np.arange(x.shape[1], dtype=np.int64),
+                                                         _writable(x), y)
+        else:
+            for layer in self.layers:
+                x = np.ascontiguousarray(layer.sequence(x))
+            y = x
+        y = self.from_time_major(y)
         if as_torch:
             import torch
             return torch.from_numpy(y)
@@ -140,6 +174,39 @@ class Chain:
     def stream(self, batch: int = 1) -> ChainStream:
         """A stateful stream of `batch` rows through every layer (ValueError if a layer cannot)."""
         return ChainStream(self, batch)
+
+    def pool(self, capacity: int = 1024) -> ChainPool:
+        """`capacity` independent streams, stepped any set at a time (ChainPool)."""
+        return ChainPool(self, capacity)
+
+    def stream_refusal(self) -> str | None:
+        """Why this chain cannot stream, or None when it can."""
+        for index, layer in enumerate(self.layers):
+            refusal = layer.stream_refusal()
+            if refusal:
+                return f"layer {index}, {refusal}"
+        return None
+
+    def program(self) -> Program:
+        """The chain as one flat program for the streaming kernel (fastrnn.layers.program), built
+        on first use; ValueError if a layer cannot stream or has no op there."""
+        if self._program is None:
+            refusal = self.stream_refusal()
+            if refusal:
+                raise ValueError(f"this chain cannot stream: {refusal}")
+            if not supports(self.layers):
+                raise ValueError("this chain has layers the streaming kernel has no op for (a "
+                                 "converter's own layer types, or a recurrent stack with "
+                                 "low-bit weights): it streams layer by layer in a "
+                                 "ChainStream, and has no ChainPool")
+            self._program = Program(self.layers, self.dtype)
+        return self._program
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole chain, every layer and weight, to `path` in fastrnn's native file
+        (fastrnn.chainfile); fastrnn.load(path) gives it back bit for bit."""
+        from fastrnn import chainfile
+        chainfile.save(self, path)
 
     def fingerprint(self) -> bytes:
         """sha256 of every layer's settings and weights, the layouts and the dtype."""
@@ -158,7 +225,7 @@ class Chain:
 
 
 class ChainStream:
-    """A chain's state for `batch` rows, advanced a step or a chunk per call.
+    """A chain's state for `batch` rows, advanced a step or a chunk per call, in one kernel call.
 
     step(x_t, out=None): (B, C_in) -> (B, C_out); a batch-1 stream also takes (C_in,) -> (C_out,).
     process(chunk): a chunk of T steps laid out as the chain's input_layout -> output_layout.
@@ -168,30 +235,30 @@ class ChainStream:
     def __init__(self, chain: Chain, batch: int = 1) -> None:
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"batch must be a positive integer, got {batch!r}")
-        for index, layer in enumerate(chain.layers):
-            refusal = layer.stream_refusal()
-            if refusal:
-                raise ValueError(f"this chain cannot stream: layer {index}, {refusal}")
         self.chain = chain
         self.batch = int(batch)
-        self._tables = [layer.table(self.batch) for layer in chain.layers]
-        # Each layer's step output, allocated once; the last layer writes into the caller's out.
-        self._between = [np.empty((self.batch, layer.out_features), chain.dtype)
-                         for layer in chain.layers[:-1]]
+        if supports(chain.layers):
+            self._table = ProgramTable(chain.program(), self.batch)
+        else:
+            refusal = chain.stream_refusal()
+            if refusal:
+                raise ValueError(f"this chain cannot stream: {refusal}")
+            self._table = TableChain(chain.layers, chain.dtype, self.batch)
+        self._slots = np.arange(self.batch, dtype=np.int64)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"fastrnn.ChainStream(batch={self.batch}, {len(self._tables)} layers)"
+        return f"fastrnn.ChainStream(batch={self.batch}, {len(self.chain.layers)} layers)"
 
     def step(self, x: npt.ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
         """One step: x_t (B, C_in) -> (B, C_out), each layer's state carried on."""
         chain = self.chain
         unbatched = False
-        # The layers' kernels take C-contiguous arrays of the chain's dtype: anything else is
+        # The kernel takes C-contiguous writable arrays of the chain's dtype: anything else is
         # converted first.
         if not (type(x) is np.ndarray and x.dtype == chain.dtype and x.flags.c_contiguous
-                and x.shape == (self.batch, chain.in_features)):
-            x = as_float_array(x, chain.dtype, "x_t")
+                and x.flags.writeable and x.shape == (self.batch, chain.in_features)):
+            x = np.array(as_float_array(x, chain.dtype, "x_t"), chain.dtype, order="C")
             unbatched = x.ndim == 1 and self.batch == 1
             if unbatched:
                 x = x.reshape(1, -1)
@@ -201,94 +268,203 @@ class ChainStream:
         given = out is not None
         if out is None:
             out = np.empty(shape, chain.dtype)
-        elif not (isinstance(out, np.ndarray) and out.dtype == chain.dtype
-                  and out.size == self.batch * chain.out_features and out.flags.c_contiguous
-                  and out.flags.writeable):
-            raise ValueError(f"out must be a writable C-contiguous {chain.dtype} array of "
-                             f"{shape[0] * shape[1]} values ({shape})")
-        target = out.reshape(shape)
+        else:
+            _check_out(out, shape, chain.dtype)
         with self._lock:
-            for table, destination in zip(self._tables, self._between + [target]):
-                table.step(x, destination)
-                x = destination
+            self._table.run(self._slots, x.reshape((1,) + shape[:1] + x.shape[1:]),
+                            out.reshape((1,) + shape))
         return out if given or not unbatched else out.reshape(chain.out_features)
 
     def process(self, chunk: npt.ArrayLike) -> np.ndarray:
         """A chunk of steps, laid out as chain(x) takes it -> the outputs, laid out as it gives them."""
         chain = self.chain
-        xs = chain.to_time_major(chunk, "chunk")
+        xs = _writable(chain.to_time_major(chunk, "chunk"))
         if xs.shape[1] != self.batch:
             raise ValueError(f"chunk has {xs.shape[1]} rows (axis {chain.input_layout.index('B')} "
                              f"of its {chain.input_layout} layout); this stream has {self.batch}")
-        if xs.shape[0] == 0:
-            return chain.from_time_major(np.zeros((0, self.batch, chain.out_features), chain.dtype))
-        with self._lock:
-            for table in self._tables:
-                xs = np.ascontiguousarray(table.chunk(xs))
-        return chain.from_time_major(xs)
+        if isinstance(self._table, TableChain):
+            if not xs.shape[0]:
+                return chain.from_time_major(np.zeros((0, self.batch, chain.out_features),
+                                                      chain.dtype))
+            with self._lock:
+                return chain.from_time_major(self._table.process(xs))
+        ys = np.empty((xs.shape[0], self.batch, chain.out_features), chain.dtype)
+        if xs.shape[0]:
+            with self._lock:
+                self._table.run(self._slots, xs, ys)
+        return chain.from_time_major(ys)
 
     def reset(self) -> None:
-        """Every layer back to the zero state."""
+        """Every layer back to its start state (zero, or a recurrent layer's initial_state)."""
         with self._lock:
-            for table in self._tables:
-                table.reset()
+            self._table.reset(self._slots)
 
     def snapshot(self) -> bytes:
         """Every layer's state as bytes (the format is in fastrnn.chain's docstring)."""
         with self._lock:
-            arrays = [array for table in self._tables for array in table.state()]
-        dtype = self.chain.dtype.newbyteorder("<")
-        body = _HEADER.pack(CHAIN_SNAPSHOT_MAGIC, CHAIN_SNAPSHOT_VERSION, self.chain.fingerprint(),
-                            _DTYPE_CODES[dtype], self.batch, len(arrays))
-        body += b"".join(_SHAPE.pack(*array.shape) for array in arrays)
-        body += b"".join(np.ascontiguousarray(array, dtype).tobytes() for array in arrays)
-        return body + _CHECKSUM.pack(zlib.crc32(body))
+            arrays = self._table.read(self._slots)
+        return _encode(self.chain, arrays, self.batch)
 
     def restore(self, blob: bytes) -> None:
         """Take every layer's state from `blob`, a snapshot of this chain at this batch (else
         ValueError saying what differs; the stream is left as it was)."""
-        arrays = self._decode(blob)
+        arrays = _decode(self.chain, self._table, blob, self.batch)
         with self._lock:
-            position = 0
-            for table in self._tables:
-                count = len(table.state_shapes())
-                table.load(arrays[position:position + count])
-                position += count
+            self._table.write(self._slots, arrays)
 
-    def _decode(self, blob):
-        if not isinstance(blob, (bytes, bytearray, memoryview)):
-            raise TypeError(f"a snapshot is bytes, got {type(blob).__name__}")
-        blob = bytes(blob)
-        if len(blob) < _HEADER.size + _CHECKSUM.size or blob[:8] != CHAIN_SNAPSHOT_MAGIC:
-            raise ValueError("not a fastrnn chain snapshot (it does not start with its header)")
-        _, version, fingerprint, dtype_code, rows, count = _HEADER.unpack_from(blob)
-        if version != CHAIN_SNAPSHOT_VERSION:
-            raise ValueError(f"chain snapshot format version {version} cannot be read: this "
-                             f"fastrnn reads version {CHAIN_SNAPSHOT_VERSION}")
-        (checksum,) = _CHECKSUM.unpack_from(blob, len(blob) - _CHECKSUM.size)
-        if zlib.crc32(blob[:-_CHECKSUM.size]) != checksum:
-            raise ValueError("chain snapshot is corrupted: its checksum does not match its contents")
-        if fingerprint != self.chain.fingerprint():
-            raise ValueError("chain snapshot was taken from a different chain (its layers, "
-                             "weights, layouts or dtype differ from this one's)")
-        dtype = self.chain.dtype.newbyteorder("<")
-        if dtype_code != _DTYPE_CODES[dtype]:
-            raise ValueError(f"chain snapshot holds state of another dtype than {self.chain.dtype}")
-        if rows != self.batch:
-            raise ValueError(f"chain snapshot holds {rows} row(s); this stream has {self.batch}")
-        expected = [tuple(shape) for table in self._tables for shape in table.state_shapes()]
-        offset = _HEADER.size + _SHAPE.size * count
-        if count != len(expected) or len(blob) < offset + _CHECKSUM.size:
-            raise ValueError("chain snapshot is corrupted: its array count does not match the chain")
-        shapes = [_SHAPE.unpack_from(blob, _HEADER.size + _SHAPE.size * i) for i in range(count)]
-        if shapes != expected:
-            raise ValueError(f"chain snapshot holds state arrays {shapes}; expected {expected}")
-        sizes = [int(np.prod(shape)) * dtype.itemsize for shape in shapes]
-        if len(blob) != offset + sum(sizes) + _CHECKSUM.size:
-            raise ValueError("chain snapshot is corrupted: its length does not match its header")
-        arrays = []
-        for shape, size in zip(shapes, sizes):
-            arrays.append(np.frombuffer(blob, dtype, count=size // dtype.itemsize,
-                                        offset=offset).reshape(shape).astype(self.chain.dtype))
-            offset += size
-        return arrays
+
+class ChainPool:
+    """Many independent streams of one chain (one slot per user) in one state table.
+
+        pool = fastrnn.ChainPool(chain, capacity=1024)
+        ys = pool.step(slots, xs)          # slots (N,) distinct slots, xs (N, C_in) -> (N, C_out)
+        ys = pool.process(slots, chunk)    # chunk (T, N, C_in) time-major -> (T, N, C_out)
+        pool.reset(slots)
+        blob = pool.export(slots); pool.import_(slots, blob)
+
+    Every slot starts at the start state (zero, or a recurrent layer's initial_state), as reset()
+    returns it. `step` and `process` advance any set of distinct slots, in any order, in one
+    kernel call over their rows; each row is computed on its own. export()
+    of one slot gives the same bytes as a batch-1 ChainStream's snapshot(), and either restores
+    into the other. Threads sharing a pool take turns (a lock).
+    """
+
+    def __init__(self, chain: Chain, capacity: int = 1024) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
+                or capacity < 1:
+            raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+        self.chain = chain
+        self.capacity = int(capacity)
+        self._table = ProgramTable(chain.program(), self.capacity)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"fastrnn.ChainPool(capacity={self.capacity}, {len(self.chain.layers)} layers)"
+
+    def _as_slots(self, slots):
+        array = np.asarray(slots)
+        if array.ndim == 0:
+            array = array.reshape(1)
+        if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"slots must be a 1-D sequence of integers, got {array.dtype} "
+                             f"shape {array.shape}")
+        array = np.array(array, np.int64)
+        if array.size and (array.min() < 0 or array.max() >= self.capacity):
+            bad = int(array[(array < 0) | (array >= self.capacity)][0])
+            raise ValueError(f"slot {bad} is out of range: this pool has slots "
+                             f"0..{self.capacity - 1}")
+        if np.unique(array).size != array.size:
+            raise ValueError("slots must be distinct: a slot advanced twice in one call would "
+                             "see its own state half-updated")
+        return array
+
+    def step(self, slots: npt.ArrayLike, xs: npt.ArrayLike, out: np.ndarray | None = None
+             ) -> np.ndarray:
+        """One step of the streams `slots`: xs (N, C_in), row n for slots[n] -> (N, C_out)."""
+        slots = self._as_slots(slots)
+        chain = self.chain
+        xs = np.array(as_float_array(xs, chain.dtype, "xs"), chain.dtype, order="C")
+        check_shape(xs, (slots.shape[0], chain.in_features),
+                    f"xs ({slots.shape[0]} slots, {chain.in_features} channels)")
+        shape = (slots.shape[0], chain.out_features)
+        if out is None:
+            out = np.empty(shape, chain.dtype)
+        else:
+            _check_out(out, shape, chain.dtype)
+        if slots.shape[0]:
+            with self._lock:
+                self._table.run(slots, xs.reshape((1,) + xs.shape), out.reshape((1,) + shape))
+        return out
+
+    def process(self, slots: npt.ArrayLike, chunk: npt.ArrayLike) -> np.ndarray:
+        """T steps of the streams `slots`: chunk (T, N, C_in), time-major -> (T, N, C_out)."""
+        slots = self._as_slots(slots)
+        chain = self.chain
+        xs = np.array(chain.to_time_major(chunk, "chunk", "TBC"), chain.dtype, order="C")
+        if xs.shape[1] != slots.shape[0]:
+            raise ValueError(f"chunk has {xs.shape[1]} rows (axis 1); {slots.shape[0]} slots "
+                             f"were given")
+        ys = np.empty((xs.shape[0], slots.shape[0], chain.out_features), chain.dtype)
+        if xs.shape[0] and slots.shape[0]:
+            with self._lock:
+                self._table.run(slots, xs, ys)
+        return ys
+
+    def reset(self, slots: npt.ArrayLike) -> None:
+        """The streams `slots` back to the start state."""
+        slots = self._as_slots(slots)
+        with self._lock:
+            self._table.reset(slots)
+
+    def export(self, slots: npt.ArrayLike) -> bytes:
+        """The state of `slots` as one chain snapshot of len(slots) rows, in that order (a
+        batch-N ChainStream's format: restorable there, or into any N slots by import_)."""
+        slots = self._as_slots(slots)
+        with self._lock:
+            arrays = self._table.read(slots)
+        return _encode(self.chain, arrays, slots.shape[0])
+
+    def import_(self, slots: npt.ArrayLike, blob: bytes) -> None:
+        """Set the state of `slots` from a snapshot of len(slots) rows of this chain (export()
+        or a ChainStream's snapshot()); ValueError, and no slot changed, if it is not one."""
+        slots = self._as_slots(slots)
+        arrays = _decode(self.chain, self._table, blob, slots.shape[0])
+        with self._lock:
+            self._table.write(slots, arrays)
+
+    def snapshot(self, slot: int) -> bytes:
+        """One slot's state: the same bytes as a batch-1 ChainStream's snapshot()."""
+        return self.export([slot])
+
+    def restore(self, slot: int, blob: bytes) -> None:
+        """One slot's state from a batch-1 snapshot of this chain."""
+        self.import_([slot], blob)
+
+
+def _writable(array):
+    return array if array.flags.writeable else array.copy()
+
+
+def _check_out(out, shape, dtype):
+    if not (isinstance(out, np.ndarray) and out.dtype == dtype
+            and out.size == shape[0] * shape[1] and out.flags.c_contiguous
+            and out.flags.writeable):
+        raise ValueError(f"out must be a writable C-contiguous {dtype} array of "
+                         f"{shape[0] * shape[1]} values ({shape})")
+
+
+def _encode(chain, arrays, rows):
+    dtype = chain.dtype.newbyteorder("<")
+    body = _HEADER.pack(CHAIN_SNAPSHOT_MAGIC, CHAIN_SNAPSHOT_VERSION, chain.fingerprint(),
+                        _DTYPE_CODES[dtype], rows, len(arrays))
+    body += b"".join(_SHAPE.pack(*array.shape) for array in arrays)
+    body += b"".join(np.ascontiguousarray(array, dtype).tobytes() for array in arrays)
+    return body + _CHECKSUM.pack(zlib.crc32(body))
+
+
+def _decode(chain, table, blob, rows):
+    blob = check_envelope(blob, _HEADER, CHAIN_SNAPSHOT_MAGIC, CHAIN_SNAPSHOT_VERSION,
+                          chain.fingerprint(), "chain snapshot", "chain",
+                          "layers, weights, layouts or dtype")
+    _, _, _, dtype_code, stored_rows, count = _HEADER.unpack_from(blob)
+    dtype = chain.dtype.newbyteorder("<")
+    if dtype_code != _DTYPE_CODES[dtype]:
+        raise ValueError(f"chain snapshot holds state of another dtype than {chain.dtype}")
+    if stored_rows != rows:
+        raise ValueError(f"chain snapshot holds {stored_rows} row(s); {rows} were asked for")
+    expected = [tuple(shape) for shape in table.shapes(rows)]
+    offset = _HEADER.size + _SHAPE.size * count
+    if count != len(expected) or len(blob) < offset + _CHECKSUM.size:
+        raise ValueError("chain snapshot is corrupted: its array count does not match the chain")
+    shapes = [_SHAPE.unpack_from(blob, _HEADER.size + _SHAPE.size * i) for i in range(count)]
+    if shapes != expected:
+        raise ValueError(f"chain snapshot holds state arrays {shapes}; expected {expected}")
+    sizes = [int(np.prod(shape)) * dtype.itemsize for shape in shapes]
+    if len(blob) != offset + sum(sizes) + _CHECKSUM.size:
+        raise ValueError("chain snapshot is corrupted: its length does not match its header")
+    arrays = []
+    for shape, size in zip(shapes, sizes):
+        arrays.append(np.frombuffer(blob, dtype, count=size // dtype.itemsize,
+                                    offset=offset).reshape(shape).astype(chain.dtype))
+        offset += size
+    return arrays

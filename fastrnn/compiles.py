@@ -12,6 +12,10 @@ compile every kernel any model of that dtype uses:
     sequence, batch 8    sequence_blocks, the rows cut into blocks run on several cores
     stream step          step_block (Stream.step, StreamPool ticks of few slots)
     pool step, 8 slots   step_blocks, a pool tick cut into blocks run on several cores
+    chain stream         run_program, the whole-model chains' kernel (fastrnn.layers.program)
+
+It compiles the stream step in the process whatever FASTRNN_COMPILE says, so that the cache is
+full when it returns.
 
 Each compile (or load from the cache) is logged on the "fastrnn" logger with its duration.
 
@@ -73,7 +77,8 @@ def warmup(dtypes: tuple[str, ...] | list[str] = DTYPES, progress: bool = True
     plan = [("sequence, batch 1 (sequence_block)", _sequence, 1),
             (f"sequence, batch {PARALLEL_ROWS} ({sequences})", _sequence, PARALLEL_ROWS),
             ("stream step (step_block)", _stream_step, None),
-            (f"pool step, {PARALLEL_ROWS} slots ({ticks})", _pool_step, StreamPool)]
+            (f"pool step, {PARALLEL_ROWS} slots ({ticks})", _pool_step, StreamPool),
+            ("whole-model chain stream (run_program)", _chain_stream, None)]
     total = len(plan) * len(names)
     say = _printer(progress)
     location = cache_directory()
@@ -87,6 +92,10 @@ def warmup(dtypes: tuple[str, ...] | list[str] = DTYPES, progress: bool = True
     # The parallel kernels run only when a call may use two threads or more: allow every core
     # for the duration, whatever set_num_threads or FASTRNN_NUM_THREADS said.
     parallel.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    # A cold stream step would otherwise answer from numpy and leave the step kernel's compile
+    # to a helper process that may outlive a container build: compile it here.
+    previous_mode = os.environ.get("FASTRNN_COMPILE")
+    os.environ["FASTRNN_COMPILE"] = "wait"
     try:
         for name in names:
             model = _tiny_model(from_numpy, name)
@@ -99,6 +108,10 @@ def warmup(dtypes: tuple[str, ...] | list[str] = DTYPES, progress: bool = True
                 steps.append(WarmupStep(name, label, seconds))
     finally:
         parallel.set_num_threads(previous_threads)
+        if previous_mode is None:
+            os.environ.pop("FASTRNN_COMPILE", None)
+        else:
+            os.environ["FASTRNN_COMPILE"] = previous_mode
     return steps
 
 
@@ -150,6 +163,15 @@ def _sequence(model, batch):
 
 def _stream_step(model, _):
     model.stream(batch=1).step(np.ones(model.input_size, model.dtype))
+
+
+def _chain_stream(model, _):
+    """A Linear before the LSTM, streamed: the chains' kernel (fastrnn.layers.program)."""
+    from fastrnn.chain import Chain
+    from fastrnn.layers import Linear, Recurrent
+    front = Linear(np.eye(model.input_size), np.zeros(model.input_size), dtype=model.dtype)
+    Chain([front, Recurrent(model)]).stream(batch=1).step(np.ones((1, model.input_size),
+                                                                  model.dtype))
 
 
 def _pool_step(model, pool_class):

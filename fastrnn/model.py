@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # for type checkers only: numpy.typing and torch cost import 
     import numpy.typing as npt
     import torch
 
+    from fastrnn.chain import Chain
     from fastrnn.stream import Stream
 
     # What model(x) gives back: numpy arrays, or torch tensors when x is one.
@@ -324,9 +325,12 @@ class Model:
         fileformat.save(self, path)
 
 
-def load(path: str | os.PathLike) -> Model:
-    """A Model from a file written by Model.save (fastrnn.fileformat); bit for bit the weights
-    it was saved with."""
+def load(path: str | os.PathLike) -> Model | Chain:
+    """A Model from a file written by Model.save (fastrnn.fileformat), or a Chain from one
+    written by Chain.save (fastrnn.chainfile); bit for bit the weights it was saved with."""
+    from fastrnn import chainfile
+    if chainfile.holds_chain(path):
+        return chainfile.load(path)
     config, layers, dtype, encoded = fileformat.read_encoded(path)
     if encoded is not None:
         return Model._from_encoded(config, layers, encoded)

@@ -88,6 +88,40 @@ def encode_snapshot(fingerprint, h, c=None):
     return body + _CHECKSUM.pack(zlib.crc32(body))
 
 
+# Where the 3 padding bytes after the dtype code sit, in the stream and the chain snapshot headers.
+PADDING = slice(45, 48)
+
+
+def check_envelope(blob, header, magic, version, fingerprint, what, source, parts):
+    """`blob` as bytes, once its envelope is checked: bytes at all, long enough for `header` (a
+    struct.Struct starting magic (8s), version (I), fingerprint (32s)) and a crc32, starting with
+    `magic`, of format `version`, its crc32 matching, its header padding (PADDING) zero and its
+    fingerprint `fingerprint`; else a TypeError / ValueError naming `what` ("stream snapshot")
+    and, for a fingerprint that differs, the `source` ("model") and its `parts` that may differ.
+
+    The version is read before the checksum, so a blob of a later format is refused for its
+    version, not called corrupted."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a snapshot is bytes, got {type(blob).__name__}")
+    blob = bytes(blob)
+    if len(blob) < header.size + _CHECKSUM.size or blob[:len(magic)] != magic:
+        raise ValueError(f"not a fastrnn {what} (it does not start with its header)")
+    _, found, stored_fingerprint = header.unpack_from(blob)[:3]
+    if found != version:
+        raise ValueError(f"{what} format version {found} cannot be read: this fastrnn reads "
+                         f"version {version}")
+    (checksum,) = _CHECKSUM.unpack_from(blob, len(blob) - _CHECKSUM.size)
+    if zlib.crc32(blob[:-_CHECKSUM.size]) != checksum:
+        raise ValueError(f"{what} is corrupted: its checksum does not match its contents")
+    if any(blob[PADDING]):
+        raise ValueError(f"{what} is malformed: its header's padding bytes "
+                         f"{PADDING.start}-{PADDING.stop - 1} are not zero")
+    if stored_fingerprint != bytes(fingerprint):
+        raise ValueError(f"{what} was taken from a different {source} (its {parts} differ "
+                         f"from this one's)")
+    return blob
+
+
 def snapshot_rows(blob):
     """How many rows (streams) a snapshot holds, from its header; decode_snapshot checks the rest."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
@@ -103,21 +137,9 @@ def decode_snapshot(blob, fingerprint, dtype, h_shape, c_shape=None):
     c_shape None means the cell has no c (c comes back None). Anything that is not a snapshot of
     this model with these shapes in this format version is a ValueError saying which.
     """
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise TypeError(f"a snapshot is bytes, got {type(blob).__name__}")
-    blob = bytes(blob)
-    if len(blob) < _HEADER.size + _CHECKSUM.size or blob[:8] != SNAPSHOT_MAGIC:
-        raise ValueError("not a fastrnn stream snapshot (it does not start with the snapshot header)")
+    blob = bytes(check_envelope(blob, _HEADER, SNAPSHOT_MAGIC, SNAPSHOT_VERSION, fingerprint,
+                                "stream snapshot", "model", "configuration, dtype or weights"))
     magic, version, blob_fingerprint, dtype_code, *shapes = _HEADER.unpack_from(blob)
-    if version != SNAPSHOT_VERSION:
-        raise ValueError(f"snapshot format version {version} cannot be read: this fastrnn reads "
-                         f"version {SNAPSHOT_VERSION}")
-    (stored_checksum,) = _CHECKSUM.unpack_from(blob, len(blob) - _CHECKSUM.size)
-    if zlib.crc32(blob[:-_CHECKSUM.size]) != stored_checksum:
-        raise ValueError("snapshot is corrupted: its checksum does not match its contents")
-    if blob_fingerprint != bytes(fingerprint):
-        raise ValueError("snapshot was taken from a different model (its configuration, dtype or "
-                         "weights differ from this one's)")
     dtype = np.dtype(dtype)
     stored_dtype = _CODE_DTYPES.get(dtype_code)
     if stored_dtype is None or stored_dtype != dtype.newbyteorder("<"):

@@ -281,3 +281,145 @@ def test_residual_blocks_match_torch_and_stream(dtype, tolerance, rng):
     np.testing.assert_allclose(stream.process(x[:, :, 12:]), whole[12:], rtol=0, atol=1e-6)
     stream.restore(blob)
     np.testing.assert_allclose(stream.process(x[:, :, 12:]), whole[12:], rtol=0, atol=1e-6)
+
+
+def test_a_pool_of_chains_equals_one_stream_per_user(spotters, rng):
+    chain = fastrnn.from_torch(spotters[np.dtype(np.float32)])
+    users = rng.standard_normal((3, 4, 24)).astype(np.float32)     # 3 users, (C, T) each
+    streams = [chain.stream() for _ in range(3)]
+    pool = chain.pool(capacity=5)
+    slots = np.array([4, 1, 2])
+    for t in range(24):
+        # Some users speak at each tick, in a shuffled order: only their slots move.
+        speaking = [u for u in range(3) if (t + u) % 3]
+        order = rng.permutation(speaking)
+        ys = pool.step(slots[order], users[order, :, t])
+        for row, user in enumerate(order):
+            np.testing.assert_allclose(ys[row], streams[user].step(users[user, :, t]), rtol=0,
+                                       atol=1e-6)
+    # A slot's snapshot is a batch-1 stream's, both ways; export/import moves several at once.
+    for user in range(3):
+        assert pool.snapshot(slots[user]) == streams[user].snapshot()
+    fresh = chain.stream()
+    fresh.restore(pool.snapshot(slots[0]))
+    x = users[0, :, :5].T.copy()
+    np.testing.assert_allclose(pool.step([slots[0]], x[:1]), fresh.step(x[0])[None], rtol=0,
+                               atol=0)
+    other = chain.pool(capacity=3)
+    other.import_([2, 0, 1], pool.export(slots))
+    np.testing.assert_array_equal(other.export([2, 0, 1]), pool.export(slots))
+    pool.reset([slots[1]])
+    assert pool.snapshot(slots[1]) == chain.stream().snapshot()
+    with pytest.raises(ValueError, match="distinct"):
+        pool.step([1, 1], np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="slot 5 is out of range"):
+        pool.reset([5])
+    with pytest.raises(ValueError, match=r"holds 3 row\(s\); 2 were asked for"):
+        other.import_([0, 1], pool.export(slots))
+    with pytest.raises(ValueError, match=r"xs .* must have shape \(2, 4\)"):
+        pool.step([0, 1], np.zeros((2, 3), np.float32))
+
+
+def test_snapshot_headers_with_nonzero_padding_are_refused(spotters):
+    chain = fastrnn.from_torch(spotters[np.dtype(np.float32)])
+    stream = chain.stream()
+    model = fastrnn.from_torch(nn.GRU(2, 3))
+    for blob, target in ((stream.snapshot(), stream), (model.stream().snapshot(),
+                                                      model.stream())):
+        padded = bytearray(blob[:-4])
+        padded[46] = 7                                # the padding after the dtype code
+        padded = bytes(padded) + struct.pack("<I", zlib.crc32(bytes(padded)))
+        with pytest.raises(ValueError, match="padding bytes 45-47 are not zero"):
+            target.restore(padded)
+        target.restore(blob)
+
+
+def test_a_saved_chain_loads_back_bit_for_bit(spotters, tmp_path, rng):
+    torch.manual_seed(15)
+    tcn = fastrnn.from_torch(with_statistics(ResidualTcn(), 16).eval())
+    for chain in (fastrnn.from_torch(spotters[np.dtype(np.float32)]), tcn):
+        path = tmp_path / "chain.fastrnn"
+        chain.save(path)
+        loaded = fastrnn.load(path)
+        assert isinstance(loaded, fastrnn.Chain) and repr(loaded) == repr(chain)
+        assert loaded.fingerprint() == chain.fingerprint()  # every weight, bit for bit
+        x = rng.standard_normal((2, 4, 20)).astype(np.float32)
+        np.testing.assert_array_equal(loaded(x), chain(x))
+        stream = chain.stream()
+        stream.process(x[:1, :, :7])
+        again = loaded.stream()
+        again.restore(stream.snapshot())              # its snapshots carry over
+        np.testing.assert_array_equal(again.process(x[:1, :, 7:]), stream.process(x[:1, :, 7:]))
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged: the weights' checksum"):
+        fastrnn.load(path)
+    model = fastrnn.from_torch(nn.GRU(2, 3))
+    model.save(tmp_path / "model.fastrnn")
+    assert isinstance(fastrnn.load(tmp_path / "model.fastrnn"), fastrnn.Model)
+
+
+def test_a_learned_start_state_is_kept_by_streams_pools_and_files(tmp_path, rng):
+    torch.manual_seed(17)
+    model = fastrnn.from_torch(nn.LSTM(2, 3, num_layers=2))
+    start = (rng.standard_normal((2, 3)), rng.standard_normal((2, 3)))
+    layer = Recurrent(model, initial_state=start)
+    chain = fastrnn.Chain([layer, Linear(rng.standard_normal((1, 3)))])
+    x = rng.standard_normal((9, 2, 2)).astype(np.float32)
+    expected = layer.sequence(x) @ chain.layers[1].weight.T     # the engine's run from start
+    np.testing.assert_allclose(chain(x), expected, rtol=0, atol=1e-6)
+    pool = chain.pool(capacity=4)
+    np.testing.assert_allclose(pool.process([3, 1], x), expected, rtol=0, atol=1e-6)
+    pool.reset([3, 1])
+    np.testing.assert_allclose(pool.process([1, 3], x[:, ::-1]), expected[:, ::-1], rtol=0,
+                               atol=1e-6)
+    chain.save(tmp_path / "start.fastrnn")
+    loaded = fastrnn.load(tmp_path / "start.fastrnn")
+    assert loaded.fingerprint() == chain.fingerprint()
+    np.testing.assert_array_equal(loaded.stream(batch=2).process(x), chain(x))
+
+
+def test_a_chain_file_with_a_tampered_header_is_refused(tmp_path, rng):
+    import json
+    chain = fastrnn.Chain([Linear(rng.standard_normal((2, 3))), Activation("tanh", 2)])
+    path = tmp_path / "chain.fastrnn"
+    chain.save(path)
+    blob = path.read_bytes()
+    size = struct.unpack_from("<Q", blob, 12)[0]
+    header = json.loads(blob[24:24 + size])
+
+    def rewritten(edit):
+        changed = json.loads(json.dumps(header))
+        edit(changed)
+        text = json.dumps(changed).encode()
+        text += b" " * (-(24 + len(text)) % 8)
+        return (blob[:8] + struct.pack("<IQI", 1, len(text), zlib.crc32(text)) + text
+                + blob[24 + size:])
+
+    for edit, message in (
+            (lambda h: h["chain"]["layers"][1].update(name="softsign"), "activation must be"),
+            (lambda h: h["chain"]["layers"][0].update(type="dense"), "unknown type 'dense'"),
+            (lambda h: h["chain"]["layers"][0].update(out_features=5), "does not match"),
+            (lambda h: h["arrays"].pop(), "has no array '0.weight'"),
+            (lambda h: h["arrays"][1].update(name="0.extra"), "no array '0.weight'"),
+            (lambda h: h["arrays"].append({"name": "9.w", "shape": [1], "offset": 0}),
+             r"\['9.w'\] belong to no layer")):
+        path.write_bytes(rewritten(edit))
+        with pytest.raises(ValueError, match=f"malformed chain header: .*{message}"):
+            fastrnn.load(path)
+
+
+def test_a_chain_with_low_bit_weights_streams_layer_by_layer(rng):
+    torch.manual_seed(18)
+    model = fastrnn.from_torch(nn.LSTM(2, 4)).with_weights("bfloat16")
+    chain = fastrnn.Chain([Recurrent(model), Linear(rng.standard_normal((1, 4)))])
+    x = rng.standard_normal((10, 2, 2)).astype(np.float32)
+    whole = chain(x)
+    expected = model(x)[0] @ chain.layers[1].weight.T
+    np.testing.assert_allclose(whole, expected, rtol=0, atol=1e-6)
+    stream = chain.stream(batch=2)
+    np.testing.assert_allclose(np.concatenate([stream.process(x[:3]), stream.process(x[3:])]),
+                               whole, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="no op for"):
+        chain.pool()

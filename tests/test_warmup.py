@@ -27,7 +27,7 @@ from fastrnn import stream as stream_module
 
 ROOT = Path(__file__).resolve().parent.parent
 PARALLEL = numba.config.NUMBA_NUM_THREADS > 1   # else the parallel kernels are never used
-CALLS_PER_DTYPE = 4
+CALLS_PER_DTYPE = 5
 KERNELS = {"sequence_block": driver.sequence_block, "sequence_blocks": driver.sequence_blocks,
            "step_block": driver.step_block, "step_blocks": driver.step_blocks,
            "_first_bad_slot": stream_module._first_bad_slot}
@@ -109,6 +109,22 @@ def test_warmup_keeps_the_thread_count_and_refuses_other_dtypes(capsys):
     for bad in ("float16", "int32", "double precision", None):
         with pytest.raises(ValueError, match="dtypes must be among float32, float64"):
             fastrnn.warmup(dtypes=[bad])
+
+
+def test_warmup_compiles_the_stream_step_in_the_process_even_in_background_mode(monkeypatch):
+    """As if the cache were empty: the step kernel is not loadable, so a stream in background
+    mode would start a helper process; warmup must compile in the process instead."""
+    from fastrnn.engine import table
+
+    def no_helper(dtype):
+        raise AssertionError("warmup left the stream step's compile to a helper process")
+
+    monkeypatch.setenv("FASTRNN_COMPILE", "background")
+    monkeypatch.setattr(table, "load_cached", lambda dispatcher, arguments: None)
+    monkeypatch.setattr(table, "_helper", no_helper)
+    steps = fastrnn.warmup(dtypes=["float32"], progress=False)
+    assert len(steps) == CALLS_PER_DTYPE
+    assert os.environ["FASTRNN_COMPILE"] == "background"
 
 
 def test_cli_warmup(capsys):

@@ -10,6 +10,7 @@ whole-sequence function (fastrnn.engine.jit.kernel):
     norm.py        LayerNorm, Affine           Affine: a BatchNorm1d not folded into a neighbour
     recurrent.py   Recurrent                   LSTM / GRU / RNN: a fastrnn.Model and its state table
     residual.py    Residual                    y = x + f(x) around a list of layers
+    program.py     Program, run_program        a whole chain as one flat program and its kernel
 
 A layer's streaming state lives in a table made by `layer.table(rows)`:
 
@@ -20,6 +21,14 @@ A layer's streaming state lives in a table made by `layer.table(rows)`:
     reset()          back to the zero state
 
 Stateless layers (Linear, activations, norms) get a StatelessTable whose state is empty.
+
+Those tables serve each layer on its own. A whole chain streams through one kernel instead
+(program.py): the chain's layers compiled into a flat program of ops (an int64 table of op codes
+and offsets into one flat weights array and one flat state array) and one jitted loop over
+samples x ops, which calls each family's flat step (`linear_flat`, `conv_flat`,
+`activation_flat`, `layer_norm_flat`, `affine_flat`, and `cell_flat` for recurrent stacks, or
+the engine's step_block for stacks cell_flat does not run). Each flat step computes its family's
+equations as the step kernel beside it does, on offsets into flat arrays instead of array views.
 """
 
 from __future__ import annotations

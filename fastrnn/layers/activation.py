@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import uint64
 
 from fastrnn.engine.jit import call, kernel
 from fastrnn.layers import Layer, check_dtype, entry_point, rows
@@ -75,6 +76,54 @@ def activation_step(x, code, params, slopes, out):
             else:
                 r = min(max(v, params[0]), params[1])
             out[row, c] = r
+
+
+@kernel
+def activation_flat(buffer, source, target, rows, channels, code, weights, params, slopes,
+                    slope_count):
+    """activation_step on flat arrays (see fastrnn.layers.linear.linear_flat): params and slopes
+    are offsets into weights."""
+    for row in range(rows):
+        x, y = source + row * channels, target + row * channels
+        if code == 9:
+            largest = buffer[uint64(x)]
+            for c in range(1, channels):
+                largest = max(largest, buffer[uint64(x + c)])
+            total = buffer.dtype.type(0)
+            for c in range(channels):
+                e = math.exp(buffer[uint64(x + c)] - largest)
+                buffer[uint64(y + c)] = e
+                total += e
+            for c in range(channels):
+                buffer[uint64(y + c)] = buffer[uint64(y + c)] / total
+            continue
+        if code == 0:  # the hot case on its own, so that its loop vectorises
+            for c in range(channels):
+                v = buffer[uint64(x + c)]
+                buffer[uint64(y + c)] = v if v > 0 else v * 0
+            continue
+        p0, p1 = weights[uint64(params)], weights[uint64(params + 1 if code == 10 else params)]
+        for c in range(channels):
+            v = buffer[uint64(x + c)]
+            if code == 1:
+                r = v if v >= 0 else p0 * v
+            elif code == 2:
+                r = v if v >= 0 else weights[uint64(slopes + c % slope_count)] * v
+            elif code == 3:
+                r = v if v > 0 else p0 * math.expm1(v)
+            elif code == 4:
+                r = v * (1 + math.erf(v * _SQRT_HALF)) * 0.5
+            elif code == 5:
+                r = v * (1 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))) * 0.5
+            elif code == 6:
+                r = v / (1 + math.exp(-v))
+            elif code == 7:
+                r = math.tanh(v)
+            elif code == 8:
+                r = 1 / (1 + math.exp(-v))
+            else:
+                r = min(max(v, p0), p1)
+            buffer[uint64(y + c)] = r
 
 
 @kernel

@@ -18,6 +18,7 @@ outputs than inputs: both run on whole sequences and are refused for streaming.
 from __future__ import annotations
 
 import numpy as np
+from numba import uint64
 
 from fastrnn.engine.jit import call, kernel
 from fastrnn.layers import Layer, as_weight, check_dtype, entry_point, rows as zero_rows
@@ -51,6 +52,58 @@ def conv_step(x, history, position, weight, bias, dilation, out):
                 history[row, here, i] = x[row, i]
     if held and rows:  # a call on no rows (entry_point's compile) moves nothing
         position[0] = (here + 1) % held
+
+
+@kernel
+def conv_flat(buffer, source, target, rows, slots, state, history, istate, positions, weights,
+              weight, transposed, bias, inputs, outputs, group_inputs, taps, dilation, held):
+    """conv_step on flat arrays (see fastrnn.layers.linear.linear_flat), with a ring position
+    per row: rows x (rows, inputs) at buffer[source:] -> (rows, outputs) at buffer[target:], for
+    state rows slots[0..rows-1]; row s's ring buffer is state[history + s * held * inputs:]
+    (held, inputs), its position istate[positions + s]. W (outputs, group_inputs, taps) and b
+    are at weights[weight:] and weights[bias:]; with one group, W as (taps, inputs, outputs) at
+    weights[transposed:], so that the sum runs along contiguous outputs and vectorises."""
+    group_outputs = outputs // (inputs // group_inputs)
+    for row in range(rows):
+        slot = slots[row]
+        here = istate[uint64(positions + slot)]
+        ring = history + slot * held * inputs
+        x, y = source + row * inputs, target + row * outputs
+        if group_inputs == inputs:
+            for o in range(outputs):
+                buffer[uint64(y + o)] = weights[uint64(bias + o)]
+            for k in range(taps):
+                lag = (taps - 1 - k) * dilation
+                if lag == 0:
+                    values, at = buffer, x
+                else:
+                    values, at = state, ring + ((here - lag) % held) * inputs
+                for i in range(inputs):
+                    scale = values[uint64(at + i)]
+                    w = transposed + (k * inputs + i) * outputs
+                    for o in range(outputs):
+                        buffer[uint64(y + o)] += scale * weights[uint64(w + o)]
+        else:
+            for o in range(outputs):
+                first = (o // group_outputs) * group_inputs
+                w = weight + o * group_inputs * taps
+                total = weights[uint64(bias + o)]
+                for k in range(taps):
+                    lag = (taps - 1 - k) * dilation
+                    if lag == 0:
+                        for i in range(group_inputs):
+                            total += (weights[uint64(w + i * taps + k)]
+                                      * buffer[uint64(x + first + i)])
+                    else:
+                        past = ring + ((here - lag) % held) * inputs + first
+                        for i in range(group_inputs):
+                            total += weights[uint64(w + i * taps + k)] * state[uint64(past + i)]
+                buffer[uint64(y + o)] = total
+        if held:
+            newest = ring + here * inputs
+            for i in range(inputs):
+                state[uint64(newest + i)] = buffer[uint64(x + i)]
+            istate[uint64(positions + slot)] = (here + 1) % held
 
 
 @kernel

@@ -8,6 +8,7 @@ A BatchNorm1d next to it is folded into W and b at load (fastrnn.layers.norm.fol
 from __future__ import annotations
 
 import numpy as np
+from numba import uint64
 
 from fastrnn.engine.jit import call, kernel
 from fastrnn.layers import Layer, as_weight, check_dtype, entry_point, rows
@@ -24,6 +25,21 @@ def linear_step(x, weight, bias, out):
             for i in range(inputs):
                 total += weight[o, i] * x[row, i]
             out[row, o] = total
+
+
+@kernel
+def linear_flat(buffer, source, target, rows, weights, weight, bias, inputs, outputs):
+    """linear_step on flat arrays (the chain kernel's form, fastrnn.layers.program): rows x
+    (rows, inputs) at buffer[source:] -> (rows, outputs) at buffer[target:]; W (outputs, inputs)
+    at weights[weight:], b at weights[bias:]. Indexes only: a view costs the kernel tens of ns."""
+    for row in range(rows):
+        x = source + row * inputs
+        for o in range(outputs):
+            w = weight + o * inputs
+            total = weights[uint64(bias + o)]
+            for i in range(inputs):
+                total += weights[uint64(w + i)] * buffer[uint64(x + i)]
+            buffer[uint64(target + row * outputs + o)] = total
 
 
 @kernel

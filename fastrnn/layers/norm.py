@@ -17,6 +17,7 @@ padding would be the shifted zeros t there); when neither fits it stays an Affin
 from __future__ import annotations
 
 import numpy as np
+from numba import uint64
 
 from fastrnn.engine.jit import call, kernel
 from fastrnn.layers import Layer, as_weight, check_dtype, entry_point, rows
@@ -40,6 +41,35 @@ def layer_norm_step(x, gain, shift, eps, out):
         scale = 1 / np.sqrt(spread / channels + eps)
         for c in range(channels):
             out[row, c] = (x[row, c] - mean) * scale * gain[c] + shift[c]
+
+
+@kernel
+def layer_norm_flat(buffer, source, target, rows, weights, gain, shift, eps, channels):
+    """layer_norm_step on flat arrays (see fastrnn.layers.linear.linear_flat)."""
+    for row in range(rows):
+        x, y = source + row * channels, target + row * channels
+        mean = buffer.dtype.type(0)
+        for c in range(channels):
+            mean += buffer[uint64(x + c)]
+        mean /= channels
+        spread = buffer.dtype.type(0)
+        for c in range(channels):
+            d = buffer[uint64(x + c)] - mean
+            spread += d * d
+        scale = 1 / np.sqrt(spread / channels + eps)
+        for c in range(channels):
+            buffer[uint64(y + c)] = ((buffer[uint64(x + c)] - mean) * scale
+                                     * weights[uint64(gain + c)] + weights[uint64(shift + c)])
+
+
+@kernel
+def affine_flat(buffer, source, target, rows, weights, scale, shift, channels):
+    """affine_step on flat arrays (see fastrnn.layers.linear.linear_flat)."""
+    for row in range(rows):
+        x, y = source + row * channels, target + row * channels
+        for c in range(channels):
+            buffer[uint64(y + c)] = (buffer[uint64(x + c)] * weights[uint64(scale + c)]
+                                     + weights[uint64(shift + c)])
 
 
 @kernel

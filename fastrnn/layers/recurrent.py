@@ -17,8 +17,174 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from numba import uint64
 
+from fastrnn.engine.activations import RELU, SIGMOID, TANH, fast_sigmoid, fast_tanh
+from fastrnn.engine.cells import GRU, LSTM
+from fastrnn.engine.cells.common import DENORMAL_FLUSH
+from fastrnn.engine.jit import kernel
+from fastrnn.engine.plan import (B_HN, BIAS, CELL, CLIP, CODES, FLAG, GATES, HIDDEN, INPUTS,
+                                 PEEPHOLE_WIDTH, PROJ_ROWS, REVERSE, W_HH, W_IH)
 from fastrnn.layers import Layer
+
+
+def has_flat_cell(layout, parameters):
+    """Whether the layer-direction rows of a plan (layout, parameters) are all cells cell_flat
+    runs: torch's LSTM (no peepholes, projection, clip or coupled gates), GRU (reset after the
+    product) and tanh/ReLU RNN, default activations, forwards. Others stream through the engine's
+    step_block."""
+    for row, p in zip(layout, parameters):
+        if p[CLIP] > 0 or row[REVERSE]:
+            return False
+        codes = tuple(row[CODES:CODES + 3])
+        if row[CELL] == LSTM:
+            ok = (codes == (SIGMOID, TANH, TANH) and row[PEEPHOLE_WIDTH] == 0
+                  and row[PROJ_ROWS] == 0 and not row[FLAG])
+        elif row[CELL] == GRU:
+            ok = codes[:2] == (SIGMOID, TANH) and row[FLAG]
+        else:
+            ok = codes[0] in (TANH, RELU)
+        if not ok:
+            return False
+    return True
+
+
+@kernel
+def _add_products(weights, rows_at, width, columns, vectors, vector_at, vector_stride, count, out,
+                  out_at, out_stride, rows):
+    """out[out_at + b out_stride + j] += sum_k vectors[vector_at + b vector_stride + k]
+    * weights[rows_at + k width + j] for j < columns and every row b < rows: the engine's
+    add_scaled_rows_batch (fastrnn.engine.products), four weight rows applied to two batch rows
+    at a time in the same order, on flat arrays. Indexes are made unsigned: an index Numba
+    cannot prove non-negative keeps a wraparound check that stops the loop vectorising."""
+    k = 0
+    while k + 4 <= count:
+        r0 = rows_at + k * width
+        r1, r2, r3 = r0 + width, r0 + 2 * width, r0 + 3 * width
+        b = 0
+        while b + 2 <= rows:
+            u = vector_at + b * vector_stride + k
+            v = u + vector_stride
+            u0, u1 = vectors[uint64(u)], vectors[uint64(u + 1)]
+            u2, u3 = vectors[uint64(u + 2)], vectors[uint64(u + 3)]
+            v0, v1 = vectors[uint64(v)], vectors[uint64(v + 1)]
+            v2, v3 = vectors[uint64(v + 2)], vectors[uint64(v + 3)]
+            first = out_at + b * out_stride
+            second = first + out_stride
+            for j in range(columns):
+                w0, w1 = weights[uint64(r0 + j)], weights[uint64(r1 + j)]
+                w2, w3 = weights[uint64(r2 + j)], weights[uint64(r3 + j)]
+                out[uint64(first + j)] += u0 * w0 + u1 * w1 + u2 * w2 + u3 * w3
+                out[uint64(second + j)] += v0 * w0 + v1 * w1 + v2 * w2 + v3 * w3
+            b += 2
+        if b < rows:
+            u = vector_at + b * vector_stride + k
+            u0, u1 = vectors[uint64(u)], vectors[uint64(u + 1)]
+            u2, u3 = vectors[uint64(u + 2)], vectors[uint64(u + 3)]
+            first = out_at + b * out_stride
+            for j in range(columns):
+                out[uint64(first + j)] += (u0 * weights[uint64(r0 + j)]
+                                           + u1 * weights[uint64(r1 + j)]
+                                           + u2 * weights[uint64(r2 + j)]
+                                           + u3 * weights[uint64(r3 + j)])
+        k += 4
+    while k < count:
+        r0 = rows_at + k * width
+        for b in range(rows):
+            scale = vectors[uint64(vector_at + b * vector_stride + k)]
+            first = out_at + b * out_stride
+            for j in range(columns):
+                out[uint64(first + j)] += scale * weights[uint64(r0 + j)]
+        k += 1
+
+
+def flat_scratch_size(config, rows):
+    """Elements of cell_flat's scratch for `rows` rows: gates, R_n h and the gathered h."""
+    return rows * (config.num_gates + 2) * config.hidden_size
+
+
+@kernel
+def cell_flat(buffer, source, target, rows, slots, state, h_at, c_at, weights, layout, at,
+              scratch):
+    """One step of layer-direction `at` of a plan (has_flat_cell) for state rows
+    slots[0..rows-1], on flat arrays (the chain kernel's form, fastrnn.layers.program): x (rows, I)
+    at buffer[source:] -> h' (rows, H) at buffer[target:]; slot s's h at state[h_at + s H:], its
+    c (LSTM) at state[c_at + s H:]; the layer's plan layout row at layout[at:] (its offsets made
+    absolute in `weights` by the program). The equations and their rounding are the engine's
+    cells' (fastrnn.engine.cells: lstm_cell, gru_cell, rnn_cell) and its products' (four weight
+    rows at a time, the batch rows two at a time). scratch: flat_scratch_size(config, rows)."""
+    cell, inputs, hidden, gate_rows = (layout[at + CELL], layout[at + INPUTS],
+                                       layout[at + HIDDEN], layout[at + GATES])
+    w_ih, w_hh, bias, b_hn = layout[at + W_IH], layout[at + W_HH], layout[at + BIAS], \
+        layout[at + B_HN]
+    relu = layout[at + CODES] == RELU
+    n_at = rows * gate_rows          # the GRU's R_n h, (rows, H)
+    h_rows = n_at + rows * hidden    # the previous h of every row, gathered, (rows, H)
+    for r in range(rows):
+        h = h_at + slots[r] * hidden
+        for j in range(hidden):
+            scratch[uint64(h_rows + r * hidden + j)] = state[uint64(h + j)]
+        for j in range(gate_rows):
+            scratch[uint64(r * gate_rows + j)] = weights[uint64(bias + j)]
+    _add_products(weights, w_ih, gate_rows, gate_rows, buffer, source, inputs, inputs, scratch, 0,
+                  gate_rows, rows)
+    if cell == GRU:
+        _add_products(weights, w_hh, gate_rows, 2 * hidden, scratch, h_rows, hidden, hidden,
+                      scratch, 0, gate_rows, rows)
+        for j in range(rows * hidden):
+            scratch[uint64(n_at + j)] = 0.0
+        _add_products(weights, w_hh + 2 * hidden, gate_rows, hidden, scratch, h_rows, hidden,
+                      hidden, scratch, n_at, hidden, rows)
+    else:
+        _add_products(weights, w_hh, gate_rows, gate_rows, scratch, h_rows, hidden, hidden,
+                      scratch, 0, gate_rows, rows)
+    for r in range(rows):
+        slot = slots[r]
+        h, c, g = h_at + slot * hidden, c_at + slot * hidden, r * gate_rows
+        previous_h = h_rows + r * hidden
+        if cell == GRU:
+            n = n_at + r * hidden
+            for j in range(hidden):
+                reset = fast_sigmoid(scratch[uint64(g + j)])
+                update = fast_sigmoid(scratch[uint64(g + hidden + j)])
+                new = fast_tanh(scratch[uint64(g + 2 * hidden + j)]
+                                + reset * (scratch[uint64(n + j)] + weights[uint64(b_hn + j)]))
+                value = (1.0 - update) * new + update * scratch[uint64(previous_h + j)]
+                state[uint64(h + j)] = value
+                value = state[uint64(h + j)]
+                state[uint64(h + j)] = value * (abs(value) >= DENORMAL_FLUSH)
+        elif cell == LSTM:
+            # One plain loop per activation, each vectorising, as the engine's activate.
+            for j in range(g, g + hidden):
+                scratch[uint64(j)] = fast_sigmoid(scratch[uint64(j)])
+            for j in range(g + hidden, g + 2 * hidden):
+                scratch[uint64(j)] = fast_sigmoid(-scratch[uint64(j)])
+            for j in range(g + 2 * hidden, g + 3 * hidden):
+                scratch[uint64(j)] = fast_tanh(scratch[uint64(j)])
+            for j in range(g + 3 * hidden, g + 4 * hidden):
+                scratch[uint64(j)] = fast_sigmoid(scratch[uint64(j)])
+            for j in range(hidden):
+                complement = np.float64(scratch[uint64(g + hidden + j)])
+                previous = state[uint64(c + j)]
+                forgotten = complement * previous if complement != 0.0 else 0.0
+                state[uint64(c + j)] = (previous - forgotten + np.float64(scratch[uint64(g + j)])
+                                        * scratch[uint64(g + 2 * hidden + j)])
+            for j in range(hidden):
+                value = state[uint64(c + j)]
+                state[uint64(c + j)] = value * (abs(value) >= DENORMAL_FLUSH)
+            for j in range(hidden):
+                value = scratch[uint64(g + 3 * hidden + j)] * fast_tanh(state[uint64(c + j)])
+                state[uint64(h + j)] = value * (abs(value) >= DENORMAL_FLUSH)
+        else:
+            for j in range(hidden):
+                v = scratch[uint64(g + j)]
+                value = (v if not v < 0 else 0.0) if relu else fast_tanh(v)
+                state[uint64(h + j)] = value
+                value = state[uint64(h + j)]
+                state[uint64(h + j)] = value * (abs(value) >= DENORMAL_FLUSH)
+        y = target + r * hidden
+        for j in range(hidden):
+            buffer[uint64(y + j)] = state[uint64(h + j)]
 
 
 class Recurrent(Layer):
