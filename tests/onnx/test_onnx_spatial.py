@@ -417,3 +417,114 @@ def test_conv_channels_mismatch_at_run_time_names_the_node():
     session = fastrnn.InferenceSession(model)
     with pytest.raises(ValueError, match="the_conv.*3 channels"):
         session.run(None, {"X": normal(1, 3, 5, 5)})
+
+
+# -- the fast paths: narrow product, row padding, Relu, Conv + Relu --------------------------------
+
+def conv_reference(x, w, b, strides, pads, dilations, group):
+    """A 2-D convolution in float64 by its definition, for the kernels below."""
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    batch, channels, height, width = x.shape
+    out_channels, per_group, kh, kw = w.shape
+    padded = np.pad(x, [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
+    oh = (height + pads[0] + pads[2] - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    ow = (width + pads[1] + pads[3] - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    y = np.zeros((batch, out_channels, oh, ow)) + b.astype(np.float64)[None, :, None, None]
+    per_out = out_channels // group
+    for m in range(out_channels):
+        g = m // per_out
+        for ky in range(kh):
+            for kx in range(kw):
+                rows = padded[:, g * per_group:(g + 1) * per_group,
+                              ky * dilations[0]:ky * dilations[0] + strides[0] * oh:strides[0],
+                              kx * dilations[1]:kx * dilations[1] + strides[1] * ow:strides[1]]
+                y[:, m] += np.einsum("nchw,c->nhw", rows, w[m, :, ky, kx])
+    return y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_narrow_product_against_float64_reference(dtype):
+    from fastrnn.converters.onnx import spatial_kernels as kernels
+    rng = np.random.default_rng(3)
+    # 7 positions per image (not a multiple of 4: the one-position tail runs too), 2 groups.
+    x = rng.standard_normal((2, 4, 3, 5)).astype(dtype)
+    w = rng.standard_normal((6, 2, 2, 3)).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    strides, pads, dilations, group = (2, 1), (1, 0, 0, 1), (1, 2), 2
+    expected = conv_reference(x, w, b, strides, pads, dilations, group)
+    oh, ow = expected.shape[2:]
+    col = np.empty((2, group, oh * ow, 2 * 2 * 3), dtype)
+    kernels.im2col_rows(x, col, group, oh, ow, 2, 3, *strides, *dilations, pads[0], pads[1])
+    y = np.empty((2, group, 3, oh * ow), dtype)
+    kernels.narrow_product(np.ascontiguousarray(w.reshape(group, 3, -1)), col,
+                           b.reshape(group, 3), y)
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(y.reshape(expected.shape), expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("mode, code", [("reflect", 0), ("edge", 1), ("wrap", 2)])
+def test_pad_rows_against_numpy(mode, code):
+    from fastrnn.converters.onnx import spatial_kernels as kernels
+    x = np.random.default_rng(4).standard_normal((3, 5))
+    for begin, end in [(0, 0), (2, 4), (4, 1)] + ([(7, 11)] if mode != "reflect" else []):
+        y = np.empty((3, 5 + begin + end))
+        kernels.pad_rows(x, y, begin, end, code)
+        np.testing.assert_array_equal(y, np.pad(x, [(0, 0), (begin, end)], mode=mode))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+def test_pad_last_axis_matches_onnxruntime(mode):
+    x = normal(2, 3, 10)
+    model, feeds = node_model("Pad", {"X": x}, {"pads": np.array([0, 0, 3, 0, 0, 4], np.int64)},
+                              {"mode": mode})
+    assert_matches_onnxruntime(model, feeds)
+
+
+def test_relu_kernel_keeps_nan_and_matches_maximum():
+    from fastrnn.converters.onnx.glue import relu_array
+    x = np.array([np.nan, -0.0, 0.0, -np.inf, np.inf, -2.5, 3.0], np.float32)
+    got = relu_array(x)
+    expected = np.maximum(x, np.float32(0))
+    np.testing.assert_array_equal(got, expected)
+    assert not np.signbit(got[1])
+    assert not np.shares_memory(got, x)
+    np.testing.assert_array_equal(relu_array(np.arange(-3, 3)), np.maximum(np.arange(-3, 3), 0))
+
+
+def conv_relu_model(conv_output_read_twice):
+    w, b = normal(4, 3, 3, seed=1), normal(4, seed=2)
+    nodes = [helper.make_node("Conv", ["X", "W", "B"], ["c"], name="conv", pads=[1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if conv_output_read_twice:
+        nodes.append(helper.make_node("Neg", ["c"], ["z"], name="neg"))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes, "conv_relu", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3, 9])],
+        outputs, [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("read_twice", [False, True])
+def test_conv_relu_fused_only_where_nothing_else_reads_the_conv(read_twice):
+    model = conv_relu_model(read_twice)
+    session = fastrnn.InferenceSession(model)
+    op_types = [step.op_type for step in session._graph.steps]
+    assert op_types == (["Conv", "Relu", "Neg"] if read_twice else ["Conv+Relu"])
+    x = normal(2, 3, 9)
+    x[0, 0, 4] = np.nan
+    theirs = onnxruntime_session(model).run(None, {"X": x})
+    for got, expected in zip(session.run(None, {"X": x}), theirs):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_conv_output_not_overwritten_by_the_next_run():
+    model, _ = node_model("Conv", {"X": normal(1, 3, 12)}, {"W": normal(4, 3, 3, seed=1)},
+                          {"pads": [1, 1]})
+    session = fastrnn.InferenceSession(model)
+    first_x, second_x = normal(1, 3, 12, seed=5), normal(1, 3, 12, seed=6)
+    (first,) = session.run(None, {"X": first_x})
+    kept = first.copy()
+    (second,) = session.run(None, {"X": second_x})
+    np.testing.assert_array_equal(first, kept)
+    assert not np.shares_memory(first, second)

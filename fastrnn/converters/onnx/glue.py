@@ -8,6 +8,7 @@ concatenation in torch exports) are folded into constants once, at load time.
 import numpy as np
 from onnx import helper
 
+from fastrnn.converters.onnx import spatial_kernels
 from fastrnn.converters.onnx.registry import as_ints, check_allocation, register
 
 MAX_OPSET = 22
@@ -336,9 +337,22 @@ register("Mul", opsets=(1, MAX_OPSET))(_binary(np.multiply))
 register("Div", opsets=(1, MAX_OPSET))(_binary(_divide))
 
 
+_FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def relu_array(x, out=None):
+    """max(x, 0), NaN kept: a float32/float64 C-contiguous array in one Numba pass (np.maximum
+    with a scalar runs several times slower), into `out` if given (may be x itself)."""
+    if type(x) is np.ndarray and x.dtype in _FLOAT_TYPES and x.flags.c_contiguous:
+        y = np.empty_like(x) if out is None else out
+        spatial_kernels.relu(x.reshape(-1), y.reshape(-1))
+        return y
+    return np.maximum(x, x.dtype.type(0), out=out)
+
+
 @register("Relu", opsets=(1, MAX_OPSET))
 def relu(node):
-    return lambda x: np.maximum(x, x.dtype.type(0))
+    return relu_array
 
 
 @register("Tanh", opsets=(1, MAX_OPSET))
@@ -355,6 +369,12 @@ def sigmoid(node):
     def run(x):
         # 1 / (1 + exp(-x)), -x capped below exp's overflow: for x below the cap the result is
         # under 1e-38 (float32) or 1e-307 (float64) instead of a 0 with an overflow warning.
+        if type(x) is np.ndarray and x.dtype in _FLOAT_TYPES and x.flags.c_contiguous:
+            y = np.empty_like(x)   # one Numba pass: four numpy calls cost more at small sizes
+            kind = x.dtype.type
+            spatial_kernels.sigmoid(x.reshape(-1), y.reshape(-1),
+                                    kind(_EXP_CAPS[x.dtype.itemsize]))
+            return y
         kind = x.dtype.type
         cap = kind(_EXP_CAPS.get(x.dtype.itemsize, 88.0))
         return kind(1) / (kind(1) + np.exp(np.minimum(-x, cap)))

@@ -333,3 +333,134 @@ def grouped_product_blocks(a, b, bias, out, blocks):
     units = product_units(b)
     for block in prange(blocks):
         grouped_product(a, b, bias, out, block * units // blocks, (block + 1) * units // blocks)
+
+
+@kernel
+def im2col_rows(x, col_t, groups, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
+                dilation_h, dilation_w, pad_top, pad_left):
+    """im2col with positions as rows, for narrow_product:
+
+        col_t[n, g, (oy, ox), (c, ky, kx)] = x[n, g*C/G + c, oy*sh - pt + ky*dh, ox*sw - pl + kx*dw]
+
+    0 outside x. x: (N, C, H, W); col_t: (N, G, OH*OW, C/G*kh*kw).
+    """
+    batch, channels, height, width = x.shape
+    per_group = channels // groups
+    for n in range(batch):
+        for g in range(groups):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    target = col_t[n, g, oy * out_w + ox]
+                    x0 = ox * stride_w - pad_left
+                    for c in range(per_group):
+                        channel = x[n, g * per_group + c]
+                        for ky in range(kernel_h):
+                            iy = oy * stride_h - pad_top + ky * dilation_h
+                            base = (c * kernel_h + ky) * kernel_w
+                            if iy < 0 or iy >= height:
+                                for kx in range(kernel_w):
+                                    target[base + kx] = 0
+                                continue
+                            row = channel[iy]
+                            for kx in range(kernel_w):
+                                ix = x0 + kx * dilation_w
+                                target[base + kx] = row[ix] if 0 <= ix < width else 0
+
+
+@kernel
+def narrow_product(a, col_t, bias, out):
+    """out[n, g, m, p] = bias[g, m] + sum_k a[g, m, k] * col_t[n, g, p, k], for few positions.
+
+    a: (G, M, K); col_t: (N, G, P, K) (im2col_rows); bias: (G, M); out: (N, G, M, P). Each
+    weight row meets four positions per pass, as four dot products along K, both operands
+    contiguous (the loop vectorises): with a few positions per image grouped_product's inner loop
+    over positions would be a few elements long, this one is K long.
+    """
+    batch, groups, positions, depth = col_t.shape
+    rows = a.shape[1]
+    for n in range(batch):
+        for g in range(groups):
+            for m in range(rows):
+                w = a[g, m]
+                c = bias[g, m]
+                p = 0
+                while p + 4 <= positions:
+                    r0, r1 = col_t[n, g, p], col_t[n, g, p + 1]
+                    r2, r3 = col_t[n, g, p + 2], col_t[n, g, p + 3]
+                    s0, s1, s2, s3 = c, c, c, c
+                    for k in range(depth):
+                        v = w[k]
+                        s0 += v * r0[k]
+                        s1 += v * r1[k]
+                        s2 += v * r2[k]
+                        s3 += v * r3[k]
+                    out[n, g, m, p] = s0
+                    out[n, g, m, p + 1] = s1
+                    out[n, g, m, p + 2] = s2
+                    out[n, g, m, p + 3] = s3
+                    p += 4
+                while p < positions:
+                    r0 = col_t[n, g, p]
+                    s0 = c
+                    for k in range(depth):
+                        s0 += w[k] * r0[k]
+                    out[n, g, m, p] = s0
+                    p += 1
+
+
+@kernel
+def pad_rows(x, y, begin, end, mode):
+    """y[r] = x[r] padded along its last axis by begin and end: mode 0 reflect (the edge not
+    repeated), 1 edge (the edge repeated), 2 wrap. x: (rows, W); y: (rows, begin + W + end);
+    reflect needs begin, end < W, the others W >= 1."""
+    rows, width = x.shape
+    for r in range(rows):
+        source, target = x[r], y[r]
+        for i in range(width):
+            target[begin + i] = source[i]
+        for i in range(begin):
+            # target position begin - 1 - i lies i + 1 before the first element
+            if mode == 0:
+                j = i + 1
+            elif mode == 1:
+                j = 0
+            else:
+                j = width - 1 - (i % width)
+            target[begin - 1 - i] = source[j]
+        for i in range(end):
+            if mode == 0:
+                j = width - 2 - i
+            elif mode == 1:
+                j = width - 1
+            else:
+                j = i % width
+            target[begin + width + i] = source[j]
+
+
+@kernel
+def relu(x, y):
+    """y = max(x, 0) elementwise, NaN kept (as np.maximum); x, y: 1-D, may be the same array."""
+    for i in range(x.shape[0]):
+        v = x[i]
+        y[i] = v if v > 0 or v != v else 0
+
+
+@kernel
+def narrow_conv(x, a, bias, col_t, out, geometry):
+    """im2col_rows then narrow_product in one call (a call from Python costs more than these
+    kernels' work at a few positions). geometry: int64 (groups, oh, ow, kh, kw, sh, sw, dh, dw,
+    pad top, pad left); out: (N, G, M, P)."""
+    im2col_rows(x, col_t, geometry[0], geometry[1], geometry[2], geometry[3], geometry[4],
+                geometry[5], geometry[6], geometry[7], geometry[8], geometry[9], geometry[10])
+    narrow_product(a, col_t, bias, out)
+
+
+@kernel
+def sigmoid(x, y, cap):
+    """y = 1 / (1 + exp(min(-x, cap))) elementwise, NaN kept; x, y: 1-D. cap keeps exp finite:
+    for x below -cap the result is a tiny positive number instead of 0 with an overflow."""
+    for i in range(x.shape[0]):
+        t = -x[i]
+        if t > cap:
+            t = cap
+        y[i] = 1 / (1 + np.exp(t))

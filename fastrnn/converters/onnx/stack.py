@@ -23,6 +23,13 @@ SHARED_OPTIONS = ("kind", "hidden_size", "bidirectional", "clip", "input_forget"
 PROBE_TOLERANCE = 1e-4
 
 
+def _plain_steps(steps):
+    """The plan's steps, those of a shape chain (shape_chain.ShapeChain) one by one."""
+    for step in steps:
+        members = getattr(step.function, "members", None)
+        yield from (members if members is not None else (step,))
+
+
 def from_onnx(source):
     """A fastrnn.Model from a path, bytes or ModelProto holding a recurrent stack (see module)."""
     from fastrnn.converters.onnx.session import InferenceSession
@@ -33,7 +40,7 @@ def from_onnx(source):
     if not nodes:
         raise ValueError("the graph has no LSTM, GRU or RNN node; fastrnn.from_onnx converts "
                          "recurrent stacks (use fastrnn.InferenceSession to run other graphs)")
-    for step in graph.steps:
+    for step in _plain_steps(graph.steps):
         op_type = step.op_type
         if op_type not in STACK_GLUE and op_type not in RECURRENT_OPS:
             raise ValueError(f"the graph has a {op_type} node ({step.node!r}) besides its "
