@@ -1,9 +1,10 @@
 """ONNX in: `InferenceSession` runs whole graphs, `from_onnx` turns a recurrent stack into a Model.
 
 Ops are handled by a registry (registry.py), one handler per op family keyed by op type and
-opset range: LSTM, GRU and RNN (recurrent.py, opsets 7-22) on fastrnn's kernels, and the glue and
-head ops exporters emit around them (glue.py) in numpy. An op without a handler is refused when the
-graph is loaded, naming the op type and the node.
+opset range: LSTM, GRU and RNN (recurrent.py, opsets 7-22) on fastrnn's kernels, and the ops of
+the graph around them (glue, math, control flow, convolutions and normalizations; listed below).
+A graph with ops that have no handler is refused when it is loaded, with one error listing every
+missing op type, its count and its first node.
 
 What the converter permutes (everything else is copied as is; W and R keep their (gates*H, inputs)
 shape, B is split into its W and R halves, b_ih and b_hh):
