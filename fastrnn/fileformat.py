@@ -46,6 +46,7 @@ import numpy as np
 from fastrnn.engine.quantise import LOW_BIT_FORMATS, MATRICES, Quantised, matrix_dtype
 from fastrnn.engine.weights import Config, LayerWeights, check_layers
 from fastrnn.version import __version__
+from fastrnn.paths import open_regular_file
 
 MAGIC = b"FASTRNN\0"
 FORMAT_VERSION = 1
@@ -182,31 +183,8 @@ def _as_path(path):
 
 
 def _open_model_file(path):
-    """(binary file, size) for a regular file at `path`; a clear error for anything else.
-
-    Opened without blocking, so that a FIFO is refused at once instead of waiting for a writer; a
-    device such as /dev/zero or a socket is refused before anything is read from it.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no such model file: {path}") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a directory, not a fastrnn model file") from None
-    except OSError as error:
-        raise type(error)(error.errno, f"cannot read {path}: {error.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ValueError(f"{path} is a directory, not a fastrnn model file")
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path} is not a regular file (a device, FIFO or socket); fastrnn "
-                             f"reads model files only")
-        return os.fdopen(fd, "rb"), info.st_size
-    except BaseException:
-        os.close(fd)
-        raise
+    """(binary file, size) for a regular file at `path`; a clear error for anything else."""
+    return open_regular_file(path, "fastrnn model file")
 
 
 def _read_exactly(file, count, path, what):

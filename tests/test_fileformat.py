@@ -118,7 +118,7 @@ def test_header_records_what_the_file_holds(saved_model):
 
 
 def test_missing_path_is_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such model file"):
+    with pytest.raises(FileNotFoundError, match="no fastrnn model file at"):
         fastrnn.load(tmp_path / "absent.fastrnn")
     with pytest.raises(ValueError, match="is a directory"):
         fastrnn.load(tmp_path)
@@ -395,8 +395,9 @@ def test_concurrent_saves_from_two_processes_leave_a_model_at_every_moment(tmp_p
 def test_what_a_converter_assumed_is_saved_with_the_model(tmp_path):
     """A state dict's RNN: the nonlinearity and the layout were assumed; the file keeps that."""
     torch = pytest.importorskip("torch")
+    from fastrnn.converters.pytorch import AssumptionWarning
     state_dict = torch.nn.RNN(3, 4).state_dict()
-    with pytest.warns(fastrnn.converters.pytorch.AssumptionWarning):
+    with pytest.warns(AssumptionWarning):
         model = fastrnn.from_torch(state_dict)
     path = tmp_path / "assumed.fastrnn"
     model.save(path)
