@@ -90,7 +90,7 @@ from fastrnn.builders import from_numpy
 from fastrnn.chain import Chain
 from fastrnn.engine.cells import DEFAULT_ACTIVATIONS
 from fastrnn.layers import Activation, Conv1d, Layer, LayerNorm, Linear, Recurrent, check_dtype
-from fastrnn.layers.norm import Affine, can_fold_into_next, fold_into_next, fold_into_previous
+from fastrnn.layers.norm import Affine, fold_affines
 
 # Keras activation function name -> (fastrnn.layers.Activation name, its parameters); None: none.
 _LAYER_ACTIVATIONS = {
@@ -466,21 +466,4 @@ class _Reader:
                 item = Activation(name, features, slopes=slopes, dtype=self.dtype, **parameters)
             layers.append(item)
             features = item.out_features
-        return _fold(layers)
-
-
-def _fold(layers):
-    """Affines (BatchNormalization) folded into the Linear or Conv1d before them, else into the
-    one after them (fastrnn.layers.norm says when that fits), else kept."""
-    folded = []
-    for index, layer in enumerate(layers):
-        if isinstance(layer, Affine):
-            if folded and isinstance(folded[-1], (Linear, Conv1d)):
-                folded[-1] = fold_into_previous(folded[-1], layer)
-                continue
-            following = layers[index + 1] if index + 1 < len(layers) else None
-            if following is not None and can_fold_into_next(following):
-                layers[index + 1] = fold_into_next(layer, following)
-                continue
-        folded.append(layer)
-    return folded
+        return fold_affines(layers)

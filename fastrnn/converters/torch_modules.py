@@ -35,7 +35,7 @@ import numpy as np
 
 from fastrnn.chain import Chain
 from fastrnn.layers import Activation, Conv1d, LayerNorm, Linear, Recurrent, Residual
-from fastrnn.layers.norm import Affine, can_fold_into_next, fold_into_next, fold_into_previous
+from fastrnn.layers.norm import Affine, fold_affines
 
 
 class _Value:
@@ -193,21 +193,7 @@ class _Reader:
                 layer = item
             layers.append(layer)
             features = layer.out_features
-        return self.fold(layers)
-
-    def fold(self, layers):
-        folded = []
-        for index, layer in enumerate(layers):
-            if isinstance(layer, Affine):
-                if folded and isinstance(folded[-1], (Linear, Conv1d)):
-                    folded[-1] = fold_into_previous(folded[-1], layer)
-                    continue
-                following = layers[index + 1] if index + 1 < len(layers) else None
-                if following is not None and can_fold_into_next(following):
-                    layers[index + 1] = fold_into_next(layer, following)
-                    continue
-            folded.append(layer)
-        return folded
+        return fold_affines(layers)
 
     def add(self, layer, value):
         """Emit `layer` reading `value`; its output keeps value's axes."""

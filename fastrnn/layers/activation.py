@@ -37,9 +37,35 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 @kernel
+def pointwise(v, code, p0, p1, slope):
+    """The activation `code` (any but softmax) of one value v; p0, p1: its scalars (hardtanh's
+    bounds, or p0 alone), slope: PReLU's slope for v's channel."""
+    if code == 0:
+        return v if v > 0 else v * 0
+    if code == 1:
+        return v if v >= 0 else p0 * v
+    if code == 2:
+        return v if v >= 0 else slope * v
+    if code == 3:
+        return v if v > 0 else p0 * math.expm1(v)
+    if code == 4:
+        return v * (1 + math.erf(v * _SQRT_HALF)) * 0.5
+    if code == 5:
+        return v * (1 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))) * 0.5
+    if code == 6:
+        return v / (1 + math.exp(-v))
+    if code == 7:
+        return math.tanh(v)
+    if code == 8:
+        return 1 / (1 + math.exp(-v))
+    return min(max(v, p0), p1)
+
+
+@kernel
 def activation_step(x, code, params, slopes, out):
     """out (B, C) = the activation `code` of x (B, C); params: its scalars, slopes: PReLU's."""
     rows, channels = x.shape
+    p0, p1 = params[0], params[params.shape[0] - 1]   # hardtanh's (min, max); else p0 alone
     for row in range(rows):
         if code == 9:
             largest = x[row, 0]
@@ -55,27 +81,8 @@ def activation_step(x, code, params, slopes, out):
             continue
         for c in range(channels):
             v = x[row, c]
-            if code == 0:
-                r = v if v > 0 else v * 0
-            elif code == 1:
-                r = v if v >= 0 else params[0] * v
-            elif code == 2:
-                r = v if v >= 0 else slopes[c % slopes.shape[0]] * v
-            elif code == 3:
-                r = v if v > 0 else params[0] * math.expm1(v)
-            elif code == 4:
-                r = v * (1 + math.erf(v * _SQRT_HALF)) * 0.5
-            elif code == 5:
-                r = v * (1 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))) * 0.5
-            elif code == 6:
-                r = v / (1 + math.exp(-v))
-            elif code == 7:
-                r = math.tanh(v)
-            elif code == 8:
-                r = 1 / (1 + math.exp(-v))
-            else:
-                r = min(max(v, params[0]), params[1])
-            out[row, c] = r
+            slope = slopes[c % slopes.shape[0]] if code == 2 else v
+            out[row, c] = pointwise(v, code, p0, p1, slope)
 
 
 @kernel
@@ -105,25 +112,8 @@ def activation_flat(buffer, source, target, rows, channels, code, weights, param
         p0, p1 = weights[uint64(params)], weights[uint64(params + 1 if code == 10 else params)]
         for c in range(channels):
             v = buffer[uint64(x + c)]
-            if code == 1:
-                r = v if v >= 0 else p0 * v
-            elif code == 2:
-                r = v if v >= 0 else weights[uint64(slopes + c % slope_count)] * v
-            elif code == 3:
-                r = v if v > 0 else p0 * math.expm1(v)
-            elif code == 4:
-                r = v * (1 + math.erf(v * _SQRT_HALF)) * 0.5
-            elif code == 5:
-                r = v * (1 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))) * 0.5
-            elif code == 6:
-                r = v / (1 + math.exp(-v))
-            elif code == 7:
-                r = math.tanh(v)
-            elif code == 8:
-                r = 1 / (1 + math.exp(-v))
-            else:
-                r = min(max(v, p0), p1)
-            buffer[uint64(y + c)] = r
+            slope = weights[uint64(slopes + c % slope_count)] if code == 2 else v
+            buffer[uint64(y + c)] = pointwise(v, code, p0, p1, slope)
 
 
 @kernel

@@ -192,3 +192,21 @@ def fold_into_next(affine, layer):
         return _rebuilt(layer, weight * scale, layer.bias + weight @ shift)
     return _rebuilt(layer, weight * scale[None, :, None],
                     layer.bias + np.einsum("oik,i->o", weight, shift))
+
+
+def fold_affines(layers):
+    """`layers` with every Affine (a BatchNorm1d) folded into the Linear or Conv1d before it,
+    else into the one after it where that fits (can_fold_into_next), else kept as it is."""
+    layers = list(layers)
+    folded = []
+    for index, layer in enumerate(layers):
+        if isinstance(layer, Affine):
+            if folded and isinstance(folded[-1], (Linear, Conv1d)):
+                folded[-1] = fold_into_previous(folded[-1], layer)
+                continue
+            following = layers[index + 1] if index + 1 < len(layers) else None
+            if following is not None and can_fold_into_next(following):
+                layers[index + 1] = fold_into_next(layer, following)
+                continue
+        folded.append(layer)
+    return folded
