@@ -158,9 +158,11 @@ class Chain:
         if self.stream_refusal() is None and supports(self.layers):
             # A chain that streams runs the whole sequence as one chunk through the streaming
             # kernel, from a fresh start state: one call for every layer and step.
-            y = np.empty((x.shape[0], x.shape[1], self.out_features), self.dtype)
-            ProgramTable(self.program(), x.shape[1]).run(np.arange(x.shape[1], dtype=np.int64),
-                                                         _writable(x), y)
+            steps, batch = x.shape[0], x.shape[1]
+            y = np.empty((steps, batch, self.out_features), self.dtype)
+            ProgramTable(self.program(), batch).run(
+                np.arange(batch, dtype=np.int64), _writable(x).reshape(steps * batch, -1),
+                y.reshape(steps * batch, -1))
         else:
             for layer in self.layers:
                 x = np.ascontiguousarray(layer.sequence(x))
@@ -245,6 +247,8 @@ class ChainStream:
                 raise ValueError(f"this chain cannot stream: {refusal}")
             self._table = TableChain(chain.layers, chain.dtype, self.batch)
         self._slots = np.arange(self.batch, dtype=np.int64)
+        self._x_shape = (self.batch, chain.in_features)
+        self._y_shape = (self.batch, chain.out_features)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -254,26 +258,28 @@ class ChainStream:
         """One step: x_t (B, C_in) -> (B, C_out), each layer's state carried on."""
         chain = self.chain
         unbatched = False
-        # The kernel takes C-contiguous writable arrays of the chain's dtype: anything else is
-        # converted first.
-        if not (type(x) is np.ndarray and x.dtype == chain.dtype and x.flags.c_contiguous
-                and x.flags.writeable and x.shape == (self.batch, chain.in_features)):
+        # The kernel takes C-contiguous writable (B, C) arrays of the chain's dtype, as they are
+        # (no reshape: at a few us a step, each costs); anything else is converted first.
+        if type(x) is np.ndarray and x.dtype == chain.dtype and _ready(x.flags) \
+                and x.shape == self._x_shape[1:] and self.batch == 1:
+            x, unbatched = x[None], True
+        elif not (type(x) is np.ndarray and x.shape == self._x_shape and x.dtype == chain.dtype
+                  and _ready(x.flags)):
             x = np.array(as_float_array(x, chain.dtype, "x_t"), chain.dtype, order="C")
             unbatched = x.ndim == 1 and self.batch == 1
             if unbatched:
                 x = x.reshape(1, -1)
-            check_shape(x, (self.batch, chain.in_features), f"x_t (batch {self.batch}, "
-                        f"{chain.in_features} channels)")
-        shape = (self.batch, chain.out_features)
-        given = out is not None
+            check_shape(x, self._x_shape, f"x_t (batch {self.batch}, {chain.in_features} "
+                        f"channels)")
         if out is None:
-            out = np.empty(shape, chain.dtype)
+            out = target = np.empty(self._y_shape, chain.dtype)
+            if unbatched:
+                out = out.reshape(chain.out_features)
         else:
-            _check_out(out, shape, chain.dtype)
+            target = _out_rows(out, self._y_shape, chain.dtype)
         with self._lock:
-            self._table.run(self._slots, x.reshape((1,) + shape[:1] + x.shape[1:]),
-                            out.reshape((1,) + shape))
-        return out if given or not unbatched else out.reshape(chain.out_features)
+            self._table.run(self._slots, x, target)
+        return out
 
     def process(self, chunk: npt.ArrayLike) -> np.ndarray:
         """A chunk of steps, laid out as chain(x) takes it -> the outputs, laid out as it gives them."""
@@ -288,10 +294,12 @@ class ChainStream:
                                                       chain.dtype))
             with self._lock:
                 return chain.from_time_major(self._table.process(xs))
-        ys = np.empty((xs.shape[0], self.batch, chain.out_features), chain.dtype)
-        if xs.shape[0]:
+        steps = xs.shape[0]
+        ys = np.empty((steps, self.batch, chain.out_features), chain.dtype)
+        if steps:
             with self._lock:
-                self._table.run(self._slots, xs, ys)
+                self._table.run(self._slots, xs.reshape(steps * self.batch, -1),
+                                ys.reshape(steps * self.batch, -1))
         return chain.from_time_major(ys)
 
     def reset(self) -> None:
@@ -368,12 +376,12 @@ class ChainPool:
                     f"xs ({slots.shape[0]} slots, {chain.in_features} channels)")
         shape = (slots.shape[0], chain.out_features)
         if out is None:
-            out = np.empty(shape, chain.dtype)
+            out = target = np.empty(shape, chain.dtype)
         else:
-            _check_out(out, shape, chain.dtype)
+            target = _out_rows(out, shape, chain.dtype)
         if slots.shape[0]:
             with self._lock:
-                self._table.run(slots, xs.reshape((1,) + xs.shape), out.reshape((1,) + shape))
+                self._table.run(slots, xs, target)
         return out
 
     def process(self, slots: npt.ArrayLike, chunk: npt.ArrayLike) -> np.ndarray:
@@ -384,10 +392,11 @@ class ChainPool:
         if xs.shape[1] != slots.shape[0]:
             raise ValueError(f"chunk has {xs.shape[1]} rows (axis 1); {slots.shape[0]} slots "
                              f"were given")
-        ys = np.empty((xs.shape[0], slots.shape[0], chain.out_features), chain.dtype)
-        if xs.shape[0] and slots.shape[0]:
+        steps, rows = xs.shape[0], slots.shape[0]
+        ys = np.empty((steps, rows, chain.out_features), chain.dtype)
+        if steps and rows:
             with self._lock:
-                self._table.run(slots, xs, ys)
+                self._table.run(slots, xs.reshape(steps * rows, -1), ys.reshape(steps * rows, -1))
         return ys
 
     def reset(self, slots: npt.ArrayLike) -> None:
@@ -425,12 +434,19 @@ def _writable(array):
     return array if array.flags.writeable else array.copy()
 
 
-def _check_out(out, shape, dtype):
+def _ready(flags):
+    """Whether an array with these flags goes to the kernel as it is."""
+    return flags.c_contiguous and flags.writeable
+
+
+def _out_rows(out, shape, dtype):
+    """`out` as the (rows, C_out) array the kernel writes, a view of it (ValueError unless it is
+    a writable C-contiguous array of `dtype` with that many values)."""
     if not (isinstance(out, np.ndarray) and out.dtype == dtype
-            and out.size == shape[0] * shape[1] and out.flags.c_contiguous
-            and out.flags.writeable):
+            and out.size == shape[0] * shape[1] and _ready(out.flags)):
         raise ValueError(f"out must be a writable C-contiguous {dtype} array of "
                          f"{shape[0] * shape[1]} values ({shape})")
+    return out if out.shape == shape else out.reshape(shape)
 
 
 def _encode(chain, arrays, rows):

@@ -18,7 +18,7 @@ its own rows with no waiting in between. Kernels trust their inputs: the callers
 import numpy as np
 from numba import prange
 
-from fastrnn.engine import parallel
+from fastrnn.engine import memory, parallel
 from fastrnn.engine.cells import GRU, cell_step
 from fastrnn.engine.jit import call, kernel, parallel_kernel
 from fastrnn.engine.plan import (ALPHAS, B_HN, BETAS, BIAS, CELL, CLIP, CODES, FLAG, GATES, HIDDEN,
@@ -166,8 +166,8 @@ def run_sequence(plan, x, h, c, lengths):
     c (L*D, B, H) or (L*D, B, 0) hold the initial state and get the final one. Returns
     y (T, B, D*H_out)."""
     steps, batch = x.shape[0], x.shape[1]
-    buffers = np.zeros((2 if plan.num_layers > 1 else 1, steps, batch,
-                        plan.num_directions * plan.config.output_size), x.dtype)
+    buffers = memory.zeros((2 if plan.num_layers > 1 else 1, steps, batch,
+                            plan.num_directions * plan.config.output_size), x.dtype)
     if batch:
         blocks = plan.threads_for(batch)
         arguments = (plan.weights, plan.layout, plan.parameters, x, lengths, h, c, buffers)

@@ -15,16 +15,17 @@ The GRU's n block of `bias` is b_in, plus b_hn when the reset comes before the p
 sits outside r * (...)). With low-bit weights (fastrnn.engine.quantise) the flat array is of the
 matrices' storage dtype (uint32 for bfloat16, int8), the three matrices are stored in it as the
 products read them (bfloat16: two rows of the transpose a word; int8: q^T, then its column scales'
-bytes; fastrnn.engine.products), the float32 blocks as their bytes, and every block starts on a
-64-byte boundary. One flat array keeps the per-call cost low (a kernel pays ~70 ns per array
-argument) and lets sequences, streams, pools and ONNX nodes read the same bytes.
+bytes; fastrnn.engine.products), the float32 blocks as their bytes. The array and every block in
+it start on a 64-byte boundary (fastrnn.engine.memory). One flat array keeps the per-call cost
+low (a kernel pays ~70 ns per array argument) and lets sequences, streams, pools and ONNX nodes
+read the same bytes.
 
 `threads_for(batch)` is the one place that decides how a call is cut across cores.
 """
 
 import numpy as np
 
-from fastrnn.engine import parallel
+from fastrnn.engine import memory, parallel
 from fastrnn.engine.cells import GRU, LSTM
 from fastrnn.engine.quantise import MATRICES, storage_dtype
 from fastrnn.engine.weights import LayerWeights
@@ -91,6 +92,8 @@ class Plan:
                                    (w.w_ih.T, w.w_hh.T, bias, b_hn, peephole, w_proj_t)):
                 if encoded is None:
                     stored = np.ascontiguousarray(block, dtype).ravel()
+                    stored = np.concatenate([stored, np.zeros(memory.padding(stored.size, dtype),
+                                                              dtype)])
                 else:
                     stored = _stored_block(encoded[ld].get(name), block, storage)
                 row.append(start)
@@ -100,7 +103,7 @@ class Plan:
                     cell, int(flag), int(reverse[direction]), *codes[direction]]
             layout.append(row)
             parameters.append([*alphas[direction], *betas[direction], config.clip])
-        self.weights = np.concatenate(blocks).astype(storage, copy=False)
+        self.weights = memory.copy(np.concatenate(blocks), storage)
         self.weights.setflags(write=False)
         self.layout = np.array(layout, np.int64)
         self.parameters = np.array(parameters, np.float64)
@@ -147,13 +150,8 @@ class Plan:
         return self._stacked
 
 
-# Low-bit blocks start on a cache line, so that the products' vector loads of a row never split
-# one more often than the row's width makes them.
-_BLOCK_ALIGNMENT = 64
-
-
 def _stored_block(quantised, block, storage):
-    """One block of a low-bit plan as `storage` elements, padded to _BLOCK_ALIGNMENT bytes: a
+    """One block of a low-bit plan as `storage` elements, padded to a cache line: a
     matrix (quantised: its Quantised, transposed as `block` is) or a float32 block's bytes."""
     if quantised is not None and quantised.format == "bfloat16":
         # Rows 2p and 2p + 1 of the transposed matrix share the words of row p: low half, high
@@ -170,8 +168,7 @@ def _stored_block(quantised, block, storage):
             stored = np.concatenate([stored, quantised.scale.astype(np.float32).view(np.int8)])
     else:
         stored = np.ascontiguousarray(block, np.float32).ravel().view(storage)
-    padding = -stored.nbytes % _BLOCK_ALIGNMENT // storage.itemsize
-    return np.concatenate([stored, np.zeros(padding, storage)])
+    return np.concatenate([stored, np.zeros(memory.padding(stored.size, storage), storage)])
 
 
 def _dequantised_layer(given, encoded):

@@ -37,7 +37,7 @@ import time
 import numba
 import numpy as np
 
-from fastrnn.engine import numpy_step, parallel
+from fastrnn.engine import memory, numpy_step, parallel
 from fastrnn.engine.jit import call, compile_mode, load_cached
 from fastrnn.engine import plan as plan_module
 from fastrnn.engine.driver import run_sequence, step_block, step_blocks, step_scratch_size
@@ -49,9 +49,9 @@ class CpuStateTable:
     def __init__(self, plan, rows):
         config = plan.config
         self.plan = plan
-        self.h = np.zeros((config.num_layers, rows, config.output_size), plan.dtype)
-        self.c = np.zeros((config.num_layers, rows, config.hidden_size if config.kind == "lstm"
-                           else 0), plan.dtype)
+        self.h = memory.zeros((config.num_layers, rows, config.output_size), plan.dtype)
+        self.c = memory.zeros((config.num_layers, rows, config.hidden_size if config.kind == "lstm"
+                               else 0), plan.dtype)
         self._front = (plan.weights, plan.layout, plan.parameters)
         self._scratch_blocks = self._scratch_rows = 0
         threads = parallel.get_num_threads()
@@ -95,9 +95,10 @@ class CpuStateTable:
         if blocks > self._scratch_blocks or rows_per_block > self._scratch_rows:
             self._scratch_blocks = max(blocks, self._scratch_blocks)
             self._scratch_rows = max(rows_per_block, self._scratch_rows)
-            self._scratch = np.empty((self._scratch_blocks,
-                                      step_scratch_size(self.plan, self._scratch_rows)),
-                                     self.plan.dtype)
+            # Each block's row padded to a cache line, as every block starts on one.
+            size = step_scratch_size(self.plan, self._scratch_rows)
+            size += memory.padding(size, self.plan.dtype)
+            self._scratch = memory.empty((self._scratch_blocks, size), self.plan.dtype)
 
     def advance(self, x, slots, out):
         count = slots.shape[0]

@@ -27,8 +27,10 @@ f's output: residuals nest without a nested program. Each op's output has its ow
 step buffer, (rows, OUT) values from rows * column on; state offsets are per row in `ops` and
 scaled to a table's capacity by `ops_for`.
 
-`run_program` runs the ops for every step of a chunk, xs (T, N, C_in) -> ys (T, N, C_out), for
-the N state rows slots[0..N-1] (a stream's rows are 0..B-1, a pool's any distinct slots), calling
+`run_program` runs the ops for every step of a chunk, xs (T * N, C_in) -> ys (T * N, C_out) (a
+time-major (T, N, C) chunk with its first two axes merged, so that a step's (N, C) arrays go in
+as they are: a reshape costs a step more than its kernel call's arguments do), for the N state
+rows slots[0..N-1] (a stream's rows are 0..B-1, a pool's any distinct slots), calling
 each family's flat jitted step (`*_flat` beside each layer's own step kernel). They index flat
 arrays and make no array views: in a kernel each view costs an atomic reference count, tens of ns,
 which was most of a step when every op sliced its weights and rows. Their indexes are unsigned,
@@ -43,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 from numba import uint64
 
+from fastrnn.engine import memory
 from fastrnn.engine.driver import step_block, step_scratch_size
 from fastrnn.engine.jit import kernel
 from fastrnn.engine.plan import LAYOUT_COLUMNS, PARAMETER_COLUMNS
@@ -66,17 +69,18 @@ def _program_kernel(with_stacks):
 
     def run_program(ops, weights, iparams, fparams, state, istate, capacity, slots, xs, ys,
                     buffer, scratch):
-        """Every op of the program for every step of xs (T, N, C_in) -> ys (T, N, C_out), state
-        rows slots (N,) of a table of `capacity` rows. buffer (>= N * the program's columns,)
-        holds the step's input and the ops' outputs; scratch (>= Program.scratch_size(N),) the
-        cells' gates."""
-        steps, rows = xs.shape[0], xs.shape[1]
-        inputs, outputs = xs.shape[2], ys.shape[2]
+        """Every op of the program for every step of xs (T * N, C_in) -> ys (T * N, C_out), row
+        t N + n of step t for state row slots[n] of a table of `capacity` rows (slots (N,)).
+        buffer (>= N * the program's columns,) holds the step's input and the ops' outputs;
+        scratch (>= Program.scratch_size(N),) the cells' gates."""
+        rows = slots.shape[0]
+        steps = xs.shape[0] // rows if rows else 0
+        inputs, outputs = xs.shape[1], ys.shape[1]
         last = rows * ops[ops.shape[0] - 1, DST]
         for t in range(steps):
             for r in range(rows):
                 for j in range(inputs):
-                    buffer[uint64(r * inputs + j)] = xs[t, r, j]
+                    buffer[uint64(r * inputs + j)] = xs[t * rows + r, j]
             for p in range(ops.shape[0]):
                 code, n_in, n_out = ops[p, CODE], ops[p, IN], ops[p, OUT]
                 source, target = rows * ops[p, SRC], rows * ops[p, DST]
@@ -121,7 +125,7 @@ def _program_kernel(with_stacks):
                                scratch, 0, rows, x, y)
             for r in range(rows):
                 for j in range(outputs):
-                    ys[t, r, j] = buffer[uint64(last + r * outputs + j)]
+                    ys[t * rows + r, j] = buffer[uint64(last + r * outputs + j)]
 
     return kernel(run_program)
 
@@ -154,9 +158,9 @@ class TableChain:
         self.tables = [layer.table(rows) for layer in layers]
         self.between = [np.empty((rows, layer.out_features), dtype) for layer in layers[:-1]]
 
-    def run(self, slots, xs, ys):  # one step: xs (1, rows, C_in) -> ys (1, rows, C_out)
-        x = xs[0]
-        for table, destination in zip(self.tables, self.between + [ys[0]]):
+    def run(self, slots, xs, ys):  # one step: xs (rows, C_in) -> ys (rows, C_out)
+        x = xs
+        for table, destination in zip(self.tables, self.between + [ys]):
             table.step(x, destination)
             x = destination
 
@@ -204,7 +208,8 @@ class Program:
         for layer in layers:
             source = self._emit(layer, source)
         self.ops = np.array(self.ops, np.int64).reshape(-1, OP_COLUMNS)
-        self.weights = np.concatenate([np.zeros(0, self.dtype)] + self._weights).astype(self.dtype)
+        self.weights = memory.copy(np.concatenate([np.zeros(0, self.dtype)] + self._weights),
+                                   self.dtype)
         self.weights.setflags(write=False)
         # One spare element at the end: a program without stacks still passes non-empty arrays.
         self.iparams = np.concatenate(self._ints + [np.zeros(1, np.int64)]).astype(np.int64)
@@ -222,13 +227,16 @@ class Program:
         target = (self._weights, self._ints, self._floats)[kind]
         dtype = (self.dtype, np.int64, np.float64)[kind]
         array = np.ascontiguousarray(array, dtype).reshape(-1)
+        if kind == 0:  # every weight block on a cache line, as the array starts on one
+            array = np.concatenate([array, np.zeros(memory.padding(array.size, dtype), dtype)])
         target.append(array)
         self._sizes[kind] += array.shape[0]
         return offset
 
     def _region(self, features):
+        # Regions a whole number of cache lines wide: each row block (rows * start) begins on one.
         start = self.columns
-        self.columns += features
+        self.columns += features + memory.padding(features, self.dtype)
         return start
 
     def _op(self, code, source, layer, **fields):
@@ -331,8 +339,9 @@ class Program:
 class ProgramTable:
     """The state of `capacity` rows of a Program, and its kernel's entry point, bound once.
 
-    run(slots, xs, ys): xs (T, N, C_in) -> ys (T, N, C_out) for the distinct rows `slots`
-    (int64 (N,)); every array C-contiguous, writable, of the program's dtype (callers make sure).
+    run(slots, xs, ys): xs (T * N, C_in) -> ys (T * N, C_out), run_program's time-major rows, for
+    the distinct rows `slots` (int64 (N,)); every array C-contiguous, writable, of the program's
+    dtype (callers make sure).
     read(slots) -> the snapshot arrays of those rows; write(slots, arrays); reset(slots), to
     the start state (zero, or a recurrent layer's initial_state); every row starts there.
     """
@@ -341,8 +350,8 @@ class ProgramTable:
         self.program = program
         self.capacity = capacity
         dtype = program.dtype
-        self.state = np.zeros(program.state_per_row * capacity, dtype)
-        self.istate = np.zeros(program.istate_per_row * capacity, np.int64)
+        self.state = memory.zeros(program.state_per_row * capacity, dtype)
+        self.istate = memory.zeros(program.istate_per_row * capacity, np.int64)
         self.ops = program.ops_for(capacity)
         self.reset(np.arange(capacity))
         self._rows = 0
@@ -351,8 +360,8 @@ class ProgramTable:
                        self.istate, capacity)
         if program.entry is None:  # the same argument types for every table of the program
             from fastrnn.layers import entry_point
-            xs = np.zeros((0, 1, program.in_features), dtype)
-            ys = np.zeros((0, 1, program.out_features), dtype)
+            xs = np.zeros((0, program.in_features), dtype)
+            ys = np.zeros((0, program.out_features), dtype)
             runner = run_program_with_stacks if program.has_stacks else run_program
             program.entry = entry_point(runner, *self._front, np.zeros(1, np.int64), xs, ys,
                                         self._buffer, self._scratch)
@@ -361,8 +370,8 @@ class ProgramTable:
     def _grow(self, rows):
         if rows > self._rows:
             self._rows = rows
-            self._buffer = np.empty(max(1, rows * self.program.columns), self.program.dtype)
-            self._scratch = np.empty(self.program.scratch_size(rows), self.program.dtype)
+            self._buffer = memory.empty(max(1, rows * self.program.columns), self.program.dtype)
+            self._scratch = memory.empty(self.program.scratch_size(rows), self.program.dtype)
 
     def run(self, slots, xs, ys):
         rows = slots.shape[0]
