@@ -25,7 +25,7 @@ Stateless layers (Linear, activations, norms) get a StatelessTable whose state i
 Those tables serve each layer on its own. A whole chain streams through one kernel instead
 (program.py): the chain's layers compiled into a flat program of ops (an int64 table of op codes
 and offsets into one flat weights array and one flat state array) and one jitted loop over
-samples x ops, which calls each family's flat step (`linear_flat`, `conv_flat`,
+passes of a few dozen samples x ops, which calls each family's flat step (`linear_flat`, `conv_flat`,
 `activation_flat`, `layer_norm_flat`, `affine_flat`, and `cell_flat` for recurrent stacks, or
 the engine's step_block for stacks cell_flat does not run). Each flat step computes its family's
 equations as the step kernel beside it does, on offsets into flat arrays instead of array views.

@@ -3,8 +3,8 @@
 A chain's layers become a list of ops, one row each of an int64 table (OP_COLUMNS wide):
 
     CODE        LINEAR, CONV, ACTIVATION, LAYER_NORM, AFFINE, CELL, RECURRENT or ADD
-    SRC, DST    the step-buffer regions (below) the op reads and writes; region 0 is the step's
-                input, copied in; the last op's region is copied out to the step's output
+    SRC, DST    the buffer regions (below) the op reads and writes; region 0 is the input,
+                copied in; the last op's region is copied out to the output
     SRC2        ADD only: the second summand's region
     IN, OUT     channels in and out
     W0, W1      offsets into the one flat weights array (the op's weight and bias, scale and
@@ -24,14 +24,21 @@ cell_flat: the engine's cell equations and product order); any other stack (peep
 projection, a clip, other activations) is one RECURRENT op run by the engine's step_block. A
 Residual around f is f's ops, reading the residual's input region, then an ADD of that region to
 f's output: residuals nest without a nested program. Each op's output has its own region of the
-step buffer, (rows, OUT) values from rows * column on; state offsets are per row in `ops` and
-scaled to a table's capacity by `ops_for`.
+buffer, a whole number of cache lines wide; state offsets are per row in `ops` and scaled to a
+table's capacity by `ops_for`.
 
-`run_program` runs the ops for every step of a chunk, xs (T * N, C_in) -> ys (T * N, C_out) (a
-time-major (T, N, C) chunk with its first two axes merged, so that a step's (N, C) arrays go in
-as they are: a reshape costs a step more than its kernel call's arguments do), for the N state
-rows slots[0..N-1] (a stream's rows are 0..B-1, a pool's any distinct slots), calling
-each family's flat jitted step (`*_flat` beside each layer's own step kernel). They index flat
+`run_program` runs a chunk, xs (T * N, C_in) -> ys (T * N, C_out) (a time-major (T, N, C) chunk
+with its first two axes merged, so that a step's (N, C) arrays go in as they are: a reshape
+costs a step more than its kernel call's arguments do), for the N state rows slots[0..N-1] (a
+stream's rows are 0..B-1, a pool's any distinct slots). It goes through the chunk in passes of
+up to PASS_STEPS steps and PASS_ROWS (step, row) pairs, taking each op through every step of a
+pass before the next op: a region holds the pass's pairs, time-major, (pairs, width) from
+pass_pairs * column on. A layer has no feedback from the layers after it, so the order changes
+no result. Stateless ops (LINEAR, ACTIVATION, LAYER_NORM, AFFINE, ADD) then make one call a
+pass; a CELL makes its input products b + W_ih x for the whole pass in one product
+(cell_inputs, each weight row read once for two pairs) and its recurrent steps one by one
+(cell_flat); a CONV and a RECURRENT stack go step by step. Each family's flat jitted step
+(`*_flat` beside each layer's own step kernel) does the work. They index flat
 arrays and make no array views: in a kernel each view costs an atomic reference count, tens of ns,
 which was most of a step when every op sliced its weights and rows. Their indexes are unsigned,
 so that LLVM drops the negative-index wraparound check and vectorises the loops. One kernel
@@ -54,10 +61,13 @@ from fastrnn.layers.activation import Activation, activation_flat
 from fastrnn.layers.conv import Conv1d, conv_flat
 from fastrnn.layers.linear import Linear, linear_flat
 from fastrnn.layers.norm import Affine, LayerNorm, affine_flat, layer_norm_flat
-from fastrnn.layers.recurrent import Recurrent, cell_flat, flat_scratch_size, has_flat_cell
+from fastrnn.layers.recurrent import (Recurrent, cell_flat, cell_inputs, flat_scratch_size,
+                                      has_flat_cell)
 from fastrnn.layers.residual import Residual
 
 LINEAR, CONV, ACTIVATION, LAYER_NORM, AFFINE, RECURRENT, ADD, CELL = range(8)
+# A pass of run_program: at most PASS_STEPS steps and PASS_ROWS (step, row) pairs.
+PASS_STEPS, PASS_ROWS = 32, 64
 (CODE, SRC, DST, SRC2, IN, OUT, W0, W1, S0, S1, P0, X0, F0, A0, A1, A2) = range(16)
 OP_COLUMNS = 16
 
@@ -76,41 +86,53 @@ def _program_kernel(with_stacks):
         rows = slots.shape[0]
         steps = xs.shape[0] // rows if rows else 0
         inputs, outputs = xs.shape[1], ys.shape[1]
-        last = rows * ops[ops.shape[0] - 1, DST]
-        for t in range(steps):
-            for r in range(rows):
+        final = ops.shape[0] - 1
+        # Steps a pass: as many as the buffer holds (Program.buffer_size sized it).
+        block = max(1, buffer.shape[0] // max(1, rows * (ops[final, DST] + ops[final, OUT])))
+        stride = block * rows  # region k of the buffer starts at stride * k
+        last = stride * ops[final, DST]
+        for start in range(0, steps, block):
+            count = min(block, steps - start)
+            block_rows = count * rows  # the pass's (step, row) pairs, time-major
+            first_row = start * rows
+            for r in range(block_rows):
                 for j in range(inputs):
-                    buffer[uint64(r * inputs + j)] = xs[t * rows + r, j]
+                    buffer[uint64(r * inputs + j)] = xs[first_row + r, j]
             for p in range(ops.shape[0]):
                 code, n_in, n_out = ops[p, CODE], ops[p, IN], ops[p, OUT]
-                source, target = rows * ops[p, SRC], rows * ops[p, DST]
+                source, target = stride * ops[p, SRC], stride * ops[p, DST]
                 w0, w1 = ops[p, W0], ops[p, W1]
                 if code == CELL:
-                    cell_flat(buffer, source, target, rows, slots, state, ops[p, S0],
-                              ops[p, S1], weights, iparams, ops[p, X0], scratch)
+                    cell_inputs(buffer, source, block_rows, weights, iparams, ops[p, X0],
+                                scratch)
+                    for step in range(count):
+                        cell_flat(buffer, source + step * rows * n_in,
+                                  target + step * rows * n_out, rows, slots, state, ops[p, S0],
+                                  ops[p, S1], weights, iparams, ops[p, X0], scratch, stride,
+                                  step * rows)
                 elif code == LINEAR:
-                    linear_flat(buffer, source, target, rows, weights, w0, w1, n_in, n_out)
+                    linear_flat(buffer, source, target, block_rows, weights, w0, w1, n_in, n_out)
                 elif code == CONV:
-                    conv_flat(buffer, source, target, rows, slots, state, ops[p, S0],
-                              istate, ops[p, P0], weights, w0, ops[p, F0], w1, n_in, n_out,
-                              ops[p, A1], ops[p, A0], ops[p, X0], ops[p, A2])
+                    for step in range(count):
+                        conv_flat(buffer, source + step * rows * n_in,
+                                  target + step * rows * n_out, rows, slots, state, ops[p, S0],
+                                  istate, ops[p, P0], weights, w0, ops[p, F0], w1, n_in, n_out,
+                                  ops[p, A1], ops[p, A0], ops[p, X0], ops[p, A2])
                 elif code == ACTIVATION:
-                    activation_flat(buffer, source, target, rows, n_in, ops[p, A0], weights, w0, w1,
-                                    ops[p, A2])
+                    activation_flat(buffer, source, target, block_rows, n_in, ops[p, A0], weights,
+                                    w0, w1, ops[p, A2])
                 elif code == LAYER_NORM:
-                    layer_norm_flat(buffer, source, target, rows, weights, w0, w1,
+                    layer_norm_flat(buffer, source, target, block_rows, weights, w0, w1,
                                     fparams[ops[p, F0]], n_in)
                 elif code == AFFINE:
-                    affine_flat(buffer, source, target, rows, weights, w0, w1, n_in)
+                    affine_flat(buffer, source, target, block_rows, weights, w0, w1, n_in)
                 elif code == ADD:
-                    other = rows * ops[p, SRC2]
-                    for j in range(rows * n_in):
+                    other = stride * ops[p, SRC2]
+                    for j in range(block_rows * n_in):
                         buffer[uint64(target + j)] = (buffer[uint64(source + j)]
                                                       + buffer[uint64(other + j)])
                 elif with_stacks:  # RECURRENT: a stack only the engine's step_block runs
                     layers, hidden_c = ops[p, A1], ops[p, A2]
-                    x = buffer[source:source + rows * n_in].reshape((rows, n_in))
-                    y = buffer[target:target + rows * n_out].reshape((rows, n_out))
                     layout = iparams[ops[p, X0]:ops[p, X0] + layers * LAYOUT_COLUMNS].reshape(
                         (layers, LAYOUT_COLUMNS))
                     first = ops[p, F0]
@@ -121,11 +143,16 @@ def _program_kernel(with_stacks):
                         (layers, capacity, n_out))
                     c = state[c_at:c_at + layers * capacity * hidden_c].reshape(
                         (layers, capacity, hidden_c))
-                    step_block(weights[w0:w0 + ops[p, A0]], layout, parameters, slots, h, c,
-                               scratch, 0, rows, x, y)
-            for r in range(rows):
+                    for step in range(count):
+                        x_at = source + step * rows * n_in
+                        y_at = target + step * rows * n_out
+                        x = buffer[x_at:x_at + rows * n_in].reshape((rows, n_in))
+                        y = buffer[y_at:y_at + rows * n_out].reshape((rows, n_out))
+                        step_block(weights[w0:w0 + ops[p, A0]], layout, parameters, slots, h, c,
+                                   scratch, 0, rows, x, y)
+            for r in range(block_rows):
                 for j in range(outputs):
-                    ys[t * rows + r, j] = buffer[uint64(last + r * outputs + j)]
+                    ys[first_row + r, j] = buffer[uint64(last + r * outputs + j)]
 
     return kernel(run_program)
 
@@ -331,8 +358,23 @@ class Program:
             ops[:, column] *= capacity
         return ops
 
+    def steps_per_pass(self, rows):
+        """How many steps run_program takes an op through before the next op, for `rows` rows:
+        enough that an op's per-call costs and its weights' trip through the cache are shared
+        by a few dozen (step, row) pairs, few enough that a pass's buffer stays in L1/L2."""
+        return max(1, min(PASS_STEPS, PASS_ROWS // max(1, rows)))
+
+    def buffer_size(self, rows):
+        """Elements of run_program's buffer for `rows` rows: steps_per_pass(rows) steps of every
+        region, up to the end of the last op's (run_program reads its pass length back from
+        this size)."""
+        span = self.ops[-1, DST] + self.ops[-1, OUT]
+        return max(1, self.steps_per_pass(rows) * rows * int(span))
+
     def scratch_size(self, rows):
-        return max([1] + [flat_scratch_size(config, rows) for config in self._cell_configs]
+        block_rows = self.steps_per_pass(rows) * rows
+        return max([1] + [flat_scratch_size(config, rows, block_rows)
+                          for config in self._cell_configs]
                    + [step_scratch_size(plan, rows) for plan in self._plans])
 
 
@@ -370,7 +412,7 @@ class ProgramTable:
     def _grow(self, rows):
         if rows > self._rows:
             self._rows = rows
-            self._buffer = memory.empty(max(1, rows * self.program.columns), self.program.dtype)
+            self._buffer = memory.empty(self.program.buffer_size(rows), self.program.dtype)
             self._scratch = memory.empty(self.program.scratch_size(rows), self.program.dtype)
 
     def run(self, slots, xs, ys):

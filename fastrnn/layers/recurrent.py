@@ -98,49 +98,63 @@ def _add_products(weights, rows_at, width, columns, vectors, vector_at, vector_s
         k += 1
 
 
-def flat_scratch_size(config, rows):
-    """Elements of cell_flat's scratch for `rows` rows: gates, R_n h and the gathered h."""
-    return rows * (config.num_gates + 2) * config.hidden_size
+def flat_scratch_size(config, rows, block_rows):
+    """Elements of cell_inputs' and cell_flat's scratch for a pass of `block_rows` (step, row)
+    pairs of `rows` rows: the pass's gates, then R_n h and the gathered h of a step."""
+    return (block_rows * config.num_gates + 2 * rows) * config.hidden_size
+
+
+@kernel
+def cell_inputs(buffer, source, block_rows, weights, layout, at, scratch):
+    """b + W_ih x for every (step, row) pair of a pass of the chain kernel (fastrnn.layers.program):
+    x (block_rows, I) at buffer[source:] -> the gates (block_rows, G H) at scratch[0:], which
+    cell_flat completes step by step. In one product over the pass, not one a step: each weight
+    row is read once for every two pairs."""
+    inputs, gate_rows = layout[at + INPUTS], layout[at + GATES]
+    bias = layout[at + BIAS]
+    for r in range(block_rows):
+        for j in range(gate_rows):
+            scratch[uint64(r * gate_rows + j)] = weights[uint64(bias + j)]
+    _add_products(weights, layout[at + W_IH], gate_rows, gate_rows, buffer, source, inputs, inputs,
+                  scratch, 0, gate_rows, block_rows)
 
 
 @kernel
 def cell_flat(buffer, source, target, rows, slots, state, h_at, c_at, weights, layout, at,
-              scratch):
+              scratch, stride, first):
     """One step of layer-direction `at` of a plan (has_flat_cell) for state rows
     slots[0..rows-1], on flat arrays (the chain kernel's form, fastrnn.layers.program): x (rows, I)
     at buffer[source:] -> h' (rows, H) at buffer[target:]; slot s's h at state[h_at + s H:], its
     c (LSTM) at state[c_at + s H:]; the layer's plan layout row at layout[at:] (its offsets made
-    absolute in `weights` by the program). The equations and their rounding are the engine's
+    absolute in `weights` by the program). Row r's gates start at scratch[(first + r) G H:],
+    holding b + W_ih x from cell_inputs (first: the step's first pair in the pass); the step's
+    own scratch at scratch[stride G H:]. The equations and their rounding are the engine's
     cells' (fastrnn.engine.cells: lstm_cell, gru_cell, rnn_cell) and its products' (four weight
-    rows at a time, the batch rows two at a time). scratch: flat_scratch_size(config, rows)."""
-    cell, inputs, hidden, gate_rows = (layout[at + CELL], layout[at + INPUTS],
-                                       layout[at + HIDDEN], layout[at + GATES])
-    w_ih, w_hh, bias, b_hn = layout[at + W_IH], layout[at + W_HH], layout[at + BIAS], \
-        layout[at + B_HN]
+    rows at a time, the batch rows two at a time). scratch: flat_scratch_size(config, rows,
+    stride)."""
+    cell, hidden, gate_rows = layout[at + CELL], layout[at + HIDDEN], layout[at + GATES]
+    w_hh, b_hn = layout[at + W_HH], layout[at + B_HN]
     relu = layout[at + CODES] == RELU
-    n_at = rows * gate_rows          # the GRU's R_n h, (rows, H)
+    gates_at = first * gate_rows
+    n_at = stride * gate_rows        # the GRU's R_n h, (rows, H)
     h_rows = n_at + rows * hidden    # the previous h of every row, gathered, (rows, H)
     for r in range(rows):
         h = h_at + slots[r] * hidden
         for j in range(hidden):
             scratch[uint64(h_rows + r * hidden + j)] = state[uint64(h + j)]
-        for j in range(gate_rows):
-            scratch[uint64(r * gate_rows + j)] = weights[uint64(bias + j)]
-    _add_products(weights, w_ih, gate_rows, gate_rows, buffer, source, inputs, inputs, scratch, 0,
-                  gate_rows, rows)
     if cell == GRU:
         _add_products(weights, w_hh, gate_rows, 2 * hidden, scratch, h_rows, hidden, hidden,
-                      scratch, 0, gate_rows, rows)
+                      scratch, gates_at, gate_rows, rows)
         for j in range(rows * hidden):
             scratch[uint64(n_at + j)] = 0.0
         _add_products(weights, w_hh + 2 * hidden, gate_rows, hidden, scratch, h_rows, hidden,
                       hidden, scratch, n_at, hidden, rows)
     else:
         _add_products(weights, w_hh, gate_rows, gate_rows, scratch, h_rows, hidden, hidden,
-                      scratch, 0, gate_rows, rows)
+                      scratch, gates_at, gate_rows, rows)
     for r in range(rows):
         slot = slots[r]
-        h, c, g = h_at + slot * hidden, c_at + slot * hidden, r * gate_rows
+        h, c, g = h_at + slot * hidden, c_at + slot * hidden, gates_at + r * gate_rows
         previous_h = h_rows + r * hidden
         if cell == GRU:
             n = n_at + r * hidden
