@@ -182,6 +182,9 @@ def _build(specs, arrays, dtype, prefix):
             layer = Recurrent(Model(config, weights, dtype=dtype), initial_state=start)
         elif kind == "residual":
             layer = Residual(_build(spec["layers"], arrays, dtype, f"{path}."))
+        elif kind == "last_step":  # Keras's return_sequences=False (fastrnn.converters.keras)
+            from fastrnn.converters.keras import LastStep
+            layer = LastStep(spec["features"], dtype=dtype)
         else:
             raise ValueError(f"layer {path} has an unknown type {kind!r}")
         if kind != "residual" and json.loads(json.dumps(layer.config())) != spec:

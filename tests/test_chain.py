@@ -380,6 +380,23 @@ def test_a_learned_start_state_is_kept_by_streams_pools_and_files(tmp_path, rng)
     np.testing.assert_array_equal(loaded.stream(batch=2).process(x), chain(x))
 
 
+def test_a_chain_with_a_last_step_layer_loads_back(tmp_path, rng):
+    """Keras's return_sequences=False becomes a LastStep layer; the chain file keeps it."""
+    from fastrnn.converters.keras import LastStep
+    torch.manual_seed(19)
+    model = fastrnn.from_torch(nn.GRU(2, 3))
+    chain = fastrnn.Chain([Recurrent(model), LastStep(3), Linear(rng.standard_normal((1, 3)))])
+    chain.save(tmp_path / "last.fastrnn")
+    loaded = fastrnn.load(tmp_path / "last.fastrnn")
+    assert repr(loaded) == repr(chain) and loaded.fingerprint() == chain.fingerprint()
+    x = rng.standard_normal((6, 2, 2)).astype(np.float32)
+    y = loaded(x)
+    assert y.shape == (1, 2, 1)
+    np.testing.assert_array_equal(y, chain(x))
+    expected = model(x)[0][-1:] @ chain.layers[2].weight.T + chain.layers[2].bias
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-6)
+
+
 def test_a_chain_file_with_a_tampered_header_is_refused(tmp_path, rng):
     import json
     chain = fastrnn.Chain([Linear(rng.standard_normal((2, 3))), Activation("tanh", 2)])

@@ -177,18 +177,17 @@ def cell_flat(buffer, source, target, rows, slots, state, h_at, c_at, weights, l
                 scratch[uint64(j)] = fast_tanh(scratch[uint64(j)])
             for j in range(g + 3 * hidden, g + 4 * hidden):
                 scratch[uint64(j)] = fast_sigmoid(scratch[uint64(j)])
+            # c' in float64, rounded to the state's dtype, flushed, then h' from it: one loop.
             for j in range(hidden):
                 complement = np.float64(scratch[uint64(g + hidden + j)])
                 previous = state[uint64(c + j)]
                 forgotten = complement * previous if complement != 0.0 else 0.0
-                state[uint64(c + j)] = (previous - forgotten + np.float64(scratch[uint64(g + j)])
-                                        * scratch[uint64(g + 2 * hidden + j)])
-            for j in range(hidden):
-                value = state[uint64(c + j)]
-                state[uint64(c + j)] = value * (abs(value) >= DENORMAL_FLUSH)
-            for j in range(hidden):
-                value = scratch[uint64(g + 3 * hidden + j)] * fast_tanh(state[uint64(c + j)])
-                state[uint64(h + j)] = value * (abs(value) >= DENORMAL_FLUSH)
+                value = state.dtype.type(previous - forgotten + np.float64(scratch[uint64(g + j)])
+                                         * scratch[uint64(g + 2 * hidden + j)])
+                value = value * (abs(value) >= DENORMAL_FLUSH)
+                state[uint64(c + j)] = value
+                out = scratch[uint64(g + 3 * hidden + j)] * fast_tanh(value)
+                state[uint64(h + j)] = out * (abs(out) >= DENORMAL_FLUSH)
         else:
             for j in range(hidden):
                 v = scratch[uint64(g + j)]
