@@ -9,10 +9,11 @@ CHECKPOINT is a PyTorch state dict file (.pt, .pth, .safetensors) or an ONNX mod
 which convert to a fastrnn.Model, or a whole model, a Keras 3 (.keras) or Neural Amp Modeler
 (.nam) file, which converts to a fastrnn.Chain (fastrnn.from_keras / fastrnn.from_nam) and is
 written with Chain.save. --prefix, --kind, --batch-first and --trust-pickle are for torch
-checkpoints only; any other file refuses them. `convert` reads the file it wrote back and checks
-that it loads to the same weights before putting it in place. A whole torch model has no file
-here: a state dict holds weights, not the architecture (fastrnn.from_torch(module) in Python
-converts a live module).
+checkpoints only; any other file refuses them. A chain is first written to a trial file that must
+load back to the same chain (fingerprint), else nothing is written. A whole torch model converts
+from a live module (fastrnn.from_torch(module)) or, with --trust-pickle, from a module pickled
+with torch.save(module), to a chain as well; a state dict holds weights, not an architecture, so
+from a state dict only a recurrent module is read.
 `info` reads a .fastrnn file (a Model's or a Chain's), or converts a checkpoint in memory, and
 describes the result; a chain is described the same way from its file as converted in memory.
 A state dict cannot tell a plain RNN's nonlinearity or its input layout: what was assumed for
@@ -303,13 +304,17 @@ def _info(args):
                                    batch_first=args.batch_first, trust_pickle=args.trust_pickle)
         source = "checkpoint, converted in memory (fastrnn convert writes it as a .fastrnn file)"
     if isinstance(model, Chain):
+        suffix = path.suffix.lower()
         if is_native:
             source += ", a whole chain"
-        else:
-            source = (("Keras 3 model" if path.suffix.lower() == ".keras" else
-                       f"Neural Amp Modeler model, version {model.nam['version']}, sample rate "
-                       f"{model.nam['sample_rate'] or 'not given'}")
-                      + ", converted in memory (fastrnn convert writes it as a .fastrnn file)")
+        elif suffix == ".keras":
+            source = "Keras 3 model, " + source.removeprefix("checkpoint, ")
+        elif suffix == ".nam":
+            source = (f"Neural Amp Modeler model, version {model.nam['version']}, sample rate "
+                      f"{model.nam['sample_rate'] or 'not given'}, "
+                      + source.removeprefix("checkpoint, "))
+        else:   # a whole torch module, unpickled with --trust-pickle
+            source = "pickled torch module (a whole model), " + source.removeprefix("checkpoint, ")
         print(describe_chain(model, path, source))
     else:
         print(describe(model, path, source, native=is_native))

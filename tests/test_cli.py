@@ -485,3 +485,32 @@ def test_keras_chain_the_file_cannot_hold_writes_nothing(tmp_path, capsys):
                               f"layer 1 is LastStep(features=4)), so nothing was written")
         assert output.read_bytes() == b"an older file"
         assert not [p.name for p in tmp_path.iterdir() if p.name not in (path.name, output.name)]
+
+
+def test_pickled_whole_torch_model_converts_to_a_chain_file(tmp_path, capsys):
+    """torch.save(nn.Sequential(...)) holds the architecture, which a state dict does not: with
+    --trust-pickle it converts to a chain as fastrnn.from_torch(module) does."""
+    torch.manual_seed(26)
+    net = torch.nn.Sequential(torch.nn.Conv1d(3, 5, 3, padding=2), torch.nn.Tanh(),
+                              torch.nn.Conv1d(5, 2, 1))
+    path = tmp_path / "net.pt"
+    torch.save(net, path)
+    assert_user_error(["convert", path], capsys, "holds a pickled torch.nn.modules.container."
+                                                 "Sequential")
+    status, out, err = run(["convert", path, "--trust-pickle"], capsys)
+    assert status == 0 and err == "", err
+    assert out.startswith(f"wrote {tmp_path / 'net.fastrnn'}: chain of 3 layer(s) (Conv1d, "
+                          f"Activation, Conv1d), 3 -> 2 channels, BCT in, BCT out, float32, ")
+    loaded = fastrnn.load(tmp_path / "net.fastrnn")
+    x = np.random.default_rng(27).standard_normal((2, 3, 9)).astype(np.float32)   # (B, C, T)
+    y = loaded(x)
+    np.testing.assert_array_equal(y, fastrnn.from_torch(net)(x))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    assert y.shape == expected.shape and np.max(np.abs(y - expected)) < TOLERANCE_F32
+    from_file = info_rows([tmp_path / "net.fastrnn"], capsys)
+    in_memory = info_rows([path, "--trust-pickle"], capsys)
+    for name in ("chain", "parameters", "streams"):
+        assert from_file[name] == in_memory[name], name
+    assert in_memory["source"].startswith("pickled torch module (a whole model), converted in "
+                                          "memory")
