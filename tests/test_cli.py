@@ -416,7 +416,7 @@ def test_chain_files_refuse_torch_options_and_bad_input(nam_amp, tmp_path, capsy
     assert_user_error(["convert", path, "-o", tmp_path / "missing" / "amp.fastrnn"], capsys,
                       "the output directory")
     assert not out.exists() and path.read_text().startswith("{")
-    # A whole torch model has no file: a state dict holds weights, not the architecture.
+    # Other files (here TorchScript) are not read; the list of what is names the chain files.
     (tmp_path / "model.ts").write_bytes(b"PK\x03\x04")
     assert_user_error(["convert", tmp_path / "model.ts"], capsys,
                       "unknown checkpoint type '.ts'; expected a file ending in one of .pt, .pth, "
