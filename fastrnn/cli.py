@@ -5,10 +5,17 @@
     fastrnn info MODEL [--prefix P] [--kind K] [--[no-]batch-first] [--trust-pickle]
     fastrnn warmup [--dtype float32 float64] [--quiet]
 
-CHECKPOINT is a PyTorch state dict file (.pt, .pth, .safetensors) or an ONNX model (.onnx).
-`info` reads a .fastrnn file, or converts a checkpoint in memory and describes the result; it
-also describes the fastrnn.Chain a Keras 3 (.keras) or Neural Amp Modeler (.nam) file becomes
-(`convert` refuses those: a chain has no file of its own to write yet).
+CHECKPOINT is a PyTorch state dict file (.pt, .pth, .safetensors) or an ONNX model (.onnx),
+which convert to a fastrnn.Model, or a whole model, a Keras 3 (.keras) or Neural Amp Modeler
+(.nam) file, which converts to a fastrnn.Chain (fastrnn.from_keras / fastrnn.from_nam) and is
+written with Chain.save. --prefix, --kind, --batch-first and --trust-pickle are for torch
+checkpoints only; any other file refuses them. A chain is first written to a trial file that must
+load back to the same chain (fingerprint), else nothing is written. A whole torch model converts
+from a live module (fastrnn.from_torch(module)) or, with --trust-pickle, from a module pickled
+with torch.save(module), to a chain as well; a state dict holds weights, not an architecture, so
+from a state dict only a recurrent module is read.
+`info` reads a .fastrnn file (a Model's or a Chain's), or converts a checkpoint in memory, and
+describes the result; a chain is described the same way from its file as converted in memory.
 A state dict cannot tell a plain RNN's nonlinearity or its input layout: what was assumed for
 those is a warning on stderr (convert) and a line of the description (info), until --kind and
 --batch-first/--no-batch-first state them.
@@ -26,6 +33,11 @@ from pathlib import Path
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
 ONNX_SUFFIXES = (".onnx",)
 CHAIN_SUFFIXES = (".keras", ".nam")   # whole models: they convert to a fastrnn.Chain
+CHECKPOINT_SUFFIXES = TORCH_SUFFIXES + ONNX_SUFFIXES + CHAIN_SUFFIXES
+# Where the files that take no torch options get their architecture and layout from.
+_OWN_ARCHITECTURE = {".onnx": "an ONNX model's cell and layout come from its graph",
+                     ".keras": "a Keras model's layers and layout come from the file",
+                     ".nam": "a .nam file's layers and layout come from the file"}
 KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 # Errors that describe the user's input; anything else is a bug and keeps its traceback.
@@ -43,8 +55,12 @@ def main(argv=None):
     try:
         return args.run(args)
     except ImportError as error:
-        _fail(f"{error}. The converters need their framework: pip install 'fastrnn[torch]' "
-              f"or 'fastrnn[onnx]'")
+        if getattr(error, "name", None) == "keras":
+            _fail(f"{error}. Reading a .keras file needs Keras 3: pip install keras (fastrnn "
+                  f"runs it on the torch backend unless KERAS_BACKEND names another)")
+        else:
+            _fail(f"{error}. The converters need their framework: pip install 'fastrnn[torch]' "
+                  f"or 'fastrnn[onnx]'")
     except (CommandError, *USER_ERRORS) as error:
         # A KeyError's str() is its repr; its one argument is the message.
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
@@ -64,9 +80,11 @@ def _parser():
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     convert = commands.add_parser(
-        "convert", help="convert a PyTorch or ONNX checkpoint to a .fastrnn file",
+        "convert", help="convert a PyTorch, ONNX, Keras 3 or NAM model to a .fastrnn file",
         description="Convert a PyTorch state dict (.pt, .pth, .safetensors) or an ONNX model "
-                    "(.onnx) to fastrnn's native file.")
+                    "(.onnx) to fastrnn's native file; a Keras 3 model (.keras) or a Neural "
+                    "Amp Modeler model (.nam) to the fastrnn.Chain it becomes, in the same "
+                    "file format.")
     convert.add_argument("checkpoint", type=Path, help="the file to convert")
     convert.add_argument("-o", "--output", type=Path,
                          help="where to write the model (default: CHECKPOINT with the suffix "
@@ -115,10 +133,11 @@ def _parser():
 
 
 def convert_checkpoint(path, *, prefix="", kind=None, batch_first=None, trust_pickle=False):
-    """The Model in a torch or ONNX checkpoint, chosen by its suffix.
+    """The Model in a torch or ONNX checkpoint, or the Chain a Keras 3 or NAM file becomes,
+    chosen by its suffix.
 
-    What the converter assumed is in model.assumptions, not warned about: the commands say it in
-    their own terms (see assumptions_note).
+    What the torch converter assumed is in model.assumptions, not warned about: the commands say
+    it in their own terms (see assumptions_note). A chain assumes nothing.
     """
     path = Path(path)
     if not path.exists():
@@ -126,15 +145,23 @@ def convert_checkpoint(path, *, prefix="", kind=None, batch_first=None, trust_pi
     if path.is_dir():
         raise CommandError(f"{path} is a directory; expected a checkpoint file{_files_in(path)}")
     suffix = path.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
+    if suffix in ONNX_SUFFIXES + CHAIN_SUFFIXES:
         given = [name for name, value in (("--prefix", prefix or None), ("--kind", kind),
                                           ("--batch-first", batch_first),
                                           ("--trust-pickle", trust_pickle or None))
                  if value is not None]
         if given:
-            raise CommandError(f"{', '.join(given)} apply to torch checkpoints; an ONNX model's "
-                               f"cell and layout come from its graph")
+            raise CommandError(f"{', '.join(given)} apply to torch checkpoints; "
+                               f"{_OWN_ARCHITECTURE[suffix]}")
         import fastrnn
+        if suffix == ".keras":
+            import zipfile
+            if not zipfile.is_zipfile(path):   # Keras itself says "File not found" for these
+                raise CommandError(f"{path} is not a Keras 3 .keras file: model.save writes a "
+                                   f"zip archive, and this file is not one")
+            return fastrnn.from_keras(path)
+        if suffix == ".nam":
+            return fastrnn.from_nam(path)
         return fastrnn.from_onnx(str(path))
     if suffix in TORCH_SUFFIXES:
         from fastrnn.converters.pytorch import AssumptionWarning, from_torch
@@ -143,13 +170,13 @@ def convert_checkpoint(path, *, prefix="", kind=None, batch_first=None, trust_pi
             return from_torch(path, prefix=prefix, kind=kind, batch_first=batch_first,
                               trust_pickle=trust_pickle)
     raise CommandError(f"{path}: unknown checkpoint type {suffix or '(no suffix)'!r}; expected "
-                       f"a file ending in one of {', '.join(TORCH_SUFFIXES + ONNX_SUFFIXES)} "
+                       f"a file ending in one of {', '.join(CHECKPOINT_SUFFIXES)} "
                        f"(rename it if it is one of those)")
 
 
 def _files_in(directory):
     """A hint naming the model files a directory holds, if any."""
-    suffixes = TORCH_SUFFIXES + ONNX_SUFFIXES + (".fastrnn",)
+    suffixes = CHECKPOINT_SUFFIXES + (".fastrnn",)
     try:
         found = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in suffixes)
     except OSError:
@@ -197,15 +224,18 @@ def _convert(args):
         raise CommandError(f"the output directory {output.parent} does not exist; create it "
                            f"(mkdir -p {output.parent}) or give -o a file in an existing "
                            f"directory")
-    if args.checkpoint.suffix.lower() in CHAIN_SUFFIXES:
-        raise CommandError(f"{args.checkpoint} is a whole model, which converts to a "
-                           f"fastrnn.Chain, and a chain has no file format to write yet: use "
-                           f"fastrnn.from_keras / fastrnn.from_nam in Python ('fastrnn info' "
-                           f"describes it)")
+    from fastrnn.chain import Chain
     model = convert_checkpoint(args.checkpoint, prefix=args.prefix, kind=args.kind,
                                batch_first=args.batch_first, trust_pickle=args.trust_pickle)
     if output.exists() and output.resolve() == args.checkpoint.resolve():
         raise CommandError(f"the output {output} would overwrite the checkpoint")
+    if isinstance(model, Chain):
+        _save_chain(model, output, args.checkpoint)
+        note = _nam_note(model, args.checkpoint)
+        if note:
+            print(f"fastrnn: warning: {note}", file=sys.stderr)
+        print(f"wrote {output}: {_chain_summary(model)}")
+        return 0
     if model.assumptions:
         print(f"fastrnn: warning: {assumptions_note(model.assumptions)}", file=sys.stderr)
     model.save(output)
@@ -213,17 +243,55 @@ def _convert(args):
     return 0
 
 
+def _save_chain(chain, output, checkpoint):
+    """chain.save(output), once a trial write elsewhere has loaded back to the same chain: a
+    chain whose file fastrnn.load cannot read is refused, and nothing is written."""
+    import re
+    import tempfile
+
+    from fastrnn.model import load
+    with tempfile.TemporaryDirectory(prefix="fastrnn-convert-") as scratch:
+        trial = Path(scratch) / output.name
+        chain.save(trial)
+        try:
+            loaded = load(trial)
+        except ValueError as error:
+            detail = str(error).split("malformed chain header: ", 1)[-1].replace(str(trial), "")
+            index = re.match(r"layer (\d+)\b", detail)
+            if index and int(index.group(1)) < len(chain.layers):
+                detail += f"; layer {index.group(1)} is {chain.layers[int(index.group(1))]!r}"
+            raise CommandError(f"{checkpoint} converts to a chain that fastrnn's chain file "
+                               f"cannot hold yet ({detail}), so nothing was written; "
+                               f"fastrnn.from_{checkpoint.suffix.lower()[1:]} in Python runs "
+                               f"it") from None
+        if loaded.fingerprint() != chain.fingerprint():   # fastrnn's bug, not the user's
+            raise RuntimeError(f"the chain file written for {checkpoint} loads back to other "
+                               f"weights or settings than the chain that was saved")
+    chain.save(output)
+
+
+def _nam_note(chain, checkpoint):
+    """The warning for what a .nam file holds beside its weights, which the chain file drops."""
+    nam = getattr(chain, "nam", None) or {}
+    kept = [what for what, key in (("sample rate", "sample_rate"), ("metadata", "metadata"))
+            if nam.get(key) is not None]
+    if not kept:
+        return None
+    rate = nam.get("sample_rate")
+    return (f"the .fastrnn file holds the chain, not the {' or '.join(kept)} of {checkpoint} "
+            f"(fastrnn.from_nam(path).nam has {'them' if len(kept) > 1 else 'it'})"
+            + (f"; fastrnn does not resample: feed the model {rate} Hz audio" if rate else ""))
+
+
 def _info(args):
     from fastrnn import fileformat
+    from fastrnn.chain import Chain
     from fastrnn.model import load
     path = args.model
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
     if path.is_dir():
         raise CommandError(f"{path} is a directory; expected a model file{_files_in(path)}")
-    if path.suffix.lower() in CHAIN_SUFFIXES:
-        print(describe_chain(path))
-        return 0
     is_native = path.suffix.lower() == fileformat.SUFFIX or (
         fileformat.starts_with_magic(path))  # reads the first bytes only
     if is_native:
@@ -235,7 +303,21 @@ def _info(args):
         model = convert_checkpoint(path, prefix=args.prefix, kind=args.kind,
                                    batch_first=args.batch_first, trust_pickle=args.trust_pickle)
         source = "checkpoint, converted in memory (fastrnn convert writes it as a .fastrnn file)"
-    print(describe(model, path, source, native=is_native))
+    if isinstance(model, Chain):
+        suffix = path.suffix.lower()
+        if is_native:
+            source += ", a whole chain"
+        elif suffix == ".keras":
+            source = "Keras 3 model, " + source.removeprefix("checkpoint, ")
+        elif suffix == ".nam":
+            source = (f"Neural Amp Modeler model, version {model.nam['version']}, sample rate "
+                      f"{model.nam['sample_rate'] or 'not given'}, "
+                      + source.removeprefix("checkpoint, "))
+        else:   # a whole torch module, unpickled with --trust-pickle
+            source = "pickled torch module (a whole model), " + source.removeprefix("checkpoint, ")
+        print(describe_chain(model, path, source))
+    else:
+        print(describe(model, path, source, native=is_native))
     return 0
 
 
@@ -288,20 +370,16 @@ def describe(model, path, source, native=False):
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
 
 
-def describe_chain(path):
-    """What `fastrnn info` prints for a .keras or .nam file: the chain it converts to."""
-    import fastrnn
-    is_keras = path.suffix.lower() == ".keras"
-    chain = fastrnn.from_keras(path) if is_keras else fastrnn.from_nam(path)
-    count = sum(array.size for layer in chain.layers for array in layer.weights().values())
-    refusals = [layer.stream_refusal() for layer in chain.layers]
+def describe_chain(chain, path, source):
+    """A multi-line description of a fastrnn.Chain, as `fastrnn info` prints it for a .keras or
+    .nam file (converted in memory) and for a .fastrnn file holding a chain alike."""
+    count = _chain_parameters(chain)
+    refusal = chain.stream_refusal()
     rows = [("file", f"{path}"),
-            ("source", "Keras 3 model" if is_keras else
-             f"Neural Amp Modeler model, version {chain.nam['version']}, sample rate "
-             f"{chain.nam['sample_rate'] or 'not given'}"),
+            ("source", source),
             ("chain", repr(chain).replace("\n", "\n  ")),
             ("parameters", f"{count:,} ({_size(count * chain.dtype.itemsize)})"),
-            ("streams", "yes" if not any(refusals) else "no: " + next(r for r in refusals if r))]
+            ("streams", "yes" if refusal is None else f"no: {refusal}")]
     width = max(len(name) for name, _ in rows) + 1
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in rows)
 
@@ -320,6 +398,18 @@ def _summary(model):
             f"{', bidirectional' if config.bidirectional else ''}, input_size="
             f"{config.input_size}, hidden_size={config.hidden_size}, {model.dtype.name}, "
             f"{model.num_parameters:,} parameters")
+
+
+def _chain_parameters(chain):
+    """Every number the chain's layers hold (Residuals' inner layers included)."""
+    return sum(array.size for layer in chain.layers for array in layer.weights().values())
+
+
+def _chain_summary(chain):
+    names = ", ".join(type(layer).__name__ for layer in chain.layers)
+    return (f"chain of {len(chain.layers)} layer(s) ({names}), {chain.in_features} -> "
+            f"{chain.out_features} channels, {chain.input_layout} in, {chain.output_layout} out, "
+            f"{chain.dtype.name}, {_chain_parameters(chain):,} parameters")
 
 
 def _size(count):

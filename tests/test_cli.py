@@ -304,3 +304,213 @@ def test_installed_script_and_python_m(checkpoint, tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip() == f"fastrnn: error: no such file: {tmp_path / 'none'}"
+
+
+# -- whole models: .nam and .keras files convert to a fastrnn.Chain, written with Chain.save --
+
+def info_rows(argv, capsys):
+    """`fastrnn info`'s rows as {name: value}, a value's continuation lines kept with it."""
+    status, out, err = run(["info", *argv], capsys)
+    assert status == 0 and err == "", err
+    rows, name = {}, None
+    for line in out.rstrip("\n").splitlines():
+        if line.startswith(" "):
+            rows[name] += "\n" + line
+        else:
+            name, value = line.split(":", 1)
+            rows[name] = value.strip()
+    return rows
+
+
+@pytest.fixture(scope="module")
+def nam_amp(tmp_path_factory):
+    """A 2-layer LSTM .nam file made from torch modules, and the torch modules (test_nam_converter)."""
+    import json
+
+    from test_nam_converter import nam_file, torch_model
+    modules = torch_model(2, hidden_size=8, seed=21)
+    path = tmp_path_factory.mktemp("nam") / "amp.nam"
+    path.write_text(json.dumps(nam_file(*modules)))
+    return path, modules
+
+
+def test_nam_file_converts_to_a_chain_file(nam_amp, tmp_path, capsys):
+    from test_nam_converter import run_torch
+    path, modules = nam_amp
+    output = tmp_path / "amp.fastrnn"
+    status, out, err = run(["convert", path, "-o", output], capsys)
+    assert status == 0, err
+    assert out == (f"wrote {output}: chain of 2 layer(s) (Recurrent, Linear), 1 -> 1 channels, "
+                   f"BTC in, BTC out, float32, 969 parameters\n")
+    # The chain file has no place for the .nam file's sample rate and metadata: said, once.
+    assert err == (f"fastrnn: warning: the .fastrnn file holds the chain, not the sample rate or "
+                   f"metadata of {path} (fastrnn.from_nam(path).nam has them); fastrnn does not "
+                   f"resample: feed the model 48000 Hz audio\n")
+    loaded, direct = fastrnn.load(output), fastrnn.from_nam(path)
+    assert isinstance(loaded, fastrnn.Chain) and loaded.fingerprint() == direct.fingerprint()
+    x = (0.3 * np.random.default_rng(22).standard_normal((2, 40, 1))).astype(np.float32)
+    y = loaded(x)
+    np.testing.assert_array_equal(y, direct(x))
+    expected = run_torch(*modules, x)
+    assert np.max(np.abs(y - expected)) < TOLERANCE_F32
+    # The file keeps the start state the .nam file exports: a stream of the loaded chain starts
+    # from it, and from zeros the first outputs would differ by far more than the tolerance.
+    stream = loaded.stream(batch=2)
+    steps = np.stack([stream.step(x[:, t]) for t in range(x.shape[1])], axis=1)
+    assert np.max(np.abs(steps - expected)) < TOLERANCE_F32
+    lstm, head, h0, c0 = modules
+    zero_start = run_torch(lstm, head, torch.zeros_like(h0), torch.zeros_like(c0), x)
+    assert np.max(np.abs(zero_start[:, :5] - expected[:, :5])) > 100 * TOLERANCE_F32
+
+    # info describes the written chain as it describes the .nam file converted in memory.
+    from_file, in_memory = info_rows([output], capsys), info_rows([path], capsys)
+    assert from_file.keys() == in_memory.keys() == {"file", "source", "chain", "parameters",
+                                                    "streams"}
+    for name in ("chain", "parameters", "streams"):
+        assert from_file[name] == in_memory[name], name
+    assert from_file["source"].startswith("fastrnn model file, format version 1 (written by "
+                                          "fastrnn ") and from_file["source"].endswith(
+                                              "a whole chain")
+    assert in_memory["source"].startswith("Neural Amp Modeler model, version 0.5.4, sample rate "
+                                          "48000, converted in memory")
+    assert in_memory["chain"].splitlines()[1:] == [
+        "    (0) Recurrent(fastrnn.Model(lstm, input_size=1, hidden_size=8, num_layers=2, "
+        "dtype=float32))", "    (1) Linear(in_features=8, out_features=1)"]
+    assert from_file["parameters"].startswith("969 ") and from_file["streams"] == "yes"
+
+    # -o defaults to the .nam file's name with the suffix .fastrnn.
+    status, _, _ = run(["convert", path], capsys)
+    assert status == 0 and fastrnn.load(path.with_suffix(".fastrnn")).fingerprint() == \
+        direct.fingerprint()
+
+
+def test_chain_files_refuse_torch_options_and_bad_input(nam_amp, tmp_path, capsys):
+    path, _ = nam_amp
+    out = tmp_path / "x.fastrnn"
+    for command in ("convert", "info"):
+        assert_user_error([command, path, "--prefix", "model.rnn"], capsys,
+                          "--prefix apply to torch checkpoints; a .nam file's layers and layout "
+                          "come from the file")
+        assert_user_error([command, path, "--kind", "lstm", "--batch-first", "--trust-pickle"],
+                          capsys, "--kind, --batch-first, --trust-pickle apply to torch "
+                                  "checkpoints; a .nam file's")
+        assert_user_error([command, path, "--no-batch-first"], capsys, "--batch-first apply to")
+    (tmp_path / "model.keras").write_bytes(b"PK\x03\x04")   # options are refused before Keras runs
+    assert_user_error(["convert", tmp_path / "model.keras", "--prefix", "rnn", "-o", out], capsys,
+                      "--prefix apply to torch checkpoints; a Keras model's layers and layout "
+                      "come from the file")
+    (tmp_path / "notes.keras").write_text("not a model")
+    assert_user_error(["convert", tmp_path / "notes.keras", "-o", out], capsys,
+                      f"{tmp_path / 'notes.keras'} is not a Keras 3 .keras file: model.save "
+                      f"writes a zip archive")
+    (tmp_path / "wavenet.nam").write_text('{"version": "0.5.4", "architecture": "WaveNet", '
+                                          '"config": {}, "weights": []}')
+    assert_user_error(["convert", tmp_path / "wavenet.nam", "-o", out], capsys,
+                      "the .nam file's architecture is 'WaveNet'")
+    (tmp_path / "broken.nam").write_text('{"version": "0.5.4", "architecture": "LSTM"')
+    assert_user_error(["convert", tmp_path / "broken.nam", "-o", out], capsys,
+                      "is not a .nam file: not JSON")
+    assert_user_error(["convert", tmp_path / "absent.nam", "-o", out], capsys,
+                      f"no such file: {tmp_path / 'absent.nam'}")
+    assert_user_error(["convert", path, "-o", path], capsys, "would overwrite the checkpoint")
+    assert_user_error(["convert", path, "-o", tmp_path / "missing" / "amp.fastrnn"], capsys,
+                      "the output directory")
+    assert not out.exists() and path.read_text().startswith("{")
+    # Other files (here TorchScript) are not read; the list of what is names the chain files.
+    (tmp_path / "model.ts").write_bytes(b"PK\x03\x04")
+    assert_user_error(["convert", tmp_path / "model.ts"], capsys,
+                      "unknown checkpoint type '.ts'; expected a file ending in one of .pt, .pth, "
+                      ".safetensors, .onnx, .keras, .nam")
+
+
+def keras_model(keras, *stack, seed):
+    """A Sequential of (None, 3) inputs with every weight drawn at random (test_keras_converter)."""
+    from test_keras_converter import randomised
+    return randomised(keras.Sequential([keras.Input((None, 3)), *stack]), seed)
+
+
+@pytest.mark.filterwarnings(  # Keras's own saving, under numpy 2 (as in test_keras_converter)
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_keras_file_converts_to_a_chain_file(tmp_path, capsys):
+    os.environ.setdefault("KERAS_BACKEND", "torch")   # as fastrnn.from_keras does
+    keras = pytest.importorskip("keras")
+    layers = keras.layers
+    model = keras_model(keras, layers.Conv1D(6, 3, padding="causal", activation="tanh"),
+                        layers.LSTM(8, return_sequences=True), layers.LayerNormalization(),
+                        layers.Dense(2), seed=23)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    output = tmp_path / "model.fastrnn"
+    status, out, err = run(["convert", path, "-o", output], capsys)
+    assert status == 0 and err == "", err
+    assert out.startswith(f"wrote {output}: chain of ") and "3 -> 2 channels, BTC in, BTC out, " \
+        "float32, " in out
+    loaded, direct = fastrnn.load(output), fastrnn.from_keras(path)
+    assert loaded.fingerprint() == direct.fingerprint()
+    x = np.random.default_rng(24).standard_normal((3, 20, 3)).astype(np.float32)
+    y = loaded(x)
+    np.testing.assert_array_equal(y, direct(x))
+    expected = keras.saving.load_model(path, compile=False)(x, training=False).detach().numpy()
+    assert np.max(np.abs(y - expected)) < TOLERANCE_F32
+    from_file, in_memory = info_rows([output], capsys), info_rows([path], capsys)
+    for name in ("chain", "parameters", "streams"):
+        assert from_file[name] == in_memory[name], name
+    assert in_memory["source"].startswith("Keras 3 model, converted in memory")
+    assert from_file["streams"] == "yes"
+    assert "(2) Recurrent(fastrnn.Model(lstm, input_size=6, hidden_size=8" in from_file["chain"]
+
+
+@pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_keras_chain_the_file_cannot_hold_writes_nothing(tmp_path, capsys):
+    """return_sequences=False becomes the Keras converter's own LastStep layer. Either the chain
+    file holds it (then the file loads to the same chain, bit for bit), or convert refuses it and
+    writes nothing; never a file that fastrnn.load cannot read."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    layers = keras.layers
+    model = keras_model(keras, layers.GRU(4, return_sequences=False), layers.Dense(2), seed=25)
+    path = tmp_path / "last.keras"
+    model.save(path)
+    output = tmp_path / "last.fastrnn"
+    output.write_bytes(b"an older file")
+    status, out, err = run(["convert", path, "-o", output], capsys)
+    direct = fastrnn.from_keras(path)
+    if status == 0:
+        assert fastrnn.load(output).fingerprint() == direct.fingerprint()
+    else:
+        assert status == 1 and out == "" and len(err.splitlines()) == 1
+        assert err.startswith(f"fastrnn: error: {path} converts to a chain that fastrnn's chain "
+                              f"file cannot hold yet (layer 1 has an unknown type 'last_step'; "
+                              f"layer 1 is LastStep(features=4)), so nothing was written")
+        assert output.read_bytes() == b"an older file"
+        assert not [p.name for p in tmp_path.iterdir() if p.name not in (path.name, output.name)]
+
+
+def test_pickled_whole_torch_model_converts_to_a_chain_file(tmp_path, capsys):
+    """torch.save(nn.Sequential(...)) holds the architecture, which a state dict does not: with
+    --trust-pickle it converts to a chain as fastrnn.from_torch(module) does."""
+    torch.manual_seed(26)
+    net = torch.nn.Sequential(torch.nn.Conv1d(3, 5, 3, padding=2), torch.nn.Tanh(),
+                              torch.nn.Conv1d(5, 2, 1))
+    path = tmp_path / "net.pt"
+    torch.save(net, path)
+    assert_user_error(["convert", path], capsys, "holds a pickled torch.nn.modules.container."
+                                                 "Sequential")
+    status, out, err = run(["convert", path, "--trust-pickle"], capsys)
+    assert status == 0 and err == "", err
+    assert out.startswith(f"wrote {tmp_path / 'net.fastrnn'}: chain of 3 layer(s) (Conv1d, "
+                          f"Activation, Conv1d), 3 -> 2 channels, BCT in, BCT out, float32, ")
+    loaded = fastrnn.load(tmp_path / "net.fastrnn")
+    x = np.random.default_rng(27).standard_normal((2, 3, 9)).astype(np.float32)   # (B, C, T)
+    y = loaded(x)
+    np.testing.assert_array_equal(y, fastrnn.from_torch(net)(x))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    assert y.shape == expected.shape and np.max(np.abs(y - expected)) < TOLERANCE_F32
+    from_file = info_rows([tmp_path / "net.fastrnn"], capsys)
+    in_memory = info_rows([path, "--trust-pickle"], capsys)
+    for name in ("chain", "parameters", "streams"):
+        assert from_file[name] == in_memory[name], name
+    assert in_memory["source"].startswith("pickled torch module (a whole model), converted in "
+                                          "memory")
