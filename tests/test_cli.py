@@ -462,10 +462,9 @@ def test_keras_file_converts_to_a_chain_file(tmp_path, capsys):
 
 @pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
-def test_keras_chain_the_file_cannot_hold_writes_nothing(tmp_path, capsys):
-    """return_sequences=False becomes the Keras converter's own LastStep layer. Either the chain
-    file holds it (then the file loads to the same chain, bit for bit), or convert refuses it and
-    writes nothing; never a file that fastrnn.load cannot read."""
+def test_keras_last_step_chain_converts(tmp_path, capsys, rng):
+    """return_sequences=False becomes the Keras converter's own LastStep layer, which the chain
+    file holds: the written file loads to the same chain, bit for bit, and answers as Keras."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
     keras = pytest.importorskip("keras")
     layers = keras.layers
@@ -473,18 +472,14 @@ def test_keras_chain_the_file_cannot_hold_writes_nothing(tmp_path, capsys):
     path = tmp_path / "last.keras"
     model.save(path)
     output = tmp_path / "last.fastrnn"
-    output.write_bytes(b"an older file")
     status, out, err = run(["convert", path, "-o", output], capsys)
-    direct = fastrnn.from_keras(path)
-    if status == 0:
-        assert fastrnn.load(output).fingerprint() == direct.fingerprint()
-    else:
-        assert status == 1 and out == "" and len(err.splitlines()) == 1
-        assert err.startswith(f"fastrnn: error: {path} converts to a chain that fastrnn's chain "
-                              f"file cannot hold yet (layer 1 has an unknown type 'last_step'; "
-                              f"layer 1 is LastStep(features=4)), so nothing was written")
-        assert output.read_bytes() == b"an older file"
-        assert not [p.name for p in tmp_path.iterdir() if p.name not in (path.name, output.name)]
+    assert status == 0, err
+    loaded, direct = fastrnn.load(output), fastrnn.from_keras(path)
+    assert loaded.fingerprint() == direct.fingerprint()
+    x = rng.standard_normal((2, 7, 3)).astype(np.float32)
+    np.testing.assert_array_equal(loaded(x), direct(x))
+    expected = np.asarray(model(x).detach().cpu().numpy())
+    np.testing.assert_allclose(loaded(x)[:, 0], expected, rtol=0, atol=3e-5)
 
 
 def test_pickled_whole_torch_model_converts_to_a_chain_file(tmp_path, capsys):
