@@ -55,55 +55,64 @@ def conv_step(x, history, position, weight, bias, dilation, out):
 
 
 @kernel
-def conv_flat(buffer, source, target, rows, slots, state, history, istate, positions, weights,
-              weight, transposed, bias, inputs, outputs, group_inputs, taps, dilation, held):
-    """conv_step on flat arrays (see fastrnn.layers.linear.linear_flat), with a ring position
-    per row: rows x (rows, inputs) at buffer[source:] -> (rows, outputs) at buffer[target:], for
-    state rows slots[0..rows-1]; row s's ring buffer is state[history + s * held * inputs:]
-    (held, inputs), its position istate[positions + s]. W (outputs, group_inputs, taps) and b
-    are at weights[weight:] and weights[bias:]; with one group, W as (taps, inputs, outputs) at
-    weights[transposed:], so that the sum runs along contiguous outputs and vectorises."""
+def conv_flat(buffer, source, target, rows, steps, slots, state, history, istate, positions,
+              weights, weight, transposed, bias, inputs, outputs, group_inputs, taps, dilation,
+              held):
+    """conv_step on flat arrays (see fastrnn.layers.linear.linear_flat) for `steps` steps at once,
+    with a ring position per row: x (steps * rows, inputs) at buffer[source:], time-major ->
+    (steps * rows, outputs) at buffer[target:], for state rows slots[0..rows-1]; row s's ring
+    buffer is state[history + s * held * inputs:] (held, inputs), its position
+    istate[positions + s]. W (outputs, group_inputs, taps) and b are at weights[weight:] and
+    weights[bias:]; with one group, W as (taps, inputs, outputs) at weights[transposed:], so that
+    the sum runs along contiguous outputs and vectorises. An input `lag` steps back is in the
+    buffer when the pass holds it, else in the ring, where step-by-step calls would have put it:
+    the ring takes the pass's last `held` inputs at the end."""
     group_outputs = outputs // (inputs // group_inputs)
     for row in range(rows):
         slot = slots[row]
         here = istate[uint64(positions + slot)]
         ring = history + slot * held * inputs
-        x, y = source + row * inputs, target + row * outputs
-        if group_inputs == inputs:
-            for o in range(outputs):
-                buffer[uint64(y + o)] = weights[uint64(bias + o)]
-            for k in range(taps):
-                lag = (taps - 1 - k) * dilation
-                if lag == 0:
-                    values, at = buffer, x
-                else:
-                    values, at = state, ring + ((here - lag) % held) * inputs
-                for i in range(inputs):
-                    scale = values[uint64(at + i)]
-                    w = transposed + (k * inputs + i) * outputs
-                    for o in range(outputs):
-                        buffer[uint64(y + o)] += scale * weights[uint64(w + o)]
-        else:
-            for o in range(outputs):
-                first = (o // group_outputs) * group_inputs
-                w = weight + o * group_inputs * taps
-                total = weights[uint64(bias + o)]
+        for step in range(steps):
+            x = source + (step * rows + row) * inputs
+            y = target + (step * rows + row) * outputs
+            if group_inputs == inputs:
+                for o in range(outputs):
+                    buffer[uint64(y + o)] = weights[uint64(bias + o)]
                 for k in range(taps):
                     lag = (taps - 1 - k) * dilation
-                    if lag == 0:
-                        for i in range(group_inputs):
-                            total += (weights[uint64(w + i * taps + k)]
-                                      * buffer[uint64(x + first + i)])
+                    if lag <= step:
+                        values, at = buffer, x - lag * rows * inputs
                     else:
-                        past = ring + ((here - lag) % held) * inputs + first
-                        for i in range(group_inputs):
-                            total += weights[uint64(w + i * taps + k)] * state[uint64(past + i)]
-                buffer[uint64(y + o)] = total
+                        values, at = state, ring + ((here + step - lag) % held) * inputs
+                    for i in range(inputs):
+                        scale = values[uint64(at + i)]
+                        w = transposed + (k * inputs + i) * outputs
+                        for o in range(outputs):
+                            buffer[uint64(y + o)] += scale * weights[uint64(w + o)]
+            else:
+                for o in range(outputs):
+                    first = (o // group_outputs) * group_inputs
+                    w = weight + o * group_inputs * taps
+                    total = weights[uint64(bias + o)]
+                    for k in range(taps):
+                        lag = (taps - 1 - k) * dilation
+                        if lag <= step:
+                            past = x - lag * rows * inputs + first
+                            for i in range(group_inputs):
+                                total += (weights[uint64(w + i * taps + k)]
+                                          * buffer[uint64(past + i)])
+                        else:
+                            past = ring + ((here + step - lag) % held) * inputs + first
+                            for i in range(group_inputs):
+                                total += weights[uint64(w + i * taps + k)] * state[uint64(past + i)]
+                    buffer[uint64(y + o)] = total
         if held:
-            newest = ring + here * inputs
-            for i in range(inputs):
-                state[uint64(newest + i)] = buffer[uint64(x + i)]
-            istate[uint64(positions + slot)] = (here + 1) % held
+            for step in range(max(0, steps - held), steps):
+                newest = ring + ((here + step) % held) * inputs
+                x = source + (step * rows + row) * inputs
+                for i in range(inputs):
+                    state[uint64(newest + i)] = buffer[uint64(x + i)]
+            istate[uint64(positions + slot)] = (here + steps) % held
 
 
 @kernel

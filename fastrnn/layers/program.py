@@ -35,9 +35,10 @@ up to PASS_STEPS steps and PASS_ROWS (step, row) pairs, taking each op through e
 pass before the next op: a region holds the pass's pairs, time-major, (pairs, width) from
 pass_pairs * column on. A layer has no feedback from the layers after it, so the order changes
 no result. Stateless ops (LINEAR, ACTIVATION, LAYER_NORM, AFFINE, ADD) then make one call a
-pass; a CELL makes its input products b + W_ih x for the whole pass in one product
+pass, and so does a CONV (its inputs a few steps back are in the buffer, older ones in its ring
+buffers); a CELL makes its input products b + W_ih x for the whole pass in one product
 (cell_inputs, each weight row read once for two pairs) and its recurrent steps one by one
-(cell_flat); a CONV and a RECURRENT stack go step by step. Each family's flat jitted step
+(cell_flat); a RECURRENT stack goes step by step. Each family's flat jitted step
 (`*_flat` beside each layer's own step kernel) does the work. They index flat
 arrays and make no array views: in a kernel each view costs an atomic reference count, tens of ns,
 which was most of a step when every op sliced its weights and rows. Their indexes are unsigned,
@@ -113,11 +114,9 @@ def _program_kernel(with_stacks):
                 elif code == LINEAR:
                     linear_flat(buffer, source, target, block_rows, weights, w0, w1, n_in, n_out)
                 elif code == CONV:
-                    for step in range(count):
-                        conv_flat(buffer, source + step * rows * n_in,
-                                  target + step * rows * n_out, rows, slots, state, ops[p, S0],
-                                  istate, ops[p, P0], weights, w0, ops[p, F0], w1, n_in, n_out,
-                                  ops[p, A1], ops[p, A0], ops[p, X0], ops[p, A2])
+                    conv_flat(buffer, source, target, rows, count, slots, state, ops[p, S0],
+                              istate, ops[p, P0], weights, w0, ops[p, F0], w1, n_in, n_out,
+                              ops[p, A1], ops[p, A0], ops[p, X0], ops[p, A2])
                 elif code == ACTIVATION:
                     activation_flat(buffer, source, target, block_rows, n_in, ops[p, A0], weights,
                                     w0, w1, ops[p, A2])
