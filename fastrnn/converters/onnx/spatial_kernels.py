@@ -42,17 +42,28 @@ def im2col(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilatio
                     last = max(first, min(last, out_w))
                     for oy in range(out_h):
                         iy = oy * stride_h - pad_top + ky * dilation_h
-                        base = oy * out_w
+                        # Slices indexed from 0 by range variables: no wraparound test in the
+                        # loops, so the copy vectorises (4-D indexing ran 8x slower).
+                        target = col[n, row, oy * out_w:(oy + 1) * out_w]
                         if iy < 0 or iy >= height:
                             for ox in range(out_w):
-                                col[n, row, base + ox] = zero
+                                target[ox] = zero
                             continue
                         for ox in range(first):
-                            col[n, row, base + ox] = zero
-                        for ox in range(first, last):
-                            col[n, row, base + ox] = x[n, c, iy, ox * stride_w + offset]
-                        for ox in range(last, out_w):
-                            col[n, row, base + ox] = zero
+                            target[ox] = zero
+                        inside = target[first:last]
+                        start = first * stride_w + offset
+                        if stride_w == 1:
+                            source = x[n, c, iy, start:start + last - first]
+                            for i in range(last - first):
+                                inside[i] = source[i]
+                        else:
+                            source = x[n, c, iy, start:]
+                            for i in range(last - first):
+                                inside[i] = source[i * stride_w]
+                        tail = target[last:]
+                        for i in range(out_w - last):
+                            tail[i] = zero
 
 
 @kernel
@@ -124,12 +135,15 @@ def max_pool(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_
                             if width - 1 - offset >= 0 else 0
                         first = min(first, out_w)
                         last = max(first, min(last, out_w))
-                        for ox in range(first, last):
+                        # Slices indexed from 0 by the range variable: no wraparound test in
+                        # the loop (1.3-1.4x faster).
+                        taps = source[first * stride_w + offset:]
+                        best = target[first:last]
+                        for i in range(last - first):
                             # A select, not a branch: 2-3x faster on random data.
-                            value = source[ox * stride_w + offset]
-                            current = target[ox]
-                            target[ox] = value if (value > current or value != value) \
-                                else current
+                            value = taps[i * stride_w]
+                            current = best[i]
+                            best[i] = value if (value > current or value != value) else current
 
 
 @kernel
