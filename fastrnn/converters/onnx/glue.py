@@ -5,8 +5,6 @@ run on whatever arrays reach them; ops whose inputs are all known when loading (
 concatenation in torch exports) are folded into constants once, at load time.
 """
 
-import math
-
 import numpy as np
 from onnx import helper
 
@@ -298,25 +296,9 @@ def _split(x, axis, sizes, count):
 
 # -- head ops -------------------------------------------------------------------------------------
 
-MATMUL_STACK_ROWS = 8
-
-
 @register("MatMul", opsets=(1, MAX_OPSET))
 def matmul(node):
-    return _matmul
-
-
-def _matmul(a, b):
-    """np.matmul, with a stack of a few rows each times one matrix (a head over (T, 1, F)
-    features) made one 2-D product: np.matmul runs a stack as one product per leading index (64
-    products of one row for a CRNN's head at B = 1: 2x slower than one of 64 rows). Stacks of
-    MATMUL_STACK_ROWS rows or more are left to np.matmul (at B = 16 its 64 single-threaded
-    products beat one product that OpenBLAS cuts over threads, on a loaded machine)."""
-    if type(a) is np.ndarray and type(b) is np.ndarray and a.ndim > 2 and b.ndim == 2 and \
-            a.shape[-2] < MATMUL_STACK_ROWS and a.shape[-1] == b.shape[0]:
-        rows = math.prod(a.shape[:-1])
-        return np.matmul(a.reshape(rows, a.shape[-1]), b).reshape(*a.shape[:-1], b.shape[1])
-    return np.matmul(a, b)
+    return np.matmul
 
 
 @register("Gemm", opsets=(1, MAX_OPSET))
