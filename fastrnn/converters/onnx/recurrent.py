@@ -16,23 +16,15 @@ initial_h, initial_c, Y_h and Y_c):
   HardSigmoid 0.2/0.5, Elu 1.0, 0 for the others.
 - W, R, B and P must be known when loading (initializers, Constant nodes, or folded from them);
   weights fed at run time are refused with an error naming the node.
-
-A bidirectional node whose batch is too small for the engine to cut it over threads (a CRNN's
-B = 1) runs its two directions at once, one per thread (both_directions): each direction is a
-one-direction plan of its own, the engine's sequence_block over the whole batch.
 """
 
-import dataclasses
 import threading
 
 import numpy as np
-from numba import prange
 
-from fastrnn.engine import parallel
 from fastrnn.engine.activations import ACTIVATION_CODES, activation_code
 from fastrnn.engine.cells import DEFAULT_ACTIVATIONS
-from fastrnn.engine.driver import run_sequence, sequence_block, step_block, step_scratch_size
-from fastrnn.engine.jit import call, parallel_kernel
+from fastrnn.engine.driver import run_sequence, step_block, step_scratch_size
 from fastrnn.engine.plan import Plan
 from fastrnn.engine.quantise import LOW_BIT_FORMATS, quantise_layers
 from fastrnn.converters.onnx.registry import register
@@ -166,7 +158,6 @@ class RecurrentNode:
         reverse = (direction == "reverse",) if directions == 1 else (False, True)
         self.reverse = reverse
         self.plan = Plan(self.config, self.layers, self.dtype, reverse=reverse)
-        self.direction_plans = self._direction_plans()
         self.has_c = family == "lstm"
         self.state_width_c = hidden if self.has_c else 0
         outputs = node.outputs + [""] * (3 - len(node.outputs))
@@ -187,22 +178,8 @@ class RecurrentNode:
                                                           if self.dtype == np.float32 else ""))
         self.plan = Plan(self.config, self.layers, self.dtype, reverse=self.reverse,
                          encoded=quantise_layers(self.layers, weight_format))
-        self.direction_plans = self._direction_plans(weight_format)
         if self.step_arguments is not None:
             self.step_arguments = _step_arguments(self)
-
-    def _direction_plans(self, weight_format=None):
-        """(forward plan, reverse plan), one direction each, of a bidirectional node; else None."""
-        if self.num_directions != 2:
-            return None
-        activations = self.config.activations
-        config = dataclasses.replace(self.config, bidirectional=False,
-                                     activations=activations[:len(activations) // 2])
-        return tuple(
-            Plan(config, [layer], self.dtype, reverse=(backwards,),
-                 encoded=None if weight_format is None else
-                 quantise_layers([layer], weight_format))
-            for layer, backwards in zip(self.layers, (False, True)))
 
     # -- run time ------------------------------------------------------------------------------
 
@@ -231,14 +208,17 @@ class RecurrentNode:
         """The node's outputs for its inputs (W, R, B and P were taken when loading)."""
         return self._general(x, sequence_lens, initial_h, initial_c)[:self.num_outputs]
 
-    def bind(self, inputs, outputs, squeeze_y=False, known=None):
+    def bind(self, inputs, outputs, squeeze_y=False, known=None, transpose_y=False):
         """This node as a step of the execution plan: step(slots) reads the input slots and writes
         the output slots. squeeze_y: Y is written without its direction axis (the graph's Squeeze
         of it is fused into this step). known: {slot: (dtype, shape)} for slots that hold, on
-        every run, an ndarray of that dtype and shape (constants, feeds the session checks)."""
+        every run, an ndarray of that dtype and shape (constants, feeds the session checks).
+        transpose_y: Y is written as (T, B, D, H) (the graph's Transpose of it is fused)."""
+        if transpose_y:
+            return _transposed_step(self, inputs, outputs)
         return _plan_step(self, inputs, outputs, squeeze_y, known or {})
 
-    def _general(self, x, sequence_lens, initial_h, initial_c):
+    def _general(self, x, sequence_lens, initial_h, initial_c, transpose_y=False):
         if not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim != 3:
             raise TypeError(f"{self.node.op_type} node {self.name!r}: X must be a 3-D "
                             f"{self.dtype} array, got "
@@ -263,24 +243,12 @@ class RecurrentNode:
                                  f"lie in 0..{steps}, got {lengths.tolist()}")
             lengths = None if not batch or lengths.min() == steps else lengths.astype(np.int64)
         y = self._sequence(x, h, c, batch, lengths)
-        return self._outputs(y, h, c, steps, batch)
+        return self._outputs(y, h, c, steps, batch, transpose_y)
 
     def _sequence(self, x, h, c, batch, lengths):
         steps = x.shape[0]
         kernel_lengths = np.full(batch, steps, np.int64) if lengths is None else lengths
-        x = np.ascontiguousarray(x)
-        if self.direction_plans is not None and batch and self.plan.threads_for(batch) == 1 \
-                and parallel.threads_for_call() > 1:
-            forward, backward = self.direction_plans
-            # (D, T, B, H): direction d writes buffers[d] (its plan's one layer buffer).
-            buffers = np.zeros((2, steps, batch, self.hidden_size), x.dtype)
-            with parallel.parallel_section():
-                call(both_directions, forward.weights, forward.layout, forward.parameters,
-                     backward.weights, backward.layout, backward.parameters, x,
-                     kernel_lengths, h, c, buffers)
-            out = buffers.transpose(1, 2, 0, 3)  # (T, B, D, H), a view: _outputs copies Y once
-        else:
-            out = run_sequence(self.plan, x, h, c, kernel_lengths)
+        out = run_sequence(self.plan, np.ascontiguousarray(x), h, c, kernel_lengths)
         if lengths is not None:
             empty = lengths == 0
             if empty.any():
@@ -288,15 +256,19 @@ class RecurrentNode:
                 c[:, empty] = 0
         return out
 
-    def _outputs(self, y, h, c, steps, batch):
-        """(Y, Y_h, Y_c), None for those the node leaves out, from y (T, B, D*H), h, c (D, B, .)."""
+    def _outputs(self, y, h, c, steps, batch, transpose_y=False):
+        """(Y, Y_h, Y_c), None for those the node leaves out, from y (T, B, D*H), h, c (D, B, .);
+        Y as (T, B, D, H) where transpose_y (layout 0)."""
         results = []
         if self.wants_y:
             y = y.reshape(steps, batch, self.num_directions, self.hidden_size)
             order = (1, 0, 2, 3) if self.layout else (0, 2, 1, 3)
-            results.append(np.ascontiguousarray(y.transpose(order))
-                           if self.num_directions > 1 or self.layout
-                           else y.reshape(steps, 1, batch, self.hidden_size))
+            if transpose_y:
+                results.append(np.ascontiguousarray(y))
+            else:
+                results.append(np.ascontiguousarray(y.transpose(order))
+                               if self.num_directions > 1 or self.layout
+                               else y.reshape(steps, 1, batch, self.hidden_size))
         else:
             results.append(None)
         if self.layout:
@@ -307,20 +279,24 @@ class RecurrentNode:
         return tuple(results)
 
 
-@parallel_kernel
-def both_directions(weights_f, layout_f, parameters_f, weights_r, layout_r, parameters_r, x,
-                    lengths, h, c, buffers):
-    """A bidirectional layer as its two one-direction plans at once, one thread each: direction
-    d reads all of x (T, B, I), starts from h[d], c[d] (D, B, .) and leaves its final state there,
-    and writes its y into buffers[d] (D, T, B, H), zero on entry."""
-    batch = x.shape[1]
-    for d in prange(2):
-        if d == 0:
-            sequence_block(weights_f, layout_f, parameters_f, x, lengths, h[0:1], c[0:1],
-                           buffers[0:1], 0, batch)
-        else:
-            sequence_block(weights_r, layout_r, parameters_r, x, lengths, h[1:2], c[1:2],
-                           buffers[1:2], 0, batch)
+def _transposed_step(node, inputs, outputs):
+    """RecurrentNode.bind for a node whose Y is written as (T, B, D, H) (Step.transpose_y)."""
+    inputs = (*inputs, *(0,) * (8 - len(inputs)))  # slot 0 holds None: an omitted input
+    x_slot, lens_slot = inputs[X], inputs[SEQUENCE_LENS]
+    h_slot, c_slot = inputs[INITIAL_H], inputs[INITIAL_C]
+    y_out, h_out, c_out = (*outputs, 0, 0)[:3]
+    if not node.has_c:
+        c_out = 0
+
+    def step(slots):
+        y, h, c = node._general(slots[x_slot], slots[lens_slot], slots[h_slot], slots[c_slot],
+                                transpose_y=True)
+        slots[y_out] = y
+        if h_out:
+            slots[h_out] = h
+        if c_out:
+            slots[c_out] = c
+    return step
 
 
 def _plan_step(node, inputs, outputs, squeeze_y, known):
