@@ -19,6 +19,43 @@ from numba import prange
 
 from fastrnn.engine.jit import kernel, parallel_kernel
 
+# Output rows at least this wide are copied (im2col) and pooled (max_pool) between slices indexed
+# from 0, without a wraparound test per element; shorter ones index per element, as the set-up of
+# a slice costs more than a few elements' tests.
+SLICED_ROWS = 16
+
+
+@kernel
+def im2col_short_rows(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
+                      dilation_h, dilation_w, pad_top, pad_left):
+    """im2col for output rows narrower than SLICED_ROWS: indexed per element."""
+    batch, channels, height, width = x.shape
+    zero = 0
+    for n in range(batch):
+        for c in range(channels):
+            for ky in range(kernel_h):
+                for kx in range(kernel_w):
+                    row = (c * kernel_h + ky) * kernel_w + kx
+                    # ox range whose ix lies inside [0, width): the rest is padding.
+                    offset = kx * dilation_w - pad_left
+                    first = 0 if offset >= 0 else (-offset + stride_w - 1) // stride_w
+                    last = (width - 1 - offset) // stride_w + 1 if width - 1 - offset >= 0 else 0
+                    first = min(first, out_w)
+                    last = max(first, min(last, out_w))
+                    for oy in range(out_h):
+                        iy = oy * stride_h - pad_top + ky * dilation_h
+                        base = oy * out_w
+                        if iy < 0 or iy >= height:
+                            for ox in range(out_w):
+                                col[n, row, base + ox] = zero
+                            continue
+                        for ox in range(first):
+                            col[n, row, base + ox] = zero
+                        for ox in range(first, last):
+                            col[n, row, base + ox] = x[n, c, iy, ox * stride_w + offset]
+                        for ox in range(last, out_w):
+                            col[n, row, base + ox] = zero
+
 
 @kernel
 def im2col(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
@@ -27,6 +64,10 @@ def im2col(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilatio
 
     x: (N, C, H, W); col: (N, C*kh*kw, OH*OW).
     """
+    if out_w < SLICED_ROWS:
+        im2col_short_rows(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
+                          dilation_h, dilation_w, pad_top, pad_left)
+        return
     batch, channels, height, width = x.shape
     zero = 0
     for n in range(batch):
@@ -43,7 +84,7 @@ def im2col(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilatio
                     for oy in range(out_h):
                         iy = oy * stride_h - pad_top + ky * dilation_h
                         # Slices indexed from 0 by range variables: no wraparound test in the
-                        # loops, so the copy vectorises (4-D indexing ran 8x slower).
+                        # loops, so the copy vectorises (4-D indexing ran 3x slower).
                         target = col[n, row, oy * out_w:(oy + 1) * out_w]
                         if iy < 0 or iy >= height:
                             for ox in range(out_w):
@@ -107,6 +148,38 @@ def fill_channel_bias(y, bias):
 
 
 @kernel
+def max_pool_short_rows(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
+                        pad_top, pad_left):
+    """max_pool for output rows narrower than SLICED_ROWS: indexed per element."""
+    batch, channels, height, width = x.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    for n in range(batch):
+        for c in range(channels):
+            for oy in range(out_h):
+                target = y[n, c, oy]
+                for ox in range(out_w):
+                    target[ox] = -np.inf
+                for ky in range(kernel_h):
+                    iy = oy * stride_h - pad_top + ky * dilation_h
+                    if iy < 0 or iy >= height:
+                        continue
+                    source = x[n, c, iy]
+                    for kx in range(kernel_w):
+                        offset = kx * dilation_w - pad_left
+                        first = 0 if offset >= 0 else (-offset + stride_w - 1) // stride_w
+                        last = (width - 1 - offset) // stride_w + 1 \
+                            if width - 1 - offset >= 0 else 0
+                        first = min(first, out_w)
+                        last = max(first, min(last, out_w))
+                        for ox in range(first, last):
+                            # A select, not a branch: 2-3x faster on random data.
+                            value = source[ox * stride_w + offset]
+                            current = target[ox]
+                            target[ox] = value if (value > current or value != value) \
+                                else current
+
+
+@kernel
 def max_pool(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top,
              pad_left):
     """y[n, c, oy, ox] = max over the window's taps inside x (padding is never the maximum).
@@ -115,6 +188,10 @@ def max_pool(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_
     whose tap lies inside x (no bounds test in the inner loop). A window with no tap inside x
     (possible only with pads of a window's size) gives -inf. NaN propagates, as in onnxruntime.
     """
+    if y.shape[3] < SLICED_ROWS:
+        max_pool_short_rows(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
+                            pad_top, pad_left)
+        return
     batch, channels, height, width = x.shape
     out_h, out_w = y.shape[2], y.shape[3]
     for n in range(batch):
