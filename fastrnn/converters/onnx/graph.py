@@ -157,17 +157,20 @@ class Step:
 
     squeeze_y: a recurrent node writes Y without its direction axis, into the slot of the Squeeze
     that followed it (fused when loading; see Graph._fuse_direction_squeezes).
+    transpose_y: a bidirectional node writes Y as (T, B, D, H), the engine's own order, into the
+    slot of the Transpose (perm 0, 2, 1, 3) that followed it (fused the same way).
     shape_only: the step reads only shapes and constants (see shape_chain).
     """
 
     __slots__ = ("function", "inputs", "outputs", "node", "op_type", "attributes", "squeeze_y",
-                 "shape_only")
+                 "transpose_y", "shape_only")
 
     def __init__(self, function, inputs, outputs, node, op_type, attributes):
         self.function, self.inputs, self.outputs = function, inputs, outputs
         self.node, self.op_type = node, op_type  # the node's name and op type, for messages
         self.attributes = attributes
         self.squeeze_y = False
+        self.transpose_y = False
         self.shape_only = False
 
 
@@ -386,13 +389,26 @@ class Graph:
     def _fuse_direction_squeezes(self, step_protos, slots):
         """Fuse the Squeeze of axis 1 that torch puts after every one-direction LSTM/GRU/RNN into
         the recurrent step, which then writes Y (T, 1, B, H) as (T, B, H) into the Squeeze's slot:
-        one plan step and one array view fewer a run. Only where nothing else reads that Y."""
+        one plan step and one array view fewer a run; and the Transpose (0, 2, 1, 3) after a
+        bidirectional one (Step.transpose_y). Only where nothing else reads that Y."""
         readers = self._readers
         recurrent_by_y = {proto.output[0]: step for step, proto in zip(self.steps, step_protos)
                           if isinstance(step.function, recurrent.RecurrentNode)
                           and proto.output and proto.output[0]}
         fused = set()
         for step, proto in zip(self.steps, step_protos):
+            if proto.op_type == "Transpose" and readers[proto.input[0]] == 1:
+                # Y (T, D, B, H) transposed to (T, B, D, H), as torch exports a bidirectional
+                # layer: the engine's output order, written as it is (two copies fewer: the
+                # transpose's and that of the Reshape to (T, B, D*H) after it).
+                producer = recurrent_by_y.get(proto.input[0])
+                perm = next((list(a.ints) for a in proto.attribute if a.name == "perm"), None)
+                if producer is not None and producer.function.num_directions == 2 and \
+                        producer.function.layout == 0 and perm == [0, 2, 1, 3]:
+                    producer.outputs = (slots[proto.output[0]], *producer.outputs[1:])
+                    producer.transpose_y = True
+                    fused.add(id(step))
+                continue
             if proto.op_type != "Squeeze" or readers[proto.input[0]] != 1:
                 continue
             producer = recurrent_by_y.get(proto.input[0])

@@ -208,14 +208,17 @@ class RecurrentNode:
         """The node's outputs for its inputs (W, R, B and P were taken when loading)."""
         return self._general(x, sequence_lens, initial_h, initial_c)[:self.num_outputs]
 
-    def bind(self, inputs, outputs, squeeze_y=False, known=None):
+    def bind(self, inputs, outputs, squeeze_y=False, known=None, transpose_y=False):
         """This node as a step of the execution plan: step(slots) reads the input slots and writes
         the output slots. squeeze_y: Y is written without its direction axis (the graph's Squeeze
         of it is fused into this step). known: {slot: (dtype, shape)} for slots that hold, on
-        every run, an ndarray of that dtype and shape (constants, feeds the session checks)."""
+        every run, an ndarray of that dtype and shape (constants, feeds the session checks).
+        transpose_y: Y is written as (T, B, D, H) (the graph's Transpose of it is fused)."""
+        if transpose_y:
+            return _transposed_step(self, inputs, outputs)
         return _plan_step(self, inputs, outputs, squeeze_y, known or {})
 
-    def _general(self, x, sequence_lens, initial_h, initial_c):
+    def _general(self, x, sequence_lens, initial_h, initial_c, transpose_y=False):
         if not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim != 3:
             raise TypeError(f"{self.node.op_type} node {self.name!r}: X must be a 3-D "
                             f"{self.dtype} array, got "
@@ -240,7 +243,7 @@ class RecurrentNode:
                                  f"lie in 0..{steps}, got {lengths.tolist()}")
             lengths = None if not batch or lengths.min() == steps else lengths.astype(np.int64)
         y = self._sequence(x, h, c, batch, lengths)
-        return self._outputs(y, h, c, steps, batch)
+        return self._outputs(y, h, c, steps, batch, transpose_y)
 
     def _sequence(self, x, h, c, batch, lengths):
         steps = x.shape[0]
@@ -253,15 +256,19 @@ class RecurrentNode:
                 c[:, empty] = 0
         return out
 
-    def _outputs(self, y, h, c, steps, batch):
-        """(Y, Y_h, Y_c), None for those the node leaves out, from y (T, B, D*H), h, c (D, B, .)."""
+    def _outputs(self, y, h, c, steps, batch, transpose_y=False):
+        """(Y, Y_h, Y_c), None for those the node leaves out, from y (T, B, D*H), h, c (D, B, .);
+        Y as (T, B, D, H) where transpose_y (layout 0)."""
         results = []
         if self.wants_y:
             y = y.reshape(steps, batch, self.num_directions, self.hidden_size)
             order = (1, 0, 2, 3) if self.layout else (0, 2, 1, 3)
-            results.append(np.ascontiguousarray(y.transpose(order))
-                           if self.num_directions > 1 or self.layout
-                           else y.reshape(steps, 1, batch, self.hidden_size))
+            if transpose_y:
+                results.append(np.ascontiguousarray(y))
+            else:
+                results.append(np.ascontiguousarray(y.transpose(order))
+                               if self.num_directions > 1 or self.layout
+                               else y.reshape(steps, 1, batch, self.hidden_size))
         else:
             results.append(None)
         if self.layout:
@@ -270,6 +277,26 @@ class RecurrentNode:
         results.append(h if self.wants_h else None)
         results.append(c if self.wants_c and self.has_c else None)
         return tuple(results)
+
+
+def _transposed_step(node, inputs, outputs):
+    """RecurrentNode.bind for a node whose Y is written as (T, B, D, H) (Step.transpose_y)."""
+    inputs = (*inputs, *(0,) * (8 - len(inputs)))  # slot 0 holds None: an omitted input
+    x_slot, lens_slot = inputs[X], inputs[SEQUENCE_LENS]
+    h_slot, c_slot = inputs[INITIAL_H], inputs[INITIAL_C]
+    y_out, h_out, c_out = (*outputs, 0, 0)[:3]
+    if not node.has_c:
+        c_out = 0
+
+    def step(slots):
+        y, h, c = node._general(slots[x_slot], slots[lens_slot], slots[h_slot], slots[c_slot],
+                                transpose_y=True)
+        slots[y_out] = y
+        if h_out:
+            slots[h_out] = h
+        if c_out:
+            slots[c_out] = c
+    return step
 
 
 def _plan_step(node, inputs, outputs, squeeze_y, known):

@@ -266,7 +266,7 @@ def _bind_steps(steps, known):
                                        lambda inner: _bind_steps(inner, known)))
         elif hasattr(function, "bind"):
             bound.append(_empty_batch_lengths(step, function.bind(
-                step.inputs, step.outputs, step.squeeze_y, known)))
+                step.inputs, step.outputs, step.squeeze_y, known, step.transpose_y)))
         else:
             bound.append(_bind(function, step.inputs, step.outputs))
     return bound

@@ -19,14 +19,16 @@ from numba import prange
 
 from fastrnn.engine.jit import kernel, parallel_kernel
 
+# Output rows at least this wide are copied (im2col) and pooled (max_pool) between slices indexed
+# from 0, without a wraparound test per element; shorter ones index per element, as the set-up of
+# a slice costs more than a few elements' tests.
+SLICED_ROWS = 16
+
 
 @kernel
-def im2col(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
-           dilation_w, pad_top, pad_left):
-    """col[n, (c, ky, kx), (oy, ox)] = x[n, c, oy*sh - pt + ky*dh, ox*sw - pl + kx*dw], 0 outside.
-
-    x: (N, C, H, W); col: (N, C*kh*kw, OH*OW).
-    """
+def im2col_short_rows(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
+                      dilation_h, dilation_w, pad_top, pad_left):
+    """im2col for output rows narrower than SLICED_ROWS: indexed per element."""
     batch, channels, height, width = x.shape
     zero = 0
     for n in range(batch):
@@ -53,6 +55,56 @@ def im2col(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilatio
                             col[n, row, base + ox] = x[n, c, iy, ox * stride_w + offset]
                         for ox in range(last, out_w):
                             col[n, row, base + ox] = zero
+
+
+@kernel
+def im2col(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
+           dilation_w, pad_top, pad_left):
+    """col[n, (c, ky, kx), (oy, ox)] = x[n, c, oy*sh - pt + ky*dh, ox*sw - pl + kx*dw], 0 outside.
+
+    x: (N, C, H, W); col: (N, C*kh*kw, OH*OW).
+    """
+    if out_w < SLICED_ROWS:
+        im2col_short_rows(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
+                          dilation_h, dilation_w, pad_top, pad_left)
+        return
+    batch, channels, height, width = x.shape
+    zero = 0
+    for n in range(batch):
+        for c in range(channels):
+            for ky in range(kernel_h):
+                for kx in range(kernel_w):
+                    row = (c * kernel_h + ky) * kernel_w + kx
+                    # ox range whose ix lies inside [0, width): the rest is padding.
+                    offset = kx * dilation_w - pad_left
+                    first = 0 if offset >= 0 else (-offset + stride_w - 1) // stride_w
+                    last = (width - 1 - offset) // stride_w + 1 if width - 1 - offset >= 0 else 0
+                    first = min(first, out_w)
+                    last = max(first, min(last, out_w))
+                    for oy in range(out_h):
+                        iy = oy * stride_h - pad_top + ky * dilation_h
+                        # Slices indexed from 0 by range variables: no wraparound test in the
+                        # loops, so the copy vectorises (4-D indexing ran 3x slower).
+                        target = col[n, row, oy * out_w:(oy + 1) * out_w]
+                        if iy < 0 or iy >= height:
+                            for ox in range(out_w):
+                                target[ox] = zero
+                            continue
+                        for ox in range(first):
+                            target[ox] = zero
+                        inside = target[first:last]
+                        start = first * stride_w + offset
+                        if stride_w == 1:
+                            source = x[n, c, iy, start:start + last - first]
+                            for i in range(last - first):
+                                inside[i] = source[i]
+                        else:
+                            source = x[n, c, iy, start:]
+                            for i in range(last - first):
+                                inside[i] = source[i * stride_w]
+                        tail = target[last:]
+                        for i in range(out_w - last):
+                            tail[i] = zero
 
 
 @kernel
@@ -96,14 +148,9 @@ def fill_channel_bias(y, bias):
 
 
 @kernel
-def max_pool(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top,
-             pad_left):
-    """y[n, c, oy, ox] = max over the window's taps inside x (padding is never the maximum).
-
-    x: (N, C, H, W); y: (N, C, OH, OW). Each output row is taken tap by tap over the range of ox
-    whose tap lies inside x (no bounds test in the inner loop). A window with no tap inside x
-    (possible only with pads of a window's size) gives -inf. NaN propagates, as in onnxruntime.
-    """
+def max_pool_short_rows(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
+                        pad_top, pad_left):
+    """max_pool for output rows narrower than SLICED_ROWS: indexed per element."""
     batch, channels, height, width = x.shape
     out_h, out_w = y.shape[2], y.shape[3]
     for n in range(batch):
@@ -130,6 +177,50 @@ def max_pool(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_
                             current = target[ox]
                             target[ox] = value if (value > current or value != value) \
                                 else current
+
+
+@kernel
+def max_pool(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top,
+             pad_left):
+    """y[n, c, oy, ox] = max over the window's taps inside x (padding is never the maximum).
+
+    x: (N, C, H, W); y: (N, C, OH, OW). Each output row is taken tap by tap over the range of ox
+    whose tap lies inside x (no bounds test in the inner loop). A window with no tap inside x
+    (possible only with pads of a window's size) gives -inf. NaN propagates, as in onnxruntime.
+    """
+    if y.shape[3] < SLICED_ROWS:
+        max_pool_short_rows(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
+                            pad_top, pad_left)
+        return
+    batch, channels, height, width = x.shape
+    out_h, out_w = y.shape[2], y.shape[3]
+    for n in range(batch):
+        for c in range(channels):
+            for oy in range(out_h):
+                target = y[n, c, oy]
+                for ox in range(out_w):
+                    target[ox] = -np.inf
+                for ky in range(kernel_h):
+                    iy = oy * stride_h - pad_top + ky * dilation_h
+                    if iy < 0 or iy >= height:
+                        continue
+                    source = x[n, c, iy]
+                    for kx in range(kernel_w):
+                        offset = kx * dilation_w - pad_left
+                        first = 0 if offset >= 0 else (-offset + stride_w - 1) // stride_w
+                        last = (width - 1 - offset) // stride_w + 1 \
+                            if width - 1 - offset >= 0 else 0
+                        first = min(first, out_w)
+                        last = max(first, min(last, out_w))
+                        # Slices indexed from 0 by the range variable: no wraparound test in
+                        # the loop (1.3-1.4x faster).
+                        taps = source[first * stride_w + offset:]
+                        best = target[first:last]
+                        for i in range(last - first):
+                            # A select, not a branch: 2-3x faster on random data.
+                            value = taps[i * stride_w]
+                            current = best[i]
+                            best[i] = value if (value > current or value != value) else current
 
 
 @kernel
