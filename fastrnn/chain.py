@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fastrnn.layers import Layer
+from fastrnn.layers import LastStep, Layer
 from fastrnn.layers.program import Program, ProgramTable, TableChain, supports
 from fastrnn.snapshot import check_envelope
 from fastrnn.validation import as_float_array, check_shape, is_torch_tensor
@@ -118,6 +118,9 @@ class Chain:
         self.output_layout = _check_layout(output_layout, "output_layout")
         self._fingerprint = None
         self._program = None
+        # A LastStep (return_sequences=False) with only stateless layers after it: the program
+        # runs those on every step and the chain keeps the last (fastrnn.layers.last_step).
+        self.keeps_last_step = any(isinstance(layer, LastStep) for layer in layers)
 
     def __repr__(self) -> str:
         inner = "".join(f"\n  ({index}) {layer!r}" for index, layer in enumerate(self.layers))
@@ -163,6 +166,8 @@ class Chain:
             ProgramTable(self.program(), batch).run(
                 np.arange(batch, dtype=np.int64), _writable(x).reshape(steps * batch, -1),
                 y.reshape(steps * batch, -1))
+            if self.keeps_last_step:
+                y = y[-1:]
         else:
             for layer in self.layers:
                 x = np.ascontiguousarray(layer.sequence(x))
@@ -300,7 +305,7 @@ class ChainStream:
             with self._lock:
                 self._table.run(self._slots, xs.reshape(steps * self.batch, -1),
                                 ys.reshape(steps * self.batch, -1))
-        return chain.from_time_major(ys)
+        return chain.from_time_major(ys[-1:] if chain.keeps_last_step else ys)
 
     def reset(self) -> None:
         """Every layer back to its start state (zero, or a recurrent layer's initial_state)."""
@@ -397,7 +402,7 @@ class ChainPool:
         if steps and rows:
             with self._lock:
                 self._table.run(slots, xs.reshape(steps * rows, -1), ys.reshape(steps * rows, -1))
-        return ys
+        return ys[-1:] if chain.keeps_last_step else ys
 
     def reset(self, slots: npt.ArrayLike) -> None:
         """The streams `slots` back to the start state."""

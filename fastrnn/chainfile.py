@@ -134,8 +134,8 @@ def load(path: str | os.PathLike) -> Chain:
 
 def _build(specs, arrays, dtype, prefix):
     from fastrnn.engine.weights import Config, LayerWeights
-    from fastrnn.layers import (Activation, Affine, Conv1d, LayerNorm, Linear, Recurrent,
-                                Residual)
+    from fastrnn.layers import (Activation, Affine, Conv1d, LastStep, LayerNorm, Linear,
+                                Recurrent, Residual)
     from fastrnn.model import Model
     if not isinstance(specs, list) or not specs:
         raise ValueError(f"layers{' of ' + prefix[:-1] if prefix else ''} must be a non-empty "
@@ -182,8 +182,7 @@ def _build(specs, arrays, dtype, prefix):
             layer = Recurrent(Model(config, weights, dtype=dtype), initial_state=start)
         elif kind == "residual":
             layer = Residual(_build(spec["layers"], arrays, dtype, f"{path}."))
-        elif kind == "last_step":  # Keras's return_sequences=False (fastrnn.converters.keras)
-            from fastrnn.converters.keras import LastStep
+        elif kind == "last_step":  # Keras's return_sequences=False
             layer = LastStep(spec["features"], dtype=dtype)
         else:
             raise ValueError(f"layer {path} has an unknown type {kind!r}")

@@ -118,6 +118,17 @@ def test_layer_families_match_keras(case):
         np.testing.assert_allclose(last, got, rtol=0, atol=1e-6)
         stream.reset()
         np.testing.assert_allclose(stream.process(x)[:, 0], got, rtol=0, atol=1e-6)
+        # The chain kernel runs it (the Dense after LastStep on every step, the last kept):
+        # chunks carry the state, and it has a pool.
+        from fastrnn.layers.program import ProgramTable
+        assert isinstance(stream._table, ProgramTable)
+        stream.reset()
+        stream.process(x[:, :5])
+        np.testing.assert_allclose(stream.process(x[:, 5:])[:, 0], got, rtol=0, atol=1e-6)
+        pool = chain.pool(capacity=4)
+        pooled = pool.process([3, 1], np.ascontiguousarray(x.transpose(1, 0, 2)))
+        assert pooled.shape == (1, 2, 2)
+        np.testing.assert_allclose(pooled[0], got, rtol=0, atol=1e-6)
     else:
         with pytest.raises(ValueError, match="cannot stream"):
             chain.stream()

@@ -89,7 +89,7 @@ import numpy as np
 from fastrnn.builders import from_numpy
 from fastrnn.chain import Chain
 from fastrnn.engine.cells import DEFAULT_ACTIVATIONS
-from fastrnn.layers import Activation, Conv1d, Layer, LayerNorm, Linear, Recurrent, check_dtype
+from fastrnn.layers import Activation, Conv1d, LastStep, LayerNorm, Linear, Recurrent
 from fastrnn.layers.norm import Affine, fold_affines
 
 # Keras activation function name -> (fastrnn.layers.Activation name, its parameters); None: none.
@@ -109,27 +109,6 @@ _CELL_ACTIVATIONS = {
 _IDENTITIES = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
                "InputLayer")
 _RECURRENT = ("LSTM", "GRU", "SimpleRNN")
-
-
-class LastStep(Layer):
-    """The last step of a sequence: x (T, B, C) -> x[T-1:] (1, B, C); a stream's step passes
-    x_t through (the newest step is the last so far). Keras's return_sequences=False."""
-
-    def __init__(self, features: int, *, dtype: Any = np.float32) -> None:
-        self.dtype = check_dtype(dtype)
-        self.in_features = self.out_features = int(features)
-
-    def sequence(self, x):
-        return np.ascontiguousarray(x[-1:])
-
-    def output_steps(self, steps):
-        return 1
-
-    def step_into(self, x, out):
-        out[...] = x
-
-    def config(self):
-        return {"type": "last_step", "features": self.in_features}
 
 
 def _keras():

@@ -10,6 +10,7 @@ whole-sequence function (fastrnn.engine.jit.kernel):
     norm.py        LayerNorm, Affine           Affine: a BatchNorm1d not folded into a neighbour
     recurrent.py   Recurrent                   LSTM / GRU / RNN: a fastrnn.Model and its state table
     residual.py    Residual                    y = x + f(x) around a list of layers
+    last_step.py   LastStep                    a sequence's last step (return_sequences=False)
     program.py     Program, run_program        a whole chain as one flat program and its kernel
 
 A layer's streaming state lives in a table made by `layer.table(rows)`:
@@ -147,6 +148,7 @@ from fastrnn.layers.activation import Activation, ACTIVATIONS  # noqa: E402
 from fastrnn.layers.norm import Affine, LayerNorm  # noqa: E402
 from fastrnn.layers.recurrent import Recurrent  # noqa: E402
 from fastrnn.layers.residual import Residual  # noqa: E402
+from fastrnn.layers.last_step import LastStep  # noqa: E402
 
 __all__ = ["Layer", "StatelessTable", "Linear", "Conv1d", "Activation", "ACTIVATIONS", "Affine",
-           "LayerNorm", "Recurrent", "Residual"]
+           "LayerNorm", "Recurrent", "Residual", "LastStep"]

@@ -60,6 +60,7 @@ from fastrnn.engine.plan import LAYOUT_COLUMNS, PARAMETER_COLUMNS
 from fastrnn.engine.plan import B_HN, BIAS, W_HH, W_IH
 from fastrnn.layers.activation import Activation, activation_flat
 from fastrnn.layers.conv import Conv1d, conv_flat
+from fastrnn.layers.last_step import LastStep
 from fastrnn.layers.linear import Linear, linear_flat
 from fastrnn.layers.norm import Affine, LayerNorm, affine_flat, layer_norm_flat
 from fastrnn.layers.recurrent import (Recurrent, cell_flat, cell_inputs, flat_scratch_size,
@@ -160,13 +161,21 @@ run_program = _program_kernel(False)
 run_program_with_stacks = _program_kernel(True)
 
 
-def supports(layers):
+STATELESS = (Linear, Activation, LayerNorm, Affine)
+
+
+def supports(layers, top=True):
     """Whether every layer (inside residuals too) is one the program has an op for; a chain of
-    other Layer subclasses (a converter's own), or with a low-bit recurrent stack, streams layer
-    by layer instead (TableChain)."""
-    for layer in layers:
-        if isinstance(layer, Residual):
-            if not supports(layer.layers):
+    other Layer subclasses, with a low-bit recurrent stack, or with a LastStep that is first,
+    inside a residual or followed by more than stateless layers, streams layer by layer instead
+    (TableChain)."""
+    for index, layer in enumerate(layers):
+        if isinstance(layer, LastStep):
+            if not top or not index or not all(isinstance(after, STATELESS)
+                                               for after in layers[index + 1:]):
+                return False
+        elif isinstance(layer, Residual):
+            if not supports(layer.layers, top=False):
                 return False
         elif not isinstance(layer, (Linear, Conv1d, Activation, LayerNorm, Affine, Recurrent)):
             return False
@@ -318,6 +327,10 @@ class Program:
             return self._op(RECURRENT, source, layer, W0=self._add(0, plan.weights),
                             X0=self._add(1, plan.layout), F0=self._add(2, plan.parameters),
                             S0=h, S1=c, A0=plan.weights.shape[0], A1=layers, A2=hidden_c)
+        if isinstance(layer, LastStep):
+            # No op: the layers after it are stateless, so the chain keeps the last step of
+            # the kernel's output instead (Chain.keeps_last_step).
+            return source
         if isinstance(layer, Residual):
             inner = source
             for index, sub in enumerate(layer.layers):
