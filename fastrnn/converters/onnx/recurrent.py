@@ -279,14 +279,19 @@ class RecurrentNode:
         return tuple(results)
 
 
+def _node_slots(node, inputs, outputs):
+    """(x, sequence_lens, initial_h, initial_c) input slots and (Y, Y_h, Y_c) output slots of a
+    node: slot 0 holds None for an omitted input and stands for an omitted output (never
+    written); a node without c writes no Y_c."""
+    inputs = (*inputs, *(0,) * (8 - len(inputs)))
+    y_out, h_out, c_out = (*outputs, 0, 0)[:3]
+    return (inputs[X], inputs[SEQUENCE_LENS], inputs[INITIAL_H], inputs[INITIAL_C], y_out, h_out,
+            c_out if node.has_c else 0)
+
+
 def _transposed_step(node, inputs, outputs):
     """RecurrentNode.bind for a node whose Y is written as (T, B, D, H) (Step.transpose_y)."""
-    inputs = (*inputs, *(0,) * (8 - len(inputs)))  # slot 0 holds None: an omitted input
-    x_slot, lens_slot = inputs[X], inputs[SEQUENCE_LENS]
-    h_slot, c_slot = inputs[INITIAL_H], inputs[INITIAL_C]
-    y_out, h_out, c_out = (*outputs, 0, 0)[:3]
-    if not node.has_c:
-        c_out = 0
+    x_slot, lens_slot, h_slot, c_slot, y_out, h_out, c_out = _node_slots(node, inputs, outputs)
 
     def step(slots):
         y, h, c = node._general(slots[x_slot], slots[lens_slot], slots[h_slot], slots[c_slot],
@@ -308,13 +313,7 @@ def _plan_step(node, inputs, outputs, squeeze_y, known):
     Y, Y_h and Y_c are fresh arrays on every run: the caller keeps them, the session never writes
     them again.
     """
-    inputs = (*inputs, *(0,) * (8 - len(inputs)))  # slot 0 holds None: an omitted input
-    x_slot, lens_slot = inputs[X], inputs[SEQUENCE_LENS]
-    h_slot, c_slot = inputs[INITIAL_H], inputs[INITIAL_C]
-    # Slot 0 stands for an omitted output: it is never written.
-    y_out, h_out, c_out = (*outputs, 0, 0)[:3]
-    if not node.has_c:
-        c_out = 0
+    x_slot, lens_slot, h_slot, c_slot, y_out, h_out, c_out = _node_slots(node, inputs, outputs)
 
     def general(slots):
         y, h, c = node._general(slots[x_slot], slots[lens_slot], slots[h_slot], slots[c_slot])

@@ -21,40 +21,8 @@ from fastrnn.engine.jit import kernel, parallel_kernel
 
 # Output rows at least this wide are copied (im2col) and pooled (max_pool) between slices indexed
 # from 0, without a wraparound test per element; shorter ones index per element, as the set-up of
-# a slice costs more than a few elements' tests.
+# a slice costs more than a few elements' tests (the two differ in the innermost loop only).
 SLICED_ROWS = 16
-
-
-@kernel
-def im2col_short_rows(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
-                      dilation_h, dilation_w, pad_top, pad_left):
-    """im2col for output rows narrower than SLICED_ROWS: indexed per element."""
-    batch, channels, height, width = x.shape
-    zero = 0
-    for n in range(batch):
-        for c in range(channels):
-            for ky in range(kernel_h):
-                for kx in range(kernel_w):
-                    row = (c * kernel_h + ky) * kernel_w + kx
-                    # ox range whose ix lies inside [0, width): the rest is padding.
-                    offset = kx * dilation_w - pad_left
-                    first = 0 if offset >= 0 else (-offset + stride_w - 1) // stride_w
-                    last = (width - 1 - offset) // stride_w + 1 if width - 1 - offset >= 0 else 0
-                    first = min(first, out_w)
-                    last = max(first, min(last, out_w))
-                    for oy in range(out_h):
-                        iy = oy * stride_h - pad_top + ky * dilation_h
-                        base = oy * out_w
-                        if iy < 0 or iy >= height:
-                            for ox in range(out_w):
-                                col[n, row, base + ox] = zero
-                            continue
-                        for ox in range(first):
-                            col[n, row, base + ox] = zero
-                        for ox in range(first, last):
-                            col[n, row, base + ox] = x[n, c, iy, ox * stride_w + offset]
-                        for ox in range(last, out_w):
-                            col[n, row, base + ox] = zero
 
 
 @kernel
@@ -64,12 +32,9 @@ def im2col(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilatio
 
     x: (N, C, H, W); col: (N, C*kh*kw, OH*OW).
     """
-    if out_w < SLICED_ROWS:
-        im2col_short_rows(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
-                          dilation_h, dilation_w, pad_top, pad_left)
-        return
     batch, channels, height, width = x.shape
     zero = 0
+    sliced = out_w >= SLICED_ROWS
     for n in range(batch):
         for c in range(channels):
             for ky in range(kernel_h):
@@ -83,8 +48,6 @@ def im2col(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilatio
                     last = max(first, min(last, out_w))
                     for oy in range(out_h):
                         iy = oy * stride_h - pad_top + ky * dilation_h
-                        # Slices indexed from 0 by range variables: no wraparound test in the
-                        # loops, so the copy vectorises (4-D indexing ran 3x slower).
                         target = col[n, row, oy * out_w:(oy + 1) * out_w]
                         if iy < 0 or iy >= height:
                             for ox in range(out_w):
@@ -94,7 +57,12 @@ def im2col(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilatio
                             target[ox] = zero
                         inside = target[first:last]
                         start = first * stride_w + offset
-                        if stride_w == 1:
+                        # Wide rows: slices indexed from 0 by range variables, no wraparound
+                        # test in the loops, so the copy vectorises (4-D indexing ran 3x slower).
+                        if not sliced:
+                            for i in range(last - first):
+                                inside[i] = x[n, c, iy, start + i * stride_w]
+                        elif stride_w == 1:
                             source = x[n, c, iy, start:start + last - first]
                             for i in range(last - first):
                                 inside[i] = source[i]
@@ -148,35 +116,10 @@ def fill_channel_bias(y, bias):
 
 
 @kernel
-def max_pool_short_rows(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
-                        pad_top, pad_left):
-    """max_pool for output rows narrower than SLICED_ROWS: indexed per element."""
-    batch, channels, height, width = x.shape
-    out_h, out_w = y.shape[2], y.shape[3]
-    for n in range(batch):
-        for c in range(channels):
-            for oy in range(out_h):
-                target = y[n, c, oy]
-                for ox in range(out_w):
-                    target[ox] = -np.inf
-                for ky in range(kernel_h):
-                    iy = oy * stride_h - pad_top + ky * dilation_h
-                    if iy < 0 or iy >= height:
-                        continue
-                    source = x[n, c, iy]
-                    for kx in range(kernel_w):
-                        offset = kx * dilation_w - pad_left
-                        first = 0 if offset >= 0 else (-offset + stride_w - 1) // stride_w
-                        last = (width - 1 - offset) // stride_w + 1 \
-                            if width - 1 - offset >= 0 else 0
-                        first = min(first, out_w)
-                        last = max(first, min(last, out_w))
-                        for ox in range(first, last):
-                            # A select, not a branch: 2-3x faster on random data.
-                            value = source[ox * stride_w + offset]
-                            current = target[ox]
-                            target[ox] = value if (value > current or value != value) \
-                                else current
+def _nan_max(value, current):
+    """The larger of the two, NaN if value is NaN: a select, not a branch (2-3x faster on random
+    data)."""
+    return value if (value > current or value != value) else current
 
 
 @kernel
@@ -188,12 +131,9 @@ def max_pool(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_
     whose tap lies inside x (no bounds test in the inner loop). A window with no tap inside x
     (possible only with pads of a window's size) gives -inf. NaN propagates, as in onnxruntime.
     """
-    if y.shape[3] < SLICED_ROWS:
-        max_pool_short_rows(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
-                            pad_top, pad_left)
-        return
     batch, channels, height, width = x.shape
     out_h, out_w = y.shape[2], y.shape[3]
+    sliced = out_w >= SLICED_ROWS
     for n in range(batch):
         for c in range(channels):
             for oy in range(out_h):
@@ -212,15 +152,16 @@ def max_pool(x, y, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_
                             if width - 1 - offset >= 0 else 0
                         first = min(first, out_w)
                         last = max(first, min(last, out_w))
+                        if not sliced:
+                            for ox in range(first, last):
+                                target[ox] = _nan_max(source[ox * stride_w + offset], target[ox])
+                            continue
                         # Slices indexed from 0 by the range variable: no wraparound test in
                         # the loop (1.3-1.4x faster).
                         taps = source[first * stride_w + offset:]
                         best = target[first:last]
                         for i in range(last - first):
-                            # A select, not a branch: 2-3x faster on random data.
-                            value = taps[i * stride_w]
-                            current = best[i]
-                            best[i] = value if (value > current or value != value) else current
+                            best[i] = _nan_max(taps[i * stride_w], best[i])
 
 
 @kernel
