@@ -265,11 +265,12 @@ class ChainStream:
         unbatched = False
         # The kernel takes C-contiguous writable (B, C) arrays of the chain's dtype, as they are
         # (no reshape: at a few us a step, each costs); anything else is converted first.
-        if type(x) is np.ndarray and x.dtype == chain.dtype and _ready(x.flags) \
-                and x.shape == self._x_shape[1:] and self.batch == 1:
+        ready = type(x) is np.ndarray and x.dtype == chain.dtype and _ready(x.flags)
+        if ready and x.shape == self._x_shape:
+            pass
+        elif ready and self.batch == 1 and x.shape == self._x_shape[1:]:
             x, unbatched = x[None], True
-        elif not (type(x) is np.ndarray and x.shape == self._x_shape and x.dtype == chain.dtype
-                  and _ready(x.flags)):
+        else:
             x = np.array(as_float_array(x, chain.dtype, "x_t"), chain.dtype, order="C")
             unbatched = x.ndim == 1 and self.batch == 1
             if unbatched:
