@@ -36,12 +36,12 @@ pass before the next op: a region holds the pass's pairs, time-major, (pairs, wi
 pass_pairs * column on. A layer has no feedback from the layers after it, so the order changes
 no result. Stateless ops (LINEAR, ACTIVATION, LAYER_NORM, AFFINE, ADD) then make one call a
 pass, and so does a CONV (its inputs a few steps back are in the buffer, older ones in its ring
-buffers); a CELL makes its input products b + W_ih x for the whole pass in one product
-(cell_inputs, each weight row read once for two pairs) and its recurrent steps one by one
-(cell_flat); a RECURRENT stack goes step by step. Each family's flat jitted step
-(`*_flat` beside each layer's own step kernel) does the work. They index flat
-arrays and make no array views: in a kernel each view costs an atomic reference count, tens of ns,
-which was most of a step when every op sliced its weights and rows. Their indexes are unsigned,
+buffers); so does a CELL (cell_flat: its input products b + W_ih x for the whole pass in one
+product, then its recurrent steps one by one, inside the call); a RECURRENT stack goes step by
+step. Each family's flat jitted step (`*_flat` beside each layer's own step kernel) does the
+work. They index flat arrays and make no array views: in a kernel each view costs an atomic
+reference count, tens of ns, which was most of a step when every op sliced its weights and rows;
+so does each call that passes arrays (per array, on entry and exit), hence a call a pass. Their indexes are unsigned,
 so that LLVM drops the negative-index wraparound check and vectorises the loops. One kernel
 serves every chain: one specialisation per dtype, cached on disk; a chain with a RECURRENT op
 runs its twin from the same source, run_program_with_stacks, with the engine's step_block
@@ -63,8 +63,7 @@ from fastrnn.layers.conv import Conv1d, conv_flat
 from fastrnn.layers.last_step import LastStep
 from fastrnn.layers.linear import Linear, linear_flat
 from fastrnn.layers.norm import Affine, LayerNorm, affine_flat, layer_norm_flat
-from fastrnn.layers.recurrent import (Recurrent, cell_flat, cell_inputs, flat_scratch_size,
-                                      has_flat_cell)
+from fastrnn.layers.recurrent import Recurrent, cell_flat, flat_scratch_size, has_flat_cell
 from fastrnn.layers.residual import Residual
 
 LINEAR, CONV, ACTIVATION, LAYER_NORM, AFFINE, RECURRENT, ADD, CELL = range(8)
@@ -105,13 +104,8 @@ def _program_kernel(with_stacks):
                 source, target = stride * ops[p, SRC], stride * ops[p, DST]
                 w0, w1 = ops[p, W0], ops[p, W1]
                 if code == CELL:
-                    cell_inputs(buffer, source, block_rows, weights, iparams, ops[p, X0],
-                                scratch)
-                    for step in range(count):
-                        cell_flat(buffer, source + step * rows * n_in,
-                                  target + step * rows * n_out, rows, slots, state, ops[p, S0],
-                                  ops[p, S1], weights, iparams, ops[p, X0], scratch, stride,
-                                  step * rows)
+                    cell_flat(buffer, source, target, rows, count, slots, state, ops[p, S0],
+                              ops[p, S1], weights, iparams, ops[p, X0], scratch, stride)
                 elif code == LINEAR:
                     linear_flat(buffer, source, target, block_rows, weights, w0, w1, n_in, n_out)
                 elif code == CONV:

@@ -99,105 +99,102 @@ def _add_products(weights, rows_at, width, columns, vectors, vector_at, vector_s
 
 
 def flat_scratch_size(config, rows, block_rows):
-    """Elements of cell_inputs' and cell_flat's scratch for a pass of `block_rows` (step, row)
-    pairs of `rows` rows: the pass's gates, then R_n h and the gathered h of a step."""
+    """Elements of cell_flat's scratch for a pass of `block_rows` (step, row) pairs of `rows`
+    rows: the pass's gates, then R_n h and the gathered h of a step."""
     return (block_rows * config.num_gates + 2 * rows) * config.hidden_size
 
 
 @kernel
-def cell_inputs(buffer, source, block_rows, weights, layout, at, scratch):
-    """b + W_ih x for every (step, row) pair of a pass of the chain kernel (fastrnn.layers.program):
-    x (block_rows, I) at buffer[source:] -> the gates (block_rows, G H) at scratch[0:], which
-    cell_flat completes step by step. In one product over the pass, not one a step: each weight
-    row is read once for every two pairs."""
-    inputs, gate_rows = layout[at + INPUTS], layout[at + GATES]
+def cell_flat(buffer, source, target, rows, steps, slots, state, h_at, c_at, weights, layout, at,
+              scratch, stride):
+    """A pass of layer-direction `at` of a plan (has_flat_cell) through `steps` steps, for state
+    rows slots[0..rows-1], on flat arrays (the chain kernel's form, fastrnn.layers.program): x
+    (steps * rows, I) at buffer[source:] -> h' (steps * rows, H) at buffer[target:], time-major;
+    slot s's h at state[h_at + s H:], its c (LSTM) at state[c_at + s H:]; the layer's plan
+    layout row at layout[at:] (its offsets made absolute in `weights` by the program).
+
+    First b + W_ih x for every (step, row) pair of the pass, in one product (each weight row
+    read once for every two pairs), into the gates at scratch[0:] (pair p's at p G H); then the
+    recurrence step by step, in this one call: a call that passes arrays costs an atomic
+    reference count per array on entry and exit, which was a third of an LSTM-16 step when
+    each step was a call. The step's own scratch is at scratch[stride G H:]. The equations and
+    their rounding are the engine's cells' (fastrnn.engine.cells: lstm_cell, gru_cell,
+    rnn_cell) and its products' (four weight rows at a time, the batch rows two at a time).
+    scratch: flat_scratch_size(config, rows, stride)."""
+    cell, hidden, gate_rows = layout[at + CELL], layout[at + HIDDEN], layout[at + GATES]
+    inputs, w_hh, b_hn = layout[at + INPUTS], layout[at + W_HH], layout[at + B_HN]
+    relu = layout[at + CODES] == RELU
     bias = layout[at + BIAS]
-    for r in range(block_rows):
+    for r in range(steps * rows):
         for j in range(gate_rows):
             scratch[uint64(r * gate_rows + j)] = weights[uint64(bias + j)]
     _add_products(weights, layout[at + W_IH], gate_rows, gate_rows, buffer, source, inputs, inputs,
-                  scratch, 0, gate_rows, block_rows)
-
-
-@kernel
-def cell_flat(buffer, source, target, rows, slots, state, h_at, c_at, weights, layout, at,
-              scratch, stride, first):
-    """One step of layer-direction `at` of a plan (has_flat_cell) for state rows
-    slots[0..rows-1], on flat arrays (the chain kernel's form, fastrnn.layers.program): x (rows, I)
-    at buffer[source:] -> h' (rows, H) at buffer[target:]; slot s's h at state[h_at + s H:], its
-    c (LSTM) at state[c_at + s H:]; the layer's plan layout row at layout[at:] (its offsets made
-    absolute in `weights` by the program). Row r's gates start at scratch[(first + r) G H:],
-    holding b + W_ih x from cell_inputs (first: the step's first pair in the pass); the step's
-    own scratch at scratch[stride G H:]. The equations and their rounding are the engine's
-    cells' (fastrnn.engine.cells: lstm_cell, gru_cell, rnn_cell) and its products' (four weight
-    rows at a time, the batch rows two at a time). scratch: flat_scratch_size(config, rows,
-    stride)."""
-    cell, hidden, gate_rows = layout[at + CELL], layout[at + HIDDEN], layout[at + GATES]
-    w_hh, b_hn = layout[at + W_HH], layout[at + B_HN]
-    relu = layout[at + CODES] == RELU
-    gates_at = first * gate_rows
+                  scratch, 0, gate_rows, steps * rows)
     n_at = stride * gate_rows        # the GRU's R_n h, (rows, H)
     h_rows = n_at + rows * hidden    # the previous h of every row, gathered, (rows, H)
-    for r in range(rows):
-        h = h_at + slots[r] * hidden
-        for j in range(hidden):
-            scratch[uint64(h_rows + r * hidden + j)] = state[uint64(h + j)]
-    if cell == GRU:
-        _add_products(weights, w_hh, gate_rows, 2 * hidden, scratch, h_rows, hidden, hidden,
-                      scratch, gates_at, gate_rows, rows)
-        for j in range(rows * hidden):
-            scratch[uint64(n_at + j)] = 0.0
-        _add_products(weights, w_hh + 2 * hidden, gate_rows, hidden, scratch, h_rows, hidden,
-                      hidden, scratch, n_at, hidden, rows)
-    else:
-        _add_products(weights, w_hh, gate_rows, gate_rows, scratch, h_rows, hidden, hidden,
-                      scratch, gates_at, gate_rows, rows)
-    for r in range(rows):
-        slot = slots[r]
-        h, c, g = h_at + slot * hidden, c_at + slot * hidden, gates_at + r * gate_rows
-        previous_h = h_rows + r * hidden
+    for step in range(steps):
+        gates_at = step * rows * gate_rows
+        for r in range(rows):
+            h = h_at + slots[r] * hidden
+            for j in range(hidden):
+                scratch[uint64(h_rows + r * hidden + j)] = state[uint64(h + j)]
         if cell == GRU:
-            n = n_at + r * hidden
-            for j in range(hidden):
-                reset = fast_sigmoid(scratch[uint64(g + j)])
-                update = fast_sigmoid(scratch[uint64(g + hidden + j)])
-                new = fast_tanh(scratch[uint64(g + 2 * hidden + j)]
-                                + reset * (scratch[uint64(n + j)] + weights[uint64(b_hn + j)]))
-                value = (1.0 - update) * new + update * scratch[uint64(previous_h + j)]
-                state[uint64(h + j)] = value
-                value = state[uint64(h + j)]
-                state[uint64(h + j)] = value * (abs(value) >= DENORMAL_FLUSH)
-        elif cell == LSTM:
-            # One plain loop per activation, each vectorising, as the engine's activate.
-            for j in range(g, g + hidden):
-                scratch[uint64(j)] = fast_sigmoid(scratch[uint64(j)])
-            for j in range(g + hidden, g + 2 * hidden):
-                scratch[uint64(j)] = fast_sigmoid(-scratch[uint64(j)])
-            for j in range(g + 2 * hidden, g + 3 * hidden):
-                scratch[uint64(j)] = fast_tanh(scratch[uint64(j)])
-            for j in range(g + 3 * hidden, g + 4 * hidden):
-                scratch[uint64(j)] = fast_sigmoid(scratch[uint64(j)])
-            # c' in float64, rounded to the state's dtype, flushed, then h' from it: one loop.
-            for j in range(hidden):
-                complement = np.float64(scratch[uint64(g + hidden + j)])
-                previous = state[uint64(c + j)]
-                forgotten = complement * previous if complement != 0.0 else 0.0
-                value = state.dtype.type(previous - forgotten + np.float64(scratch[uint64(g + j)])
-                                         * scratch[uint64(g + 2 * hidden + j)])
-                value = value * (abs(value) >= DENORMAL_FLUSH)
-                state[uint64(c + j)] = value
-                out = scratch[uint64(g + 3 * hidden + j)] * fast_tanh(value)
-                state[uint64(h + j)] = out * (abs(out) >= DENORMAL_FLUSH)
+            _add_products(weights, w_hh, gate_rows, 2 * hidden, scratch, h_rows, hidden, hidden,
+                          scratch, gates_at, gate_rows, rows)
+            for j in range(rows * hidden):
+                scratch[uint64(n_at + j)] = 0.0
+            _add_products(weights, w_hh + 2 * hidden, gate_rows, hidden, scratch, h_rows, hidden,
+                          hidden, scratch, n_at, hidden, rows)
         else:
+            _add_products(weights, w_hh, gate_rows, gate_rows, scratch, h_rows, hidden, hidden,
+                          scratch, gates_at, gate_rows, rows)
+        for r in range(rows):
+            slot = slots[r]
+            h, c, g = h_at + slot * hidden, c_at + slot * hidden, gates_at + r * gate_rows
+            previous_h = h_rows + r * hidden
+            if cell == GRU:
+                n = n_at + r * hidden
+                for j in range(hidden):
+                    reset = fast_sigmoid(scratch[uint64(g + j)])
+                    update = fast_sigmoid(scratch[uint64(g + hidden + j)])
+                    new = fast_tanh(scratch[uint64(g + 2 * hidden + j)]
+                                    + reset * (scratch[uint64(n + j)] + weights[uint64(b_hn + j)]))
+                    value = (1.0 - update) * new + update * scratch[uint64(previous_h + j)]
+                    state[uint64(h + j)] = value
+                    value = state[uint64(h + j)]
+                    state[uint64(h + j)] = value * (abs(value) >= DENORMAL_FLUSH)
+            elif cell == LSTM:
+                # One plain loop per activation, each vectorising, as the engine's activate.
+                for j in range(g, g + hidden):
+                    scratch[uint64(j)] = fast_sigmoid(scratch[uint64(j)])
+                for j in range(g + hidden, g + 2 * hidden):
+                    scratch[uint64(j)] = fast_sigmoid(-scratch[uint64(j)])
+                for j in range(g + 2 * hidden, g + 3 * hidden):
+                    scratch[uint64(j)] = fast_tanh(scratch[uint64(j)])
+                for j in range(g + 3 * hidden, g + 4 * hidden):
+                    scratch[uint64(j)] = fast_sigmoid(scratch[uint64(j)])
+                # c' in float64, rounded to the state's dtype, flushed, then h' from it.
+                for j in range(hidden):
+                    complement = np.float64(scratch[uint64(g + hidden + j)])
+                    previous = state[uint64(c + j)]
+                    forgotten = complement * previous if complement != 0.0 else 0.0
+                    value = state.dtype.type(previous - forgotten
+                                             + np.float64(scratch[uint64(g + j)])
+                                             * scratch[uint64(g + 2 * hidden + j)])
+                    value = value * (abs(value) >= DENORMAL_FLUSH)
+                    state[uint64(c + j)] = value
+                    out = scratch[uint64(g + 3 * hidden + j)] * fast_tanh(value)
+                    state[uint64(h + j)] = out * (abs(out) >= DENORMAL_FLUSH)
+            else:
+                for j in range(hidden):
+                    v = scratch[uint64(g + j)]
+                    value = (v if not v < 0 else 0.0) if relu else fast_tanh(v)
+                    state[uint64(h + j)] = value
+                    value = state[uint64(h + j)]
+                    state[uint64(h + j)] = value * (abs(value) >= DENORMAL_FLUSH)
+            y = target + (step * rows + r) * hidden
             for j in range(hidden):
-                v = scratch[uint64(g + j)]
-                value = (v if not v < 0 else 0.0) if relu else fast_tanh(v)
-                state[uint64(h + j)] = value
-                value = state[uint64(h + j)]
-                state[uint64(h + j)] = value * (abs(value) >= DENORMAL_FLUSH)
-        y = target + r * hidden
-        for j in range(hidden):
-            buffer[uint64(y + j)] = state[uint64(h + j)]
+                buffer[uint64(y + j)] = state[uint64(h + j)]
 
 
 class Recurrent(Layer):
