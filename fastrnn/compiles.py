@@ -8,8 +8,12 @@ tiny model per dtype and runs every path a model's calls can take. The kernels t
 (LSTM, GRU, RNN), the sizes, the layers and the directions as runtime values, so these few calls
 compile every kernel any model of that dtype uses:
 
-    sequence, batch 1    sequence_block, on the calling thread (model(x), Stream.process)
-    sequence, batch 8    sequence_blocks, the rows cut into blocks run on several cores
+    sequence, batch 1    sequence_flat, on the calling thread (model(x), Stream.process;
+                         fastrnn.engine.flat: torch's cells, every row of full length)
+    sequence, batch 8    sequence_flat_blocks, the rows cut into blocks run on several cores
+    lengths, batch 2     sequence_block, the general path (rows of their own lengths; cells
+                         with peepholes, projections, clips, other activations; low-bit weights)
+    lengths, batch 8     sequence_blocks, its rows cut into blocks
     stream step          step_block (Stream.step, StreamPool ticks of few slots)
     pool step, 8 slots   step_blocks, a pool tick cut into blocks run on several cores
     chain stream         run_program, the whole-model chains' kernel (fastrnn.layers.program)
@@ -72,10 +76,15 @@ def warmup(dtypes: tuple[str, ...] | list[str] = DTYPES, progress: bool = True
 
     names = [_dtype_name(dtype) for dtype in dtypes]
     can_parallel = numba.config.NUMBA_NUM_THREADS > 1
-    sequences, ticks = (("sequence_blocks, parallel", "step_blocks, parallel") if can_parallel
-                        else ("sequence_block: one thread here", "step_block: one thread here"))
-    plan = [("sequence, batch 1 (sequence_block)", _sequence, 1),
-            (f"sequence, batch {PARALLEL_ROWS} ({sequences})", _sequence, PARALLEL_ROWS),
+    flats, sequences, ticks = (
+        ("sequence_flat_blocks, parallel", "sequence_blocks, parallel", "step_blocks, parallel")
+        if can_parallel else ("sequence_flat: one thread here", "sequence_block: one thread here",
+                              "step_block: one thread here"))
+    plan = [("sequence, batch 1 (sequence_flat)", _sequence, 1),
+            (f"sequence, batch {PARALLEL_ROWS} ({flats})", _sequence, PARALLEL_ROWS),
+            ("sequence with lengths, batch 2 (sequence_block)", _sequence_with_lengths, 2),
+            (f"sequence with lengths, batch {PARALLEL_ROWS} ({sequences})",
+             _sequence_with_lengths, PARALLEL_ROWS),
             ("stream step (step_block)", _stream_step, None),
             (f"pool step, {PARALLEL_ROWS} slots ({ticks})", _pool_step, StreamPool),
             ("whole-model chain stream (run_program)", _chain_stream, None)]
@@ -159,6 +168,11 @@ def _tiny_model(from_numpy, dtype):
 
 def _sequence(model, batch):
     model(np.ones((2, batch, model.input_size), model.dtype))
+
+
+def _sequence_with_lengths(model, batch):
+    """A row shorter than the rest takes the general path (fastrnn.engine.driver)."""
+    model(np.ones((2, batch, model.input_size), model.dtype), lengths=[1] + [2] * (batch - 1))
 
 
 def _stream_step(model, _):

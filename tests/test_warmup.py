@@ -22,13 +22,14 @@ import pytest
 import fastrnn
 from fastrnn import cli
 from fastrnn.compiles import cache_directory
-from fastrnn.engine import driver
+from fastrnn.engine import driver, flat
 from fastrnn import stream as stream_module
 
 ROOT = Path(__file__).resolve().parent.parent
 PARALLEL = numba.config.NUMBA_NUM_THREADS > 1   # else the parallel kernels are never used
-CALLS_PER_DTYPE = 5
+CALLS_PER_DTYPE = 7
 KERNELS = {"sequence_block": driver.sequence_block, "sequence_blocks": driver.sequence_blocks,
+           "sequence_flat": flat.sequence_flat, "sequence_flat_blocks": flat.sequence_flat_blocks,
            "step_block": driver.step_block, "step_blocks": driver.step_blocks,
            "_first_bad_slot": stream_module._first_bad_slot}
 
@@ -60,7 +61,8 @@ def every_kind_of_call(dtype):
     rnn(x[:, :1])
     rnn(x, state=np.ones((1, 9, 5), dtype))
     lstm = random_model("lstm", dtype, layers=2)
-    lstm(x)
+    lstm(x)                                                # full lengths: sequence_flat
+    random_model("gru", dtype, bidirectional=True)(x)
     stream = lstm.stream(batch=3)
     stream.step(x[0, :3])
     stream.process(x[:, :3])
@@ -208,7 +210,7 @@ AFTER_WARMUP = LOGGING + """
 import json
 import fastrnn
 import numpy as np
-from fastrnn.engine import driver
+from fastrnn.engine import driver, flat
 from fastrnn import stream
 rng = np.random.default_rng(0)
 def layer(gates, inputs):
@@ -217,10 +219,11 @@ lstm = fastrnn.from_numpy("lstm", [layer(4, 5), layer(4, 7)], dtype="float32")
 gru = fastrnn.from_numpy("gru", [layer(3, 5), layer(3, 5)], bidirectional=True, dtype="float32")
 x = rng.standard_normal((6, 9, 5)).astype(np.float32)
 lstm(x[:, :1]); lstm(x); gru(x, lengths=[6, 1, 2, 3, 4, 5, 6, 6, 2]); gru(x[:, 0])
+gru(x[:, :2], lengths=[6, 3])
 lstm.stream().step(x[0, 0])
 pool = fastrnn.StreamPool(lstm, capacity=9)
 pool.step([pool.open() for _ in range(9)], x[0])
-kernels = {name: value for module in (driver, stream) for name, value in vars(module).items()
+kernels = {name: value for module in (driver, flat, stream) for name, value in vars(module).items()
            if hasattr(value, "stats") and hasattr(value, "overloads")}
 print(json.dumps({name: [sum(k.stats.cache_misses.values()), sum(k.stats.cache_hits.values())]
                   for name, k in kernels.items()}))
@@ -232,15 +235,15 @@ def test_cli_warmup_in_an_empty_cache_then_a_fresh_process_compiles_nothing(tmp_
     warm = run_python(LOGGING + "import fastrnn.cli\nsys.exit(fastrnn.cli.main(['warmup', "
                       "'--dtype', 'float32']))", FASTRNN_CACHE_DIR=cache)
     logged = {name for name in KERNELS if f"fastrnn: compiled {name} in " in warm.stderr}
-    assert logged == ({"sequence_block", "step_block", "_first_bad_slot"} | (
-        {"sequence_blocks", "step_blocks"} if PARALLEL else set()))
+    assert logged == ({"sequence_flat", "sequence_block", "step_block", "_first_bad_slot"} | (
+        {"sequence_flat_blocks", "sequence_blocks", "step_blocks"} if PARALLEL else set()))
     assert warm.stderr.count("  [") == CALLS_PER_DTYPE
     assert warm.stdout.rstrip().endswith(f"; cache: {cache}")
     counts = json.loads(run_python(AFTER_WARMUP, FASTRNN_CACHE_DIR=cache).stdout.splitlines()[-1])
     assert {name: misses for name, (misses, _) in counts.items()} == \
         {name: 0 for name in counts}, "a kernel compiled after the warmup"
-    used = {"sequence_block", "step_block"} | ({"sequence_blocks", "step_blocks"}
-                                               if PARALLEL else set())
+    used = {"sequence_flat", "sequence_block", "step_block"} | (
+        {"sequence_flat_blocks", "sequence_blocks", "step_blocks"} if PARALLEL else set())
     assert all(counts[name][1] >= 1 for name in used)
 
 

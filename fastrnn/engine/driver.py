@@ -10,6 +10,10 @@ Two kernels walk a Plan (fastrnn.engine.plan), and both make a layer's gates the
 - `step_block`: one timestep of every layer of a unidirectional model for a block of streams,
   picked by slot from a state table (Stream, StreamPool, ONNX one-step runs).
 
+`run_sequence` sends a plan of torch's cells (Plan.flat_sequences) whose rows all have the full
+length to fastrnn.engine.flat's sequence_flat instead: the same arithmetic on flat arrays, without
+the views and calls whose reference counts cost sequence_block about 1 us a step at small sizes.
+
 `run_sequence` and `advance` cut a call into Plan.threads_for(rows) blocks: one block runs on the
 calling thread; more run at once through one `prange` (fastrnn.engine.parallel), each thread on
 its own rows with no waiting in between. Kernels trust their inputs: the callers validated them.
@@ -18,7 +22,7 @@ its own rows with no waiting in between. Kernels trust their inputs: the callers
 import numpy as np
 from numba import prange
 
-from fastrnn.engine import memory, parallel
+from fastrnn.engine import flat, memory, parallel
 from fastrnn.engine.cells import GRU, cell_step
 from fastrnn.engine.jit import call, kernel, parallel_kernel
 from fastrnn.engine.plan import (ALPHAS, B_HN, BETAS, BIAS, CELL, CLIP, CODES, FLAG, GATES, HIDDEN,
@@ -168,7 +172,15 @@ def run_sequence(plan, x, h, c, lengths):
     steps, batch = x.shape[0], x.shape[1]
     buffers = memory.zeros((2 if plan.num_layers > 1 else 1, steps, batch,
                             plan.num_directions * plan.config.output_size), x.dtype)
-    if batch:
+    if batch and plan.flat_sequences and lengths.min() == steps:
+        blocks = plan.threads_for(batch)
+        arguments = (plan.weights, plan.layout, x, h, c, buffers)
+        if blocks == 1:
+            call(flat.sequence_flat, *arguments, 0, batch)
+        else:
+            with parallel.parallel_section():
+                call(flat.sequence_flat_blocks, *arguments, blocks)
+    elif batch:
         blocks = plan.threads_for(batch)
         arguments = (plan.weights, plan.layout, plan.parameters, x, lengths, h, c, buffers)
         if blocks == 1:

@@ -26,6 +26,7 @@ read the same bytes.
 import numpy as np
 
 from fastrnn.engine import memory, parallel
+from fastrnn.engine.activations import RELU, SIGMOID, TANH
 from fastrnn.engine.cells import GRU, LSTM
 from fastrnn.engine.quantise import MATRICES, storage_dtype
 from fastrnn.engine.weights import LayerWeights
@@ -41,6 +42,28 @@ PARAMETER_COLUMNS = 7
 # A thread takes at least this many batch rows (or pool streams) of a call: below it, a second
 # thread's start-up and its second trip of the weights through a cache cost more than it saves.
 MIN_ROWS_PER_THREAD = 4
+
+
+def has_flat_cell(layout, parameters, streaming=True):
+    """Whether the layer-direction rows of a plan (layout, parameters) are all cells that
+    fastrnn.engine.flat's cell_flat runs: torch's LSTM (no peepholes, projection, clip or
+    coupled gates), GRU (reset after the product) and tanh/ReLU RNN, default activations;
+    forwards only when `streaming` (a reverse direction runs on whole sequences, its steps fed
+    in reverse). Others go through the driver's step_block and sequence_block."""
+    for row, p in zip(layout, parameters):
+        if p[CLIP] > 0 or (streaming and row[REVERSE]):
+            return False
+        codes = tuple(row[CODES:CODES + 3])
+        if row[CELL] == LSTM:
+            ok = (codes == (SIGMOID, TANH, TANH) and row[PEEPHOLE_WIDTH] == 0
+                  and row[PROJ_ROWS] == 0 and not row[FLAG])
+        elif row[CELL] == GRU:
+            ok = codes[:2] == (SIGMOID, TANH) and row[FLAG]
+        else:
+            ok = codes[0] in (TANH, RELU)
+        if not ok:
+            return False
+    return True
 
 
 class Plan:
@@ -114,6 +137,9 @@ class Plan:
         else:
             self.layers = [_dequantised_layer(w, e) for w, e in zip(layers, encoded)]
         self._stacked = None
+        # Whole sequences of full length go through fastrnn.engine.flat.sequence_flat.
+        self.flat_sequences = encoded is None and has_flat_cell(self.layout, self.parameters,
+                                                                streaming=False)
 
     def view(self, ld, column, shape):
         """The block of layer-direction ld that starts at layout column `column`, as `shape`."""

@@ -19,7 +19,7 @@ A chain's layers become a list of ops, one row each of an int64 table (OP_COLUMN
                 code and its scalar and slope counts; a RECURRENT stack's plan weight count,
                 its layer count and the width of its c (0 for cells without c)
 
-Every layer of an LSTM/GRU/RNN stack of torch's cells is one CELL op (fastrnn.layers.recurrent
+Every layer of an LSTM/GRU/RNN stack of torch's cells is one CELL op (fastrnn.engine.flat
 cell_flat: the engine's cell equations and product order); any other stack (peepholes, a
 projection, a clip, other activations) is one RECURRENT op run by the engine's step_block. A
 Residual around f is f's ops, reading the residual's input region, then an ADD of that region to
@@ -55,20 +55,21 @@ from numba import uint64
 
 from fastrnn.engine import memory
 from fastrnn.engine.driver import step_block, step_scratch_size
+# A pass of run_program: at most PASS_STEPS steps and PASS_ROWS (step, row) pairs, as the
+# engine's sequence_flat.
+from fastrnn.engine.flat import PASS_ROWS, PASS_STEPS, cell_flat, flat_scratch_size
 from fastrnn.engine.jit import kernel
 from fastrnn.engine.plan import LAYOUT_COLUMNS, PARAMETER_COLUMNS
-from fastrnn.engine.plan import B_HN, BIAS, W_HH, W_IH
+from fastrnn.engine.plan import B_HN, BIAS, W_HH, W_IH, has_flat_cell
 from fastrnn.layers.activation import Activation, activation_flat
 from fastrnn.layers.conv import Conv1d, conv_flat
 from fastrnn.layers.last_step import LastStep
 from fastrnn.layers.linear import Linear, linear_flat
 from fastrnn.layers.norm import Affine, LayerNorm, affine_flat, layer_norm_flat
-from fastrnn.layers.recurrent import Recurrent, cell_flat, flat_scratch_size, has_flat_cell
+from fastrnn.layers.recurrent import Recurrent
 from fastrnn.layers.residual import Residual
 
 LINEAR, CONV, ACTIVATION, LAYER_NORM, AFFINE, RECURRENT, ADD, CELL = range(8)
-# A pass of run_program: at most PASS_STEPS steps and PASS_ROWS (step, row) pairs.
-PASS_STEPS, PASS_ROWS = 32, 64
 (CODE, SRC, DST, SRC2, IN, OUT, W0, W1, S0, S1, P0, X0, F0, A0, A1, A2) = range(16)
 OP_COLUMNS = 16
 
@@ -105,7 +106,7 @@ def _program_kernel(with_stacks):
                 w0, w1 = ops[p, W0], ops[p, W1]
                 if code == CELL:
                     cell_flat(buffer, source, target, rows, count, slots, state, ops[p, S0],
-                              ops[p, S1], weights, iparams, ops[p, X0], scratch, stride)
+                              state, ops[p, S1], weights, iparams, ops[p, X0], scratch, stride)
                 elif code == LINEAR:
                     linear_flat(buffer, source, target, block_rows, weights, w0, w1, n_in, n_out)
                 elif code == CONV:
