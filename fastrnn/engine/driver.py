@@ -25,7 +25,8 @@ from numba import prange
 from fastrnn.engine import flat, memory, parallel
 from fastrnn.engine.cells import GRU, cell_step
 from fastrnn.engine.jit import call, kernel, parallel_kernel
-from fastrnn.engine.plan import (ALPHAS, B_HN, BETAS, BIAS, CELL, CLIP, CODES, FLAG, GATES, HIDDEN,
+from fastrnn.engine.plan import (ALPHAS, B_HN, BETAS, BIAS, CELL, CLIP, CODES, FLAG, FLAT_CELL,
+                                 GATES, HIDDEN,
                                  INPUTS, OUTPUTS, PEEPHOLE, PEEPHOLE_WIDTH, PROJ_ROWS, REVERSE,
                                  W_HH, W_IH, W_PROJ)
 from fastrnn.engine.products import add_scaled_rows_batch, float_block, matrix_block
@@ -196,8 +197,9 @@ def step_scratch_size(plan, rows):
     config = plan.config
     widest = max(config.layer_input_size(layer) for layer in range(config.num_layers))
     gate_rows = config.num_gates * config.hidden_size
-    return rows * (widest + config.output_size + gate_rows + config.hidden_size) \
-        + 2 * config.hidden_size
+    # step_block's, or step_flat's: its cells' work space, then two regions of layer inputs.
+    return rows * (2 * max(widest, config.output_size) + config.output_size + gate_rows
+                   + 2 * config.hidden_size) + 2 * config.hidden_size
 
 
 @kernel
@@ -210,7 +212,14 @@ def step_block(weights, layout, parameters, slots, h, c, scratch, first, stop, x
     previous h are gathered (unless its slots are consecutive: a Stream's are, and then they are
     read in place), its gates, R_n h and the cells' work space. Allocates nothing.
     (x and y come last so that a Stream can bind the rest once: CpuStateTable.stepper.)
+    A stack of torch's cells (every row FLAT_CELL) goes to fastrnn.engine.flat's step_flat.
     """
+    flat_cells = True
+    for layer in range(layout.shape[0]):
+        flat_cells = flat_cells and layout[layer, FLAT_CELL] != 0
+    if flat_cells:
+        flat.step_flat(weights, layout, slots, h, c, scratch, first, stop, x, y)
+        return
     rows = stop - first
     layers = layout.shape[0]
     hidden, output, gate_rows = layout[0, HIDDEN], layout[0, OUTPUTS], layout[0, GATES]

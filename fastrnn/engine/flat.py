@@ -5,7 +5,7 @@ indexing flat arrays by offset: no array views and one call a pass, because in a
 view, and each call that passes arrays, costs an atomic reference count per array (tens of ns;
 at small sizes most of a step). Its arithmetic is the engine's cells' and products' (the same
 equations, rounding and product order: fastrnn.engine.cells, fastrnn.engine.products), so its
-results are those of the driver's general kernels. Two callers:
+results are those of the driver's general kernels. Three callers:
 
 - the chain kernel (fastrnn.layers.program), for every streaming recurrent layer it can run;
 - `sequence_flat`, the engine's whole-sequence path (fastrnn.engine.driver.run_sequence) for
@@ -14,7 +14,9 @@ results are those of the driver's general kernels. Two callers:
   over its gathered steps, and its outputs are put back at their times. Measured against the
   driver's sequence_block (the general path, kept for lengths, low-bit weights, peepholes,
   projections, clips and other activations) on the development machine: LSTM 16->32 batch 1,
-  2.0 -> 0.9 us a step; LSTM and GRU 64->128, 8.4 -> 6.8 and 8.2 -> 6.1 us.
+  2.0 -> 0.9 us a step; LSTM and GRU 64->128, 8.4 -> 6.8 and 8.2 -> 6.1 us;
+- `step_flat`, which the driver's step_block hands a stack to when every row of its layout has
+  FLAT_CELL (forward torch cells, float weights): Stream.step and StreamPool ticks.
 """
 
 import numpy as np
@@ -257,3 +259,39 @@ def sequence_flat_blocks(weights, layout, x, h, c, buffers, blocks):
     for block in prange(blocks):
         sequence_flat(weights, layout, x, h, c, buffers, block * batch // blocks,
                       (block + 1) * batch // blocks)
+
+
+@kernel
+def step_flat(weights, layout, slots, h, c, scratch, first, stop, x, y):
+    """One timestep of every layer of a stack whose rows all have FLAT_CELL, for the streams
+    slots[first:stop] (fastrnn.engine.driver.step_block's arguments and contract; it calls this).
+
+    scratch holds cell_flat's work space (rows G H + 2 rows H) and then two regions of rows x
+    (widest layer input or H) that the layers read and write in turn: layer l reads region l % 2
+    and writes the other. cell_flat reads and writes each row's h and c in the table itself."""
+    rows = stop - first
+    if rows <= 0:
+        return
+    layers = layout.shape[0]
+    capacity, hidden, hidden_c = h.shape[1], layout[0, HIDDEN], c.shape[2]
+    widest = hidden
+    for layer in range(layers):
+        widest = max(widest, layout[layer, INPUTS])
+    regions = rows * (layout[0, GATES] + 2 * hidden)  # the first region, after cell_flat's
+    inputs = layout[0, INPUTS]
+    for r in range(rows):
+        for j in range(inputs):
+            scratch[uint64(regions + r * inputs + j)] = x[first + r, j]
+    chosen = slots[first:stop]
+    flat_layout = layout.reshape(-1)
+    h_flat, c_flat = h.reshape(-1), c.reshape(-1)
+    for layer in range(layers):
+        source = regions + (layer % 2) * rows * widest
+        target = regions + ((layer + 1) % 2) * rows * widest
+        cell_flat(scratch, source, target, rows, 1, chosen, h_flat, layer * capacity * hidden,
+                  c_flat, layer * capacity * hidden_c, weights, flat_layout,
+                  layer * LAYOUT_COLUMNS, scratch, rows)
+    last = regions + (layers % 2) * rows * widest
+    for r in range(rows):
+        for j in range(hidden):
+            y[first + r, j] = scratch[uint64(last + r * hidden + j)]

@@ -34,7 +34,9 @@ from fastrnn.engine.weights import LayerWeights
 # Columns of Plan.layout (one row per layer-direction).
 (W_IH, W_HH, BIAS, B_HN, PEEPHOLE, W_PROJ, INPUTS, OUTPUTS, HIDDEN, GATES, PEEPHOLE_WIDTH,
  PROJ_ROWS, CELL, FLAG, REVERSE, CODES) = range(16)
-LAYOUT_COLUMNS = CODES + 3
+# FLAT_CELL: 1 where the row streams through fastrnn.engine.flat (has_flat_cell, float weights).
+FLAT_CELL = CODES + 3
+LAYOUT_COLUMNS = FLAT_CELL + 1
 # Columns of Plan.parameters (float64): the three activations' alphas, their betas, the clip.
 ALPHAS, BETAS, CLIP = 0, 3, 6
 PARAMETER_COLUMNS = 7
@@ -123,13 +125,16 @@ class Plan:
                 blocks.append(stored)
                 start += stored.size
             row += [w.w_ih.shape[1], output, hidden, gates, peephole.shape[1], w_proj_t.shape[0],
-                    cell, int(flag), int(reverse[direction]), *codes[direction]]
+                    cell, int(flag), int(reverse[direction]), *codes[direction], 0]
             layout.append(row)
             parameters.append([*alphas[direction], *betas[direction], config.clip])
         self.weights = memory.copy(np.concatenate(blocks), storage)
         self.weights.setflags(write=False)
         self.layout = np.array(layout, np.int64)
         self.parameters = np.array(parameters, np.float64)
+        if encoded is None:
+            for row, p in zip(self.layout, self.parameters):
+                row[FLAT_CELL] = has_flat_cell(row[None], p[None])
         self.layout.setflags(write=False)
         self.parameters.setflags(write=False)
         if encoded is None:
