@@ -26,9 +26,8 @@ from fastrnn.engine import flat, memory, parallel
 from fastrnn.engine.cells import GRU, cell_step
 from fastrnn.engine.jit import call, kernel, parallel_kernel
 from fastrnn.engine.plan import (ALPHAS, B_HN, BETAS, BIAS, CELL, CLIP, CODES, FLAG, FLAT_CELL,
-                                 GATES, HIDDEN,
-                                 INPUTS, OUTPUTS, PEEPHOLE, PEEPHOLE_WIDTH, PROJ_ROWS, REVERSE,
-                                 W_HH, W_IH, W_PROJ)
+                                 GATES, HIDDEN, INPUTS, OUTPUTS, PEEPHOLE, PEEPHOLE_WIDTH,
+                                 PROJ_ROWS, REVERSE, W_HH, W_IH, W_PROJ)
 from fastrnn.engine.products import add_scaled_rows_batch, float_block, matrix_block
 
 # Row-steps whose input products are made in one pass over W_ih (sequence_block): enough to

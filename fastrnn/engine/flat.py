@@ -36,7 +36,7 @@ PASS_STEPS, PASS_ROWS = 32, 64
 
 @kernel
 def add_products(weights, rows_at, width, columns, vectors, vector_at, vector_stride, count, out,
-                  out_at, out_stride, rows):
+                 out_at, out_stride, rows):
     """out[out_at + b out_stride + j] += sum_k vectors[vector_at + b vector_stride + k]
     * weights[rows_at + k width + j] for j < columns and every row b < rows: the engine's
     add_scaled_rows_batch (fastrnn.engine.products), four weight rows applied to two batch rows
@@ -93,11 +93,11 @@ def flat_scratch_size(config, rows, block_rows):
 def cell_flat(buffer, source, target, rows, steps, slots, h_state, h_at, c_state, c_at, weights,
               layout, at, scratch, stride):
     """A pass of layer-direction `at` of a plan (has_flat_cell) through `steps` steps, for state
-    rows slots[0..rows-1], on flat arrays (the chain kernel's form, fastrnn.layers.program; sequence_flat's below): x
-    (steps * rows, I) at buffer[source:] -> h' (steps * rows, H) at buffer[target:], time-major;
-    slot s's h at h_state[h_at + s H:], its c (LSTM) at c_state[c_at + s H:] (the same array
-    or two); the layer's plan
-    layout row at layout[at:] (its offsets made absolute in `weights` by the program).
+    rows slots[0..rows-1], on flat arrays: x (steps * rows, I) at buffer[source:] -> h'
+    (steps * rows, H) at buffer[target:], time-major; slot s's h at h_state[h_at + s H:], its c
+    (LSTM) at c_state[c_at + s H:] (the same array or two); the layer's plan layout row at
+    layout[at:] (its offsets into `weights`: a plan's own, or made absolute in the chain
+    program's weights).
 
     First b + W_ih x for every (step, row) pair of the pass, in one product (each weight row
     read once for every two pairs), into the gates at scratch[0:] (pair p's at p G H); then the
@@ -115,7 +115,7 @@ def cell_flat(buffer, source, target, rows, steps, slots, h_state, h_at, c_state
         for j in range(gate_rows):
             scratch[uint64(r * gate_rows + j)] = weights[uint64(bias + j)]
     add_products(weights, layout[at + W_IH], gate_rows, gate_rows, buffer, source, inputs, inputs,
-                  scratch, 0, gate_rows, steps * rows)
+                 scratch, 0, gate_rows, steps * rows)
     n_at = stride * gate_rows        # the GRU's R_n h, (rows, H)
     h_rows = n_at + rows * hidden    # the previous h of every row, gathered, (rows, H)
     for step in range(steps):
@@ -126,14 +126,14 @@ def cell_flat(buffer, source, target, rows, steps, slots, h_state, h_at, c_state
                 scratch[uint64(h_rows + r * hidden + j)] = h_state[uint64(h + j)]
         if cell == GRU:
             add_products(weights, w_hh, gate_rows, 2 * hidden, scratch, h_rows, hidden, hidden,
-                          scratch, gates_at, gate_rows, rows)
+                         scratch, gates_at, gate_rows, rows)
             for j in range(rows * hidden):
                 scratch[uint64(n_at + j)] = 0.0
             add_products(weights, w_hh + 2 * hidden, gate_rows, hidden, scratch, h_rows, hidden,
-                          hidden, scratch, n_at, hidden, rows)
+                         hidden, scratch, n_at, hidden, rows)
         else:
             add_products(weights, w_hh, gate_rows, gate_rows, scratch, h_rows, hidden, hidden,
-                          scratch, gates_at, gate_rows, rows)
+                         scratch, gates_at, gate_rows, rows)
         for r in range(rows):
             slot = slots[r]
             h, c, g = h_at + slot * hidden, c_at + slot * hidden, gates_at + r * gate_rows

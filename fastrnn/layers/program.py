@@ -41,11 +41,11 @@ product, then its recurrent steps one by one, inside the call); a RECURRENT stac
 step. Each family's flat jitted step (`*_flat` beside each layer's own step kernel) does the
 work. They index flat arrays and make no array views: in a kernel each view costs an atomic
 reference count, tens of ns, which was most of a step when every op sliced its weights and rows;
-so does each call that passes arrays (per array, on entry and exit), hence a call a pass. Their indexes are unsigned,
-so that LLVM drops the negative-index wraparound check and vectorises the loops. One kernel
-serves every chain: one specialisation per dtype, cached on disk; a chain with a RECURRENT op
-runs its twin from the same source, run_program_with_stacks, with the engine's step_block
-compiled in (which would triple every chain's first compile).
+so does each call that passes arrays (per array, on entry and exit), hence a call a pass. Their
+indexes are unsigned, so that LLVM drops the negative-index wraparound check and vectorises the
+loops. One kernel serves every chain: one specialisation per dtype, cached on disk; a chain with
+a RECURRENT op runs its twin from the same source, run_program_with_stacks, with the engine's
+step_block compiled in (which would triple every chain's first compile).
 """
 
 from __future__ import annotations
