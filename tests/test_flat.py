@@ -106,10 +106,31 @@ def test_plans_the_flat_pass_cannot_run_keep_the_general_path():
     assert list(layout[:, FLAT_CELL]) == [int(not reverse) for reverse in layout[:, REVERSE]]
 
 
-def test_rows_of_their_own_lengths_take_the_general_path_and_match_the_reference(rng):
+class Counted:
+    """A kernel dispatcher that counts its calls (and is otherwise the dispatcher)."""
+
+    def __init__(self, dispatcher):
+        self.dispatcher, self.calls = dispatcher, 0
+
+    def __getattr__(self, name):
+        return getattr(self.dispatcher, name)
+
+    def __call__(self, *arguments):
+        self.calls += 1
+        return self.dispatcher(*arguments)
+
+
+def test_rows_of_their_own_lengths_take_the_general_path_and_match_the_reference(rng,
+                                                                                monkeypatch):
     layers, model = model_of("lstm", np.float64)
     x = rng.standard_normal((6, 3, 3))
+    spy = Counted(flat.sequence_flat)
+    monkeypatch.setattr(flat, "sequence_flat", spy)
+    model(x)
+    assert spy.calls == 1                     # every row of full length: the flat pass
     y, (h, c) = model(x, lengths=[6, 2, 4])
+    assert spy.calls == 1                     # rows of their own lengths: sequence_block
     expected, h_n, c_n = run_model("lstm", layers, x, lengths=[6, 2, 4])
     np.testing.assert_allclose(y, expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(h, h_n, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(c, c_n, rtol=0, atol=1e-9)

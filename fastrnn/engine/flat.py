@@ -14,7 +14,7 @@ results are those of the driver's general kernels. Three callers:
   over its gathered steps, and its outputs are put back at their times. Measured against the
   driver's sequence_block (the general path, kept for lengths, low-bit weights, peepholes,
   projections, clips and other activations) on the development machine: LSTM 16->32 batch 1,
-  2.0 -> 0.9 us a step; LSTM and GRU 64->128, 8.4 -> 6.8 and 8.2 -> 6.1 us;
+  2.0 -> 1.0 us a step; LSTM and GRU 64->128, 8.4 -> 7.7 and 8.2 -> 6.2 us;
 - `step_flat`, which the driver's step_block hands a stack to when every row of its layout has
   FLAT_CELL (forward torch cells, float weights): Stream.step and StreamPool ticks.
 """
@@ -184,15 +184,6 @@ def cell_flat(buffer, source, target, rows, steps, slots, h_state, h_at, c_state
 
 
 @kernel
-def _aligned_empty(size, dtype):
-    """np.empty(size, dtype) starting on a 64-byte boundary (fastrnn.engine.memory's rule, in a
-    kernel): a misaligned gate block costs its vector loops a split load every few."""
-    spare = np.empty(size + 64, dtype)
-    skip = (-spare.ctypes.data) % 64 // spare.itemsize
-    return spare[skip:skip + size]
-
-
-@kernel
 def sequence_flat(weights, layout, x, h, c, buffers, first_row, stop_row):
     """Every layer and direction over the whole sequence for batch rows first_row..stop_row-1,
     with cell_flat (every layer-direction a cell has_flat_cell accepts, every row valid for all
@@ -213,8 +204,8 @@ def sequence_flat(weights, layout, x, h, c, buffers, first_row, stop_row):
         widest = max(widest, layout[ld, INPUTS])
     pairs = block * rows
     target = pairs * widest  # the pass's inputs at buffer[0:], its outputs at buffer[target:]
-    buffer = _aligned_empty(pairs * (widest + hidden), x.dtype)
-    scratch = _aligned_empty((pairs * gate_rows + 2 * rows) * hidden, x.dtype)
+    buffer = np.empty(pairs * (widest + hidden), x.dtype)
+    scratch = np.empty((pairs * gate_rows + 2 * rows) * hidden, x.dtype)
     slots = np.arange(first_row, stop_row)
     flat_layout = layout.reshape(-1)
     h_flat, c_flat = h.reshape(-1), c.reshape(-1)
