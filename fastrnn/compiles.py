@@ -11,6 +11,7 @@ compile every kernel any model of that dtype uses:
     sequence, batch 1    sequence_flat, on the calling thread (model(x), Stream.process;
                          fastrnn.engine.flat: torch's cells, every row of full length)
     sequence, batch 8    sequence_flat_blocks, the rows cut into blocks run on several cores
+    bidirectional, 1     sequence_flat_directions, a layer's two directions at once
     lengths, batch 2     sequence_block, the general path (rows of their own lengths; cells
                          with peepholes, projections, clips, other activations; low-bit weights)
     lengths, batch 8     sequence_blocks, its rows cut into blocks
@@ -76,12 +77,15 @@ def warmup(dtypes: tuple[str, ...] | list[str] = DTYPES, progress: bool = True
 
     names = [_dtype_name(dtype) for dtype in dtypes]
     can_parallel = numba.config.NUMBA_NUM_THREADS > 1
-    flats, sequences, ticks = (
-        ("sequence_flat_blocks, parallel", "sequence_blocks, parallel", "step_blocks, parallel")
-        if can_parallel else ("sequence_flat: one thread here", "sequence_block: one thread here",
-                              "step_block: one thread here"))
+    flats, directions, sequences, ticks = (
+        ("sequence_flat_blocks, parallel", "sequence_flat_directions, parallel",
+         "sequence_blocks, parallel", "step_blocks, parallel")
+        if can_parallel else ("sequence_flat: one thread here", "sequence_flat: one thread here",
+                              "sequence_block: one thread here", "step_block: one thread here"))
     plan = [("sequence, batch 1 (sequence_flat)", _sequence, 1),
             (f"sequence, batch {PARALLEL_ROWS} ({flats})", _sequence, PARALLEL_ROWS),
+            (f"bidirectional sequence, batch 1 ({directions})", _bidirectional_sequence,
+             from_numpy),
             ("sequence with lengths, batch 2 (sequence_block)", _sequence_with_lengths, 2),
             (f"sequence with lengths, batch {PARALLEL_ROWS} ({sequences})",
              _sequence_with_lengths, PARALLEL_ROWS),
@@ -156,18 +160,27 @@ def _printer(progress):
     return say
 
 
-def _tiny_model(from_numpy, dtype):
+def _tiny_model(from_numpy, dtype, directions=1):
     """A one-layer LSTM of 2 inputs and 3 units: sizes are runtime values to the kernels."""
     rng = np.random.default_rng(0)
     inputs, hidden = 2, 3
     layer = {"w_ih": rng.standard_normal((4 * hidden, inputs)),
              "w_hh": rng.standard_normal((4 * hidden, hidden)),
              "b_ih": np.zeros(4 * hidden), "b_hh": np.zeros(4 * hidden)}
-    return from_numpy("lstm", [layer], dtype=dtype)
+    return from_numpy("lstm", [layer] * directions, dtype=dtype, bidirectional=directions == 2)
 
 
 def _sequence(model, batch):
     model(np.ones((2, batch, model.input_size), model.dtype))
+
+
+def _bidirectional_sequence(model, from_numpy):
+    """The tiny model's bidirectional twin on one row, over enough steps that the driver runs its
+    directions at once (fastrnn.engine.driver.PARALLEL_DIRECTIONS)."""
+    from fastrnn.engine.driver import PARALLEL_DIRECTIONS
+    twin = _tiny_model(from_numpy, model.dtype, directions=2)
+    steps = PARALLEL_DIRECTIONS // (4 * 3 * (2 + 3)) + 1
+    twin(np.ones((steps, 1, twin.input_size), twin.dtype))
 
 
 def _sequence_with_lengths(model, batch):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn.engine import driver, flat, memory
+from fastrnn.engine import driver, flat, memory, parallel
 from fastrnn.engine.plan import FLAT_CELL, REVERSE
 from reference import random_layers, run_model
 
@@ -57,6 +57,41 @@ def test_sequence_flat_is_sequence_block_bit_for_bit(kind, dtype, tolerance, rng
     np.testing.assert_allclose(got[1], h_n, rtol=0, atol=tolerance)
     if kind == "lstm":
         np.testing.assert_allclose(got[2], c_n, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_directions_on_two_threads_are_sequence_flat_bit_for_bit(kind, dtype, rng,
+                                                                 monkeypatch):
+    """Two layers, both directions: sequence_flat_directions (each layer's directions at once)
+    and sequence_flat (in turn) give the same y, h and c; a bidirectional call of one row takes
+    it when two threads may run."""
+    _, model = model_of(kind, dtype, bidirectional=True)
+    plan = model.plan
+    x = rng.standard_normal((37, 1, 3)).astype(dtype)
+    h_shape, c_shape = model.state_shapes(1)
+    h0 = rng.standard_normal(h_shape).astype(dtype)
+    c0 = rng.standard_normal(c_shape if c_shape else (h_shape[0], 1, 0)).astype(dtype)
+    results = []
+    for directions_at_once in (False, True):
+        h, c = h0.copy(), c0.copy()
+        buffers = memory.zeros((2, 37, 1, 2 * model.hidden_size), dtype)
+        arguments = (plan.weights, plan.layout, x, h, c, buffers)
+        if directions_at_once:
+            flat.sequence_flat_directions(*arguments)
+        else:
+            flat.sequence_flat(*arguments, 0, 1)
+        results.append((buffers[1], h, c))
+    for ours, theirs in zip(*results):
+        np.testing.assert_array_equal(ours, theirs)
+    spy = Counted(flat.sequence_flat_directions)
+    monkeypatch.setattr(flat, "sequence_flat_directions", spy)
+    monkeypatch.setattr(driver, "PARALLEL_DIRECTIONS", 0)
+    monkeypatch.setattr(parallel, "_num_threads", 2)
+    y = model(x)[0]
+    assert spy.calls == 1
+    monkeypatch.setattr(parallel, "_num_threads", 1)
+    np.testing.assert_array_equal(model(x)[0], y)
+    assert spy.calls == 1                     # one thread: sequence_flat
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])

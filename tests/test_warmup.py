@@ -27,9 +27,10 @@ from fastrnn import stream as stream_module
 
 ROOT = Path(__file__).resolve().parent.parent
 PARALLEL = numba.config.NUMBA_NUM_THREADS > 1   # else the parallel kernels are never used
-CALLS_PER_DTYPE = 7
+CALLS_PER_DTYPE = 8
 KERNELS = {"sequence_block": driver.sequence_block, "sequence_blocks": driver.sequence_blocks,
            "sequence_flat": flat.sequence_flat, "sequence_flat_blocks": flat.sequence_flat_blocks,
+           "sequence_flat_directions": flat.sequence_flat_directions,
            "step_block": driver.step_block, "step_blocks": driver.step_blocks,
            "_first_bad_slot": stream_module._first_bad_slot}
 
@@ -63,6 +64,7 @@ def every_kind_of_call(dtype):
     lstm = random_model("lstm", dtype, layers=2)
     lstm(x)                                                # full lengths: sequence_flat
     random_model("gru", dtype, bidirectional=True)(x)
+    random_model("gru", dtype, bidirectional=True)(rng.standard_normal((600, 1, 3)).astype(dtype))
     stream = lstm.stream(batch=3)
     stream.step(x[0, :3])
     stream.process(x[:, :3])
@@ -220,6 +222,7 @@ gru = fastrnn.from_numpy("gru", [layer(3, 5), layer(3, 5)], bidirectional=True, 
 x = rng.standard_normal((6, 9, 5)).astype(np.float32)
 lstm(x[:, :1]); lstm(x); gru(x, lengths=[6, 1, 2, 3, 4, 5, 6, 6, 2]); gru(x[:, 0])
 gru(x[:, :2], lengths=[6, 3])
+gru(rng.standard_normal((700, 1, 5)).astype(np.float32))   # one row: directions at once
 lstm.stream().step(x[0, 0])
 pool = fastrnn.StreamPool(lstm, capacity=9)
 pool.step([pool.open() for _ in range(9)], x[0])
@@ -235,15 +238,15 @@ def test_cli_warmup_in_an_empty_cache_then_a_fresh_process_compiles_nothing(tmp_
     warm = run_python(LOGGING + "import fastrnn.cli\nsys.exit(fastrnn.cli.main(['warmup', "
                       "'--dtype', 'float32']))", FASTRNN_CACHE_DIR=cache)
     logged = {name for name in KERNELS if f"fastrnn: compiled {name} in " in warm.stderr}
-    assert logged == ({"sequence_flat", "sequence_block", "step_block", "_first_bad_slot"} | (
-        {"sequence_flat_blocks", "sequence_blocks", "step_blocks"} if PARALLEL else set()))
+    parallel = {"sequence_flat_blocks", "sequence_flat_directions", "sequence_blocks",
+                "step_blocks"} if PARALLEL else set()
+    assert logged == {"sequence_flat", "sequence_block", "step_block", "_first_bad_slot"} | parallel
     assert warm.stderr.count("  [") == CALLS_PER_DTYPE
     assert warm.stdout.rstrip().endswith(f"; cache: {cache}")
     counts = json.loads(run_python(AFTER_WARMUP, FASTRNN_CACHE_DIR=cache).stdout.splitlines()[-1])
     assert {name: misses for name, (misses, _) in counts.items()} == \
         {name: 0 for name in counts}, "a kernel compiled after the warmup"
-    used = {"sequence_flat", "sequence_block", "step_block"} | (
-        {"sequence_flat_blocks", "sequence_blocks", "step_blocks"} if PARALLEL else set())
+    used = {"sequence_flat", "sequence_block", "step_block"} | parallel
     assert all(counts[name][1] >= 1 for name in used)
 
 

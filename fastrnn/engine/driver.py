@@ -16,7 +16,12 @@ the views and calls whose reference counts cost sequence_block about 1 us a step
 
 `run_sequence` and `advance` cut a call into Plan.threads_for(rows) blocks: one block runs on the
 calling thread; more run at once through one `prange` (fastrnn.engine.parallel), each thread on
-its own rows with no waiting in between. Kernels trust their inputs: the callers validated them.
+its own rows with no waiting in between. A bidirectional flat sequence with too few rows for
+blocks (a batch of 1 to 7) runs each layer's two directions at once instead, one per thread
+(flat.sequence_flat_directions): a bidirectional GRU 512 -> 128 over 64 steps at batch 1 went
+from 0.91-1.00 to 0.46-0.48 ms on the development machine's two cores, and from about 50 000
+multiply-adds a direction it measured faster than one thread. Kernels trust their inputs: the
+callers validated them.
 """
 
 import numpy as np
@@ -33,6 +38,9 @@ from fastrnn.engine.products import add_scaled_rows_batch, float_block, matrix_b
 # Row-steps whose input products are made in one pass over W_ih (sequence_block): enough to
 # spread W_ih's trip through the cache, few enough that the gates they fill stay in L2.
 PROJECTION_ROWS = 16
+# Multiply-adds (T B G (I + H)) of a layer's direction from which a bidirectional sequence too
+# small to cut into batch blocks runs its two directions on two threads.
+PARALLEL_DIRECTIONS = 1 << 16
 
 
 @kernel
@@ -175,7 +183,13 @@ def run_sequence(plan, x, h, c, lengths):
     if batch and plan.flat_sequences and lengths.min() == steps:
         blocks = plan.threads_for(batch)
         arguments = (plan.weights, plan.layout, x, h, c, buffers)
-        if blocks == 1:
+        first = plan.layout[0]
+        work = steps * batch * first[GATES] * (first[INPUTS] + first[HIDDEN])
+        if blocks == 1 and plan.num_directions == 2 and work >= PARALLEL_DIRECTIONS and \
+                parallel.threads_for_call() > 1:
+            with parallel.parallel_section():
+                call(flat.sequence_flat_directions, *arguments)
+        elif blocks == 1:
             call(flat.sequence_flat, *arguments, 0, batch)
         else:
             with parallel.parallel_section():

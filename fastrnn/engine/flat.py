@@ -14,7 +14,9 @@ results are those of the driver's general kernels. Three callers:
   over its gathered steps, and its outputs are put back at their times. Measured against the
   driver's sequence_block (the general path, kept for lengths, low-bit weights, peepholes,
   projections, clips and other activations) on the development machine: LSTM 16->32 batch 1,
-  2.0 -> 1.0 us a step; LSTM and GRU 64->128, 8.4 -> 7.7 and 8.2 -> 6.2 us;
+  2.0 -> 1.0 us a step; LSTM and GRU 64->128, 8.4 -> 7.7 and 8.2 -> 6.2 us. Each layer-direction
+  is one `direction_flat` call, so that `sequence_flat_directions` can run a layer's two
+  directions on two threads;
 - `step_flat`, which the driver's step_block hands a stack to when every row of its layout has
   FLAT_CELL (forward torch cells, float weights): Stream.step and StreamPool ticks.
 """
@@ -190,57 +192,57 @@ def sequence_flat(weights, layout, x, h, c, buffers, first_row, stop_row):
     T steps, float weights). Arrays as sequence_block's (fastrnn.engine.driver): x (T, B, I),
     h (L*D, B, H) and c (L*D, B, H or 0) the start state in and the final state out, buffers
     (K, T, B, D*H) layer l's output in buffers[l % 2]; all C-contiguous."""
-    rows = stop_row - first_row
-    if rows <= 0:
+    if stop_row <= first_row:
         return
+    for ld in range(layout.shape[0]):   # layer by layer, each layer's directions in turn
+        direction_flat(weights, layout, ld, x, h, c, buffers, first_row, stop_row)
+
+
+@kernel
+def direction_flat(weights, layout, ld, x, h, c, buffers, first_row, stop_row):
+    """Layer-direction `ld` over the whole sequence for batch rows first_row..stop_row-1, with
+    sequence_flat's arrays: it reads its layer's input (x, or the layer below's output in
+    buffers), writes its h' into its own half of its layer's output and its final state into
+    h[ld] and c[ld]. Each pass's inputs are gathered in the order the direction reads them."""
+    rows = stop_row - first_row
     steps, batch = x.shape[0], x.shape[1]
     hidden, gate_rows = layout[0, HIDDEN], layout[0, GATES]
-    directions = buffers.shape[3] // hidden
-    layers = layout.shape[0] // directions
-    hidden_c = c.shape[2]
+    width = buffers.shape[3]
+    directions = width // hidden
+    layer, offset = ld // directions, (ld % directions) * hidden
+    inputs, reverse = layout[ld, INPUTS], layout[ld, REVERSE] != 0
     block = max(1, min(PASS_STEPS, PASS_ROWS // rows))
-    widest = 0
-    for ld in range(layout.shape[0]):
-        widest = max(widest, layout[ld, INPUTS])
     pairs = block * rows
-    target = pairs * widest  # the pass's inputs at buffer[0:], its outputs at buffer[target:]
-    buffer = np.empty(pairs * (widest + hidden), x.dtype)
+    target = pairs * inputs  # the pass's inputs at buffer[0:], its outputs at buffer[target:]
+    buffer = np.empty(pairs * (inputs + hidden), x.dtype)
     scratch = np.empty((pairs * gate_rows + 2 * rows) * hidden, x.dtype)
     slots = np.arange(first_row, stop_row)
-    flat_layout = layout.reshape(-1)
-    h_flat, c_flat = h.reshape(-1), c.reshape(-1)
-    x_flat, buffers_flat = x.reshape(-1), buffers.reshape(-1)
-    width = buffers.shape[3]
+    # Flat arrays and offsets, not views: each view costs an atomic reference count.
+    buffers_flat = buffers.reshape(-1)
     layer_size = steps * batch * width  # of one of the buffers
-    for layer in range(layers):
-        # Flat arrays and offsets, not views: each view costs an atomic reference count.
-        below = x_flat if layer == 0 else buffers_flat
-        below_at = 0 if layer == 0 else ((layer - 1) % 2) * layer_size
-        out_at = (layer % 2) * layer_size
-        inputs = layout[layer * directions, INPUTS]
-        for direction in range(directions):
-            ld = layer * directions + direction
-            reverse = layout[ld, REVERSE] != 0
-            offset = direction * hidden
-            for start in range(0, steps, block):
-                count = min(block, steps - start)
-                for s in range(count):
-                    t = steps - 1 - start - s if reverse else start + s
-                    for r in range(rows):
-                        source = below_at + (t * batch + first_row + r) * inputs
-                        at = (s * rows + r) * inputs
-                        for j in range(inputs):
-                            buffer[uint64(at + j)] = below[uint64(source + j)]
-                cell_flat(buffer, 0, target, rows, count, slots, h_flat, ld * batch * hidden,
-                          c_flat, ld * batch * hidden_c, weights, flat_layout,
-                          ld * LAYOUT_COLUMNS, scratch, pairs)
-                for s in range(count):
-                    t = steps - 1 - start - s if reverse else start + s
-                    for r in range(rows):
-                        destination = out_at + (t * batch + first_row + r) * width + offset
-                        at = target + (s * rows + r) * hidden
-                        for j in range(hidden):
-                            buffers_flat[uint64(destination + j)] = buffer[uint64(at + j)]
+    below = x.reshape(-1) if layer == 0 else buffers_flat
+    below_at = 0 if layer == 0 else ((layer - 1) % 2) * layer_size
+    out_at = (layer % 2) * layer_size
+    h_flat, c_flat, flat_layout = h.reshape(-1), c.reshape(-1), layout.reshape(-1)
+    for start in range(0, steps, block):
+        count = min(block, steps - start)
+        for s in range(count):
+            t = steps - 1 - start - s if reverse else start + s
+            for r in range(rows):
+                source = below_at + (t * batch + first_row + r) * inputs
+                at = (s * rows + r) * inputs
+                for j in range(inputs):
+                    buffer[uint64(at + j)] = below[uint64(source + j)]
+        cell_flat(buffer, 0, target, rows, count, slots, h_flat, ld * batch * hidden, c_flat,
+                  ld * batch * c.shape[2], weights, flat_layout, ld * LAYOUT_COLUMNS, scratch,
+                  pairs)
+        for s in range(count):
+            t = steps - 1 - start - s if reverse else start + s
+            for r in range(rows):
+                destination = out_at + (t * batch + first_row + r) * width + offset
+                at = target + (s * rows + r) * hidden
+                for j in range(hidden):
+                    buffers_flat[uint64(destination + j)] = buffer[uint64(at + j)]
 
 
 @parallel_kernel
@@ -250,6 +252,18 @@ def sequence_flat_blocks(weights, layout, x, h, c, buffers, blocks):
     for block in prange(blocks):
         sequence_flat(weights, layout, x, h, c, buffers, block * batch // blocks,
                       (block + 1) * batch // blocks)
+
+
+@parallel_kernel
+def sequence_flat_directions(weights, layout, x, h, c, buffers):
+    """sequence_flat for the whole batch, each layer's directions at once, one per thread: they
+    read the same input and write their own halves of the layer's output and their own state.
+    For a batch too small to cut into blocks (a bidirectional layer at batch 1)."""
+    directions = buffers.shape[3] // layout[0, HIDDEN]
+    for layer in range(layout.shape[0] // directions):
+        for direction in prange(directions):
+            direction_flat(weights, layout, layer * directions + direction, x, h, c, buffers, 0,
+                           x.shape[1])
 
 
 @kernel
