@@ -462,6 +462,29 @@ def test_narrow_product_against_float64_reference(dtype):
     np.testing.assert_allclose(y.reshape(expected.shape), expected, rtol=0, atol=tolerance)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grouped_product_against_float64_reference(dtype):
+    """The register-tiled product on shapes that take each of its paths: rows in fours and one
+    by one (M = 7), a last panel narrower than the rest and a block of POSITION_BLOCK positions
+    and part of one (P = POSITION_BLOCK + 37), two groups, two images, the units cut at an odd
+    place (so that a unit ends partway along an image's blocks)."""
+    from fastrnn.converters.onnx import spatial_kernels as kernels
+    rng = np.random.default_rng(4)
+    groups, rows, depth, positions = 2, 7, 11, kernels.POSITION_BLOCK + 37
+    a = rng.standard_normal((groups, rows, depth)).astype(dtype)
+    b = rng.standard_normal((2, groups, depth, positions)).astype(dtype)
+    bias = rng.standard_normal((groups, rows)).astype(dtype)
+    expected = np.einsum("gmk,ngkp->ngmp", a.astype(np.float64), b.astype(np.float64)) + \
+        bias.astype(np.float64)[None, :, :, None]
+    out = np.full((2, groups, rows, positions), np.nan, dtype)
+    units = kernels.product_units(b)
+    assert units == 2 * groups * 2
+    kernels.grouped_product(a, b, bias, out, 0, 3)
+    kernels.grouped_product(a, b, bias, out, 3, units)
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance)
+
+
 @pytest.mark.parametrize("mode, code", [("reflect", 0), ("edge", 1), ("wrap", 2)])
 def test_pad_rows_against_numpy(mode, code):
     from fastrnn.converters.onnx import spatial_kernels as kernels
