@@ -178,30 +178,31 @@ def run_sequence(plan, x, h, c, lengths):
     c (L*D, B, H) or (L*D, B, 0) hold the initial state and get the final one. Returns
     y (T, B, D*H_out)."""
     steps, batch = x.shape[0], x.shape[1]
-    buffers = memory.zeros((2 if plan.num_layers > 1 else 1, steps, batch,
-                            plan.num_directions * plan.config.output_size), x.dtype)
-    if batch and plan.flat_sequences and lengths.min() == steps:
-        blocks = plan.threads_for(batch)
-        arguments = (plan.weights, plan.layout, x, h, c, buffers)
-        first = plan.layout[0]
-        work = steps * batch * first[GATES] * (first[INPUTS] + first[HIDDEN])
-        if blocks == 1 and plan.num_directions == 2 and work >= PARALLEL_DIRECTIONS and \
-                parallel.threads_for_call() > 1:
-            with parallel.parallel_section():
-                call(flat.sequence_flat_directions, *arguments)
-        elif blocks == 1:
-            call(flat.sequence_flat, *arguments, 0, batch)
-        else:
-            with parallel.parallel_section():
-                call(flat.sequence_flat_blocks, *arguments, blocks)
-    elif batch:
+    shape = (2 if plan.num_layers > 1 else 1, steps, batch,
+             plan.num_directions * plan.config.output_size)
+    if not (batch and plan.flat_sequences and lengths.min() == steps):
+        buffers = memory.zeros(shape, x.dtype)  # zero past each row's length
         blocks = plan.threads_for(batch)
         arguments = (plan.weights, plan.layout, plan.parameters, x, lengths, h, c, buffers)
-        if blocks == 1:
+        if blocks == 1 and batch:
             call(sequence_block, *arguments, 0, batch)
-        else:
+        elif batch:
             with parallel.parallel_section():
                 call(sequence_blocks, *arguments, blocks)
+        return buffers[(plan.num_layers - 1) % 2]
+    buffers = memory.empty(shape, x.dtype)  # the flat pass writes every element
+    blocks = plan.threads_for(batch)
+    arguments = (plan.weights, plan.layout, x, h, c, buffers)
+    if blocks == 1 and plan.num_directions == 2 and \
+            steps * batch * plan.step_work >= PARALLEL_DIRECTIONS and \
+            parallel.threads_for_call() > 1:
+        with parallel.parallel_section():
+            call(flat.sequence_flat_directions, *arguments)
+    elif blocks == 1:
+        call(flat.sequence_flat, *arguments, 0, batch)
+    else:
+        with parallel.parallel_section():
+            call(flat.sequence_flat_blocks, *arguments, blocks)
     return buffers[(plan.num_layers - 1) % 2]
 
 

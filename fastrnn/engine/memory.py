@@ -10,6 +10,8 @@ here: every array on a 64-byte boundary, and `padding` rounds a block inside a f
 one, so that the blocks after it start on a line too.
 """
 
+import math
+
 import numpy as np
 
 ALIGNMENT = 64  # bytes: one cache line, and one AVX-512 vector
@@ -19,7 +21,7 @@ def empty(shape, dtype):
     """An uninitialised C-contiguous array whose first element starts on a 64-byte boundary."""
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = math.prod(shape) * dtype.itemsize
     raw = np.empty(size + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start:start + size].view(dtype).reshape(shape)

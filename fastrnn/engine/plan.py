@@ -145,6 +145,10 @@ class Plan:
         # Whole sequences of full length go through fastrnn.engine.flat.sequence_flat.
         self.flat_sequences = encoded is None and has_flat_cell(self.layout, self.parameters,
                                                                 streaming=False)
+        # Multiply-adds of the first layer's step for one row and direction: what the driver
+        # weighs against PARALLEL_DIRECTIONS.
+        first = self.layout[0]
+        self.step_work = int(first[GATES]) * int(first[INPUTS] + first[HIDDEN])
 
     def view(self, ld, column, shape):
         """The block of layer-direction ld that starts at layout column `column`, as `shape`."""

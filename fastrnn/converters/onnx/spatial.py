@@ -44,9 +44,10 @@ CACHE_LIMIT = 64  # shapes remembered per node; past that, geometry is recompute
 # one core's work): under it, waking a second thread costs more than it saves.
 PARALLEL_PRODUCT = 1 << 22
 # Output positions per image below which Conv takes narrow_product (dot products along K, columns
-# as rows) over grouped_product (whose inner loop runs along the positions): measured 2-5x faster
-# at Silero VAD's 1-9 positions, 1.3x at 50, and slower past about a hundred.
-NARROW_POSITIONS = 128
+# as rows) over grouped_product (register tiles 16 float32 positions wide): on the development
+# machine 1.3-6x faster at Silero VAD's 1-9 positions (128 x 384 x 4: 6.4 against 21.7 us),
+# 1.2x at 16, and slower from 32 on (64 x 200 x 32: 16.7 against 12.0 us; x 50: 30.6 against 21.0).
+NARROW_POSITIONS = 24
 
 
 def _product(a, b, bias, out):
