@@ -232,7 +232,7 @@ def step_block(weights, layout, parameters, slots, h, c, scratch, first, stop, x
     for layer in range(layout.shape[0]):
         flat_cells = flat_cells and layout[layer, FLAT_CELL] != 0
     if flat_cells:
-        flat.step_flat(weights, layout, slots, h, c, scratch, first, stop, x, y)
+        flat.step_flat_float(weights, layout, slots, h, c, scratch, first, stop, x, y)
         return
     rows = stop - first
     layers = layout.shape[0]

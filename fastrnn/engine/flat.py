@@ -22,7 +22,8 @@ results are those of the driver's general kernels. Three callers:
 """
 
 import numpy as np
-from numba import prange, uint64
+from numba import prange, types, uint64
+from numba.extending import overload
 
 from fastrnn.engine.activations import RELU, fast_sigmoid, fast_tanh
 from fastrnn.engine.cells import GRU, LSTM
@@ -300,3 +301,22 @@ def step_flat(weights, layout, slots, h, c, scratch, first, stop, x, y):
     for r in range(rows):
         for j in range(hidden):
             y[first + r, j] = scratch[uint64(last + r * hidden + j)]
+
+
+def step_flat_float(weights, layout, slots, h, c, scratch, first, stop, x, y):
+    """step_flat, for step_block to call from jitted code: compiled only where the weights are
+    floats. A low-bit plan's rows never have FLAT_CELL, so step_block never takes this path for
+    one, but Numba types every branch: without this, each low-bit specialisation of step_block
+    compiled step_flat for integer weights it can never run."""
+    raise NotImplementedError("step_flat_float is called from jitted code only")
+
+
+@overload(step_flat_float)
+def _step_flat_float(weights, layout, slots, h, c, scratch, first, stop, x, y):
+    if isinstance(weights.dtype, types.Float):
+        def run(weights, layout, slots, h, c, scratch, first, stop, x, y):
+            step_flat(weights, layout, slots, h, c, scratch, first, stop, x, y)
+    else:
+        def run(weights, layout, slots, h, c, scratch, first, stop, x, y):
+            pass
+    return run

@@ -2,10 +2,13 @@
 value in jitted code, with loads, stores and fused multiply-adds.
 
 Numba vectorises loops, not register tiles: a product written as loops keeps its partial sums in
-memory, so every four weight rows cost a load and a store of every output element, and the
-setup of each short loop. With these values a kernel holds a tile of outputs in registers
-across the whole reduction (fastrnn.engine.flat.add_products). The arithmetic is the loops': one
-fused multiply-add per term, in the order of k, starting from the output's value.
+memory, so every few rows of the reduction cost a load and a store of every output element, and
+the setup of each short loop. With these values a kernel holds a tile of outputs in registers
+across the whole reduction: the ONNX convolutions' products (fastrnn.converters.onnx.
+spatial_kernels: grouped_product, narrow_tiles). One fused multiply-add per term, in the order
+of the reduction. (Tried and dropped: the recurrent cells' one-row product, add_products in
+fastrnn.engine.flat. Alone in a loop a tile was 20-50% faster at 16 x 64 to 32 x 128, but inside
+a streaming LSTM step, where each step waits on the last, paired runs showed no difference.)
 
     lanes(array)                 the lane count for array's dtype (a compile-time constant)
     splat(s)                     a vector of lanes copies of the scalar s

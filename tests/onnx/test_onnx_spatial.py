@@ -457,9 +457,32 @@ def test_narrow_product_against_float64_reference(dtype):
     kernels.im2col_rows(x, col, group, oh, ow, 2, 3, *strides, *dilations, pads[0], pads[1])
     y = np.empty((2, group, 3, oh * ow), dtype)
     kernels.narrow_product(np.ascontiguousarray(w.reshape(group, 3, -1)), col,
-                           b.reshape(group, 3), y)
+                           b.reshape(group, 3), y, 0)
     tolerance = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(y.reshape(expected.shape), expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_narrow_tiles_and_product_against_float64_reference(dtype):
+    """Channel tiles for the first rows, narrow_product for the rest: M = 2 tiles and 3 rows,
+    positions 1 to 6 (a full group of four, a part of one, a part alone), two groups."""
+    from fastrnn.converters.onnx import spatial_kernels as kernels
+    rng = np.random.default_rng(5)
+    groups, depth = 2, 13
+    lanes = 32 // np.dtype(dtype).itemsize
+    rows = 2 * (2 * lanes) + 3
+    a = rng.standard_normal((groups, rows, depth)).astype(dtype)
+    bias = rng.standard_normal((groups, rows)).astype(dtype)
+    for positions in range(1, 7):
+        col = rng.standard_normal((2, groups, positions, depth)).astype(dtype)
+        expected = np.einsum("gmk,ngpk->ngmp", a.astype(np.float64), col.astype(np.float64)) + \
+            bias.astype(np.float64)[None, :, :, None]
+        out = np.full((2, groups, rows, positions), np.nan, dtype)
+        first = kernels.narrow_tiles(np.ascontiguousarray(a.transpose(0, 2, 1)), col, bias, out)
+        assert first == 2 * (2 * lanes)
+        kernels.narrow_product(a, col, bias, out, first)
+        tolerance = 1e-12 if dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(out, expected, rtol=0, atol=tolerance)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

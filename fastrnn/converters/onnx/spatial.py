@@ -226,6 +226,9 @@ def conv(node):
         return np.ascontiguousarray(w.reshape(group, w.shape[0] // group, -1))
 
     prepared = prepare(weight) if weight is not None else None
+    # (G, K, M/G): the narrow path's channel tiles read W with the channels contiguous.
+    transposed = np.ascontiguousarray(prepared.transpose(0, 2, 1)) if weight is not None \
+        else None
 
     def geometry(shape, kernel):
         sizes = shape[2:]
@@ -292,8 +295,9 @@ def conv(node):
             rows = bias_rows_for(b, product_shape[1], product_shape[2], x.dtype)
         y = np.empty(y_shape, x.dtype)
         if narrow:
-            kernels.narrow_conv(image, prepared, rows, cache.buffer(columns, x.dtype),
-                                y.reshape(product_shape), arguments)
+            kernels.narrow_conv(image, prepared, transposed, rows,
+                                cache.buffer(columns, x.dtype), y.reshape(product_shape),
+                                arguments)
         else:
             if pointwise:
                 col = image.reshape(columns)
