@@ -106,9 +106,11 @@ def test_conv_other_batch_sizes_reuse_nothing_stale():
 
 
 @pytest.mark.parametrize("op_type", ["Conv", "ConvTranspose"])
-def test_products_big_enough_for_threads(op_type):
-    # Past PARALLEL_PRODUCT multiply-adds the product is cut into blocks over fastrnn's threads.
+def test_products_big_enough_for_threads(op_type, monkeypatch):
+    # Past PARALLEL_PRODUCT multiply-adds the product is cut into blocks over fastrnn's threads,
+    # and past PARALLEL_COLUMNS (made 1 here) im2col's images too.
     from fastrnn.converters.onnx import spatial
+    monkeypatch.setattr(spatial, "PARALLEL_COLUMNS", 1)
     x, w = normal(2, 16, 32, 40), normal(16, 16, 3, 3, seed=1)
     assert 2 * 16 * 32 * 40 * 16 * 9 >= spatial.PARALLEL_PRODUCT
     model, feeds = node_model(op_type, {"X": x}, {"W": w, "B": normal(16, seed=2)},

@@ -76,6 +76,17 @@ def im2col(x, col, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, dilatio
                             tail[i] = zero
 
 
+@parallel_kernel
+def im2col_blocks(x, col, blocks, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w,
+                  dilation_h, dilation_w, pad_top, pad_left):
+    """im2col for `blocks` near-equal blocks of the images at once, one per thread."""
+    batch = x.shape[0]
+    for block in prange(blocks):
+        first, stop = block * batch // blocks, (block + 1) * batch // blocks
+        im2col(x[first:stop], col[first:stop], out_h, out_w, kernel_h, kernel_w, stride_h,
+               stride_w, dilation_h, dilation_w, pad_top, pad_left)
+
+
 @kernel
 def col2im(col, y, in_h, in_w, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
            pad_top, pad_left):
