@@ -576,3 +576,43 @@ def test_conv_output_not_overwritten_by_the_next_run():
     (second,) = session.run(None, {"X": second_x})
     np.testing.assert_array_equal(first, kept)
     assert not np.shares_memory(first, second)
+
+
+def _conv_chain_model(last_op):
+    """X -> Conv -> Relu -> MaxPool -> Conv -> last_op (Identity or Reshape) -> Y."""
+    w1, w2 = numpy_helper.from_array(normal(4, 3, 3, 3, seed=1), "W1"), \
+        numpy_helper.from_array(normal(5, 4, 3, 3, seed=2), "W2")
+    shape = numpy_helper.from_array(np.array([1, -1], np.int64), "shape")
+    nodes = [helper.make_node("Conv", ["X", "W1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"], name="relu"),
+             helper.make_node("MaxPool", ["b"], ["c"], name="pool", kernel_shape=[2, 2],
+                              strides=[2, 2]),
+             helper.make_node("Conv", ["c", "W2"], ["d"], name="conv2", pads=[1, 1, 1, 1]),
+             helper.make_node(last_op, ["d", "shape"] if last_op == "Reshape" else ["d"], ["Y"],
+                              name="last")]
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], [w1, w2, shape])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("last_op", ["Reshape", "Identity"])
+def test_outputs_kept_between_runs_only_where_they_never_leave_a_run(last_op):
+    """Conv+Relu and MaxPool read only by a MaxPool or a Conv write into buffers kept between
+    runs; the last Conv, read by a Reshape (a view) or an Identity, makes a fresh array each run:
+    an earlier run's answer is never overwritten, and every run matches onnxruntime."""
+    model = _conv_chain_model(last_op)
+    session, peer = fastrnn.InferenceSession(model), onnxruntime_session(model)
+    reuse = {step.node: getattr(step.function, "reusable_output", None)
+             for step in session._graph.steps}
+    assert {node: output.reuse for node, output in reuse.items() if output is not None} == \
+        {"conv1": True, "pool": True, "conv2": False}
+    answers = []
+    for seed in (5, 6, 5):
+        feeds = {"X": normal(2, 3, 8, 8, seed=seed)}
+        (y,) = session.run(None, feeds)
+        np.testing.assert_allclose(y, peer.run(None, feeds)[0], rtol=0, atol=1e-4)
+        answers.append((y, y.copy()))
+    for y, kept in answers:
+        np.testing.assert_array_equal(y, kept)
+    np.testing.assert_array_equal(answers[0][1], answers[2][1])

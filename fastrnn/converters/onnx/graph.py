@@ -228,6 +228,7 @@ class Graph:
         for value in self.inputs:
             self._slot(value.name, slots, constants)
         self.steps, step_protos = self._plan_nodes(graph.node, slots, constants, top_level=True)
+        self._reuse_outputs(self.steps, step_protos, {value.name for value in self.outputs})
         self.steps, step_protos = self._fuse_conv_relus(self.steps, step_protos)
         self.constants = constants
         self._fuse_direction_squeezes(step_protos, slots)
@@ -423,6 +424,37 @@ class Graph:
             fused.add(id(step))
         self.steps = [step for step in self.steps if id(step) not in fused]
 
+    def _reuse_outputs(self, steps, protos, graph_outputs):
+        """Let each Conv and MaxPool whose output never leaves a run write it into a buffer kept
+        between runs (spatial.ReusableOutput): not a graph output, and read by Convs and MaxPools
+        only (every read counted, subgraphs' included), which copy what they read and return
+        arrays of their own; for a Conv followed by the Relu folded into it, the Relu's value.
+        A value read by anything else (a Reshape's view, an op that may return its input) stays
+        a fresh array each run."""
+        consumers = collections.defaultdict(list)
+        for proto in protos:
+            for name in proto.input:
+                consumers[name].append(proto)
+
+        def stays_inside(name):
+            readers = consumers[name]
+            return name not in graph_outputs and bool(readers) and \
+                len(readers) == self._readers[name] and \
+                all(reader.op_type in ("Conv", "MaxPool") for reader in readers)
+
+        for step, proto in zip(steps, protos):
+            output = getattr(step.function, "reusable_output", None)
+            if output is None or len(proto.output) != 1:
+                continue
+            name = proto.output[0]
+            readers = consumers[name]
+            if proto.op_type == "Conv" and len(readers) == 1 and readers[0].op_type == "Relu" \
+                    and self._readers[name] == 1 and name not in graph_outputs:
+                # The Relu is folded into the Conv (_fuse_conv_relus), in place: its value is
+                # the Conv's array.
+                name = readers[0].output[0]
+            output.reuse = stays_inside(name)
+
     def _fuse_conv_relus(self, steps, protos):
         """(steps, protos) with every Relu whose input is a Conv's output read by nothing else
         folded into that Conv, which then applies max(y, 0) to its own fresh output in place:
@@ -458,6 +490,7 @@ def _then_relu(run):
     def run_then_relu(*values):
         y = run(*values)
         return glue.relu_array(y, out=y)
+    run_then_relu.reusable_output = getattr(run, "reusable_output", None)
     return run_then_relu
 
 

@@ -110,6 +110,31 @@ class _PerShape:
         return array
 
 
+class ReusableOutput:
+    """Where a Conv's or MaxPool's output comes from: a fresh array, or, once the graph has found
+    that the value never leaves a run (graph.Graph._reuse_outputs: not a graph output, read only
+    by Convs and MaxPools, which copy what they read), a buffer of the calling thread's kept
+    from run to run. A fresh array of megabytes is fresh pages from the system each run: a CRNN's
+    first Conv at batch 16 (8 MB out) took 6.6 ms of which 5 were page faults."""
+
+    def __init__(self):
+        self.reuse = False
+        self.local = threading.local()
+
+    def empty(self, shape, dtype):
+        if not self.reuse:
+            return np.empty(shape, dtype)
+        buffers = getattr(self.local, "buffers", None)
+        if buffers is None:
+            buffers = self.local.buffers = {}
+        array = buffers.get((shape, dtype))
+        if array is None:
+            array = np.empty(shape, dtype)
+            if len(buffers) < CACHE_LIMIT:
+                buffers[shape, dtype] = array
+        return array
+
+
 # -- attributes and geometry ---------------------------------------------------------------------
 
 def _ints_attribute(node, name, rank, default, minimum):
@@ -309,7 +334,7 @@ def conv(node):
         image = x.reshape(image_shape)
         if rows is None:
             rows = bias_rows_for(b, product_shape[1], product_shape[2], x.dtype)
-        y = np.empty(y_shape, x.dtype)
+        y = output.empty(y_shape, x.dtype)
         if narrow:
             kernels.narrow_conv(image, prepared, transposed, rows,
                                 cache.buffer(columns, x.dtype), y.reshape(product_shape),
@@ -345,9 +370,10 @@ def conv(node):
             col = cache.buffer((batch, groups * depth, positions), image.dtype)
             _im2col(image, col, arguments)
         bias_rows = bias_rows_for(b, groups, per_group, image.dtype)
-        y = np.empty((batch, groups, per_group, positions), image.dtype)
+        y = output.empty((batch, groups, per_group, positions), image.dtype)
         _product(nonlocal_w, col.reshape(batch, groups, depth, positions), bias_rows, y)
         return y.reshape(batch, groups * per_group, *outputs)
+    output = run.reusable_output = ReusableOutput()
     return run
 
 
@@ -482,9 +508,10 @@ def max_pool(node):
     def run(x):
         image = _image(x, node, rank)
         outputs, o2, arguments, _ = cache.get((x.shape,))
-        y = np.empty((*image.shape[:2], *o2), image.dtype)
+        y = output.empty((*image.shape[:2], *o2), image.dtype)
         kernels.max_pool(image, y, *arguments)
         return y.reshape(*image.shape[:2], *outputs)
+    output = run.reusable_output = ReusableOutput()
     return run
 
 
