@@ -616,3 +616,12 @@ def test_outputs_kept_between_runs_only_where_they_never_leave_a_run(last_op):
     for y, kept in answers:
         np.testing.assert_array_equal(y, kept)
     np.testing.assert_array_equal(answers[0][1], answers[2][1])
+
+
+def test_max_pool_over_threads_matches_onnxruntime(monkeypatch):
+    # Past PARALLEL_COLUMNS (made 1 here) MaxPool's images are cut into blocks over the threads.
+    from fastrnn.converters.onnx import spatial
+    monkeypatch.setattr(spatial, "PARALLEL_COLUMNS", 1)
+    model, feeds = node_model("MaxPool", {"X": normal(3, 2, 9, 8)}, {},
+                              {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]})
+    assert_matches_onnxruntime(model, feeds)

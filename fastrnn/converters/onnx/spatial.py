@@ -43,8 +43,8 @@ CACHE_LIMIT = 64  # shapes remembered per node; past that, geometry is recompute
 # Multiply-adds below which a product stays on the calling thread (about half a millisecond of
 # one core's work): under it, waking a second thread costs more than it saves.
 PARALLEL_PRODUCT = 1 << 22
-# Column elements from which im2col runs its images on several threads (a quarter of a
-# millisecond of one core's copying).
+# Elements (of im2col's columns, of MaxPool's input) from which those two run their images on
+# several threads: about a quarter of a millisecond of one core's copying.
 PARALLEL_COLUMNS = 1 << 20
 # Output positions per image below which Conv takes narrow_product (dot products along K, columns
 # as rows) over grouped_product (register tiles 16 float32 positions wide): on the development
@@ -509,7 +509,14 @@ def max_pool(node):
         image = _image(x, node, rank)
         outputs, o2, arguments, _ = cache.get((x.shape,))
         y = output.empty((*image.shape[:2], *o2), image.dtype)
-        kernels.max_pool(image, y, *arguments)
+        blocks = 1
+        if image.size >= PARALLEL_COLUMNS and image.shape[0] > 1:
+            blocks = min(parallel.threads_for_call(), image.shape[0])
+        if blocks > 1:
+            with parallel.parallel_section():
+                kernels.max_pool_blocks(image, y, blocks, *arguments)
+        else:
+            kernels.max_pool(image, y, *arguments)
         return y.reshape(*image.shape[:2], *outputs)
     output = run.reusable_output = ReusableOutput()
     return run

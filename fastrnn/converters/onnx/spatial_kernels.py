@@ -87,6 +87,17 @@ def im2col_blocks(x, col, blocks, out_h, out_w, kernel_h, kernel_w, stride_h, st
                stride_w, dilation_h, dilation_w, pad_top, pad_left)
 
 
+@parallel_kernel
+def max_pool_blocks(x, y, blocks, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
+                    dilation_w, pad_top, pad_left):
+    """max_pool for `blocks` near-equal blocks of the images at once, one per thread."""
+    batch = x.shape[0]
+    for block in prange(blocks):
+        first, stop = block * batch // blocks, (block + 1) * batch // blocks
+        max_pool(x[first:stop], y[first:stop], kernel_h, kernel_w, stride_h, stride_w,
+                 dilation_h, dilation_w, pad_top, pad_left)
+
+
 @kernel
 def col2im(col, y, in_h, in_w, kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
            pad_top, pad_left):
