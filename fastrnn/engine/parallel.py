@@ -3,7 +3,9 @@
 Work is spread over cores only where it divides without talking: the rows of a batch (or the
 streams of a pool tick) are independent for the whole call, so `driver` hands each thread a
 block of rows through one `prange` and nothing waits for anything until the call returns. A
-batch-1 recurrence stays on one core; there is no partner thread, barrier or spinning wait.
+batch-1 recurrence stays on one core; there is no partner thread, barrier or spinning wait. (The
+two directions of a bidirectional layer are independent too: a batch too small for blocks runs
+them one per thread, driver.run_sequence.)
 
 The threading layer is TBB (the `tbb` package): it is safe to call from many threads at once and
 in a forked child, and its workers sleep when idle, so an idle process burns no core. pip puts

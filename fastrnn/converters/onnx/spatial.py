@@ -68,12 +68,17 @@ def _product(a, b, bias, out):
         kernels.grouped_product(a, b, bias, out, 0, units)
 
 
+def _image_blocks(elements, images):
+    """How many blocks of images a copy over `elements` elements is cut into (1: one thread)."""
+    if elements < PARALLEL_COLUMNS or images < 2:
+        return 1
+    return min(parallel.threads_for_call(), images)
+
+
 def _im2col(image, col, arguments):
     """kernels.im2col, its images spread over fastrnn's threads when the columns are big enough
     (PARALLEL_COLUMNS): a CRNN's 16 images of 288 x 1024 columns took 1.4 ms on one thread."""
-    blocks = 1
-    if col.size >= PARALLEL_COLUMNS and image.shape[0] > 1:
-        blocks = min(parallel.threads_for_call(), image.shape[0])
+    blocks = _image_blocks(col.size, image.shape[0])
     if blocks > 1:
         with parallel.parallel_section():
             kernels.im2col_blocks(image, col, blocks, *arguments)
@@ -509,9 +514,7 @@ def max_pool(node):
         image = _image(x, node, rank)
         outputs, o2, arguments, _ = cache.get((x.shape,))
         y = output.empty((*image.shape[:2], *o2), image.dtype)
-        blocks = 1
-        if image.size >= PARALLEL_COLUMNS and image.shape[0] > 1:
-            blocks = min(parallel.threads_for_call(), image.shape[0])
+        blocks = _image_blocks(image.size, image.shape[0])
         if blocks > 1:
             with parallel.parallel_section():
                 kernels.max_pool_blocks(image, y, blocks, *arguments)
