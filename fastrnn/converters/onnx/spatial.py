@@ -68,22 +68,19 @@ def _product(a, b, bias, out):
         kernels.grouped_product(a, b, bias, out, 0, units)
 
 
-def _image_blocks(elements, images):
-    """How many blocks of images a copy over `elements` elements is cut into (1: one thread)."""
-    if elements < PARALLEL_COLUMNS or images < 2:
-        return 1
-    return min(parallel.threads_for_call(), images)
-
-
-def _im2col(image, col, arguments):
-    """kernels.im2col, its images spread over fastrnn's threads when the columns are big enough
-    (PARALLEL_COLUMNS): a CRNN's 16 images of 288 x 1024 columns took 1.4 ms on one thread."""
-    blocks = _image_blocks(col.size, image.shape[0])
+def _by_images(serial, blocked, x, y, arguments):
+    """serial(x, y, *arguments) (im2col, max_pool), or blocked(x, y, blocks, *arguments) with the
+    images cut into blocks over fastrnn's threads once the larger array of the two holds
+    PARALLEL_COLUMNS elements: a CRNN's 16 images of 288 x 1024 columns took 1.4 ms to write on
+    one thread."""
+    blocks = 1
+    if max(x.size, y.size) >= PARALLEL_COLUMNS and x.shape[0] > 1:
+        blocks = min(parallel.threads_for_call(), x.shape[0])
     if blocks > 1:
         with parallel.parallel_section():
-            kernels.im2col_blocks(image, col, blocks, *arguments)
+            blocked(x, y, blocks, *arguments)
     else:
-        kernels.im2col(image, col, *arguments)
+        serial(x, y, *arguments)
 
 
 class _PerShape:
@@ -349,7 +346,7 @@ def conv(node):
                 col = image.reshape(columns)
             else:
                 col = cache.buffer(columns, x.dtype)
-                _im2col(image, col, arguments)
+                _by_images(kernels.im2col, kernels.im2col_blocks, image, col, arguments)
             _product(prepared, col.reshape(product_shape[0], product_shape[1], -1,
                                            product_shape[3]), rows, y.reshape(product_shape))
         return y
@@ -373,7 +370,7 @@ def conv(node):
             col = image.reshape(batch, channels, positions)
         else:
             col = cache.buffer((batch, groups * depth, positions), image.dtype)
-            _im2col(image, col, arguments)
+            _by_images(kernels.im2col, kernels.im2col_blocks, image, col, arguments)
         bias_rows = bias_rows_for(b, groups, per_group, image.dtype)
         y = output.empty((batch, groups, per_group, positions), image.dtype)
         _product(nonlocal_w, col.reshape(batch, groups, depth, positions), bias_rows, y)
@@ -514,12 +511,7 @@ def max_pool(node):
         image = _image(x, node, rank)
         outputs, o2, arguments, _ = cache.get((x.shape,))
         y = output.empty((*image.shape[:2], *o2), image.dtype)
-        blocks = _image_blocks(image.size, image.shape[0])
-        if blocks > 1:
-            with parallel.parallel_section():
-                kernels.max_pool_blocks(image, y, blocks, *arguments)
-        else:
-            kernels.max_pool(image, y, *arguments)
+        _by_images(kernels.max_pool, kernels.max_pool_blocks, image, y, arguments)
         return y.reshape(*image.shape[:2], *outputs)
     output = run.reusable_output = ReusableOutput()
     return run

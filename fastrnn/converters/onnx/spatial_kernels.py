@@ -297,6 +297,28 @@ def normalize_rows(x, y, scale, bias, epsilon, channels, per_channel, mean_out, 
                 y[r, s] = (x[r, s] - mean) * inv_std * scale[s] + bias[s]
 
 
+@kernel
+def tile_sums(vectors, at, step, scalars, first, second, third, fourth, count, sums):
+    """The register tile of grouped_product and narrow_tiles: sums (four rows' two vectors each,
+    fastrnn.engine.simd) plus, for k < count, the two vectors at vectors[at + k step] times row
+    r's scalar scalars[start_r + k] (start_r: first, second, third, fourth), one fused
+    multiply-add a term in the order of k. Returns the eight vectors."""
+    lanes = simd.lanes(vectors)
+    s00, s01, s10, s11, s20, s21, s30, s31 = sums
+    for k in range(count):
+        v0 = simd.load(vectors, at + k * step)
+        v1 = simd.load(vectors, at + k * step + lanes)
+        x = scalars[uint64(first + k)]
+        s00, s01 = simd.fma(v0, x, s00), simd.fma(v1, x, s01)
+        x = scalars[uint64(second + k)]
+        s10, s11 = simd.fma(v0, x, s10), simd.fma(v1, x, s11)
+        x = scalars[uint64(third + k)]
+        s20, s21 = simd.fma(v0, x, s20), simd.fma(v1, x, s21)
+        x = scalars[uint64(fourth + k)]
+        s30, s31 = simd.fma(v0, x, s30), simd.fma(v1, x, s31)
+    return s00, s01, s10, s11, s20, s21, s30, s31
+
+
 # Positions per work unit of grouped_product (units are what its parallel version spreads).
 POSITION_BLOCK = 256
 
@@ -339,26 +361,17 @@ def grouped_product(a, b, bias, out, first_unit, stop_unit):
                 panels[uint64((j // width) * size + k * width + j % width)] = b_flat[uint64(row + j)]
         for first in range(start, stop, width):
             count = min(width, stop - first)
-            panel = panels[((first - start) // width) * size:]
+            panel = ((first - start) // width) * size  # this panel's offset in panels
             m = 0
             while m + 4 <= rows:
                 w0 = (g * rows + m) * depth
-                w1, w2, w3 = w0 + depth, w0 + 2 * depth, w0 + 3 * depth
                 s00 = simd.splat(bias[g, m])
                 s10 = simd.splat(bias[g, m + 1])
                 s20 = simd.splat(bias[g, m + 2])
                 s30 = simd.splat(bias[g, m + 3])
-                s01, s11, s21, s31 = s00, s10, s20, s30
-                for k in range(depth):
-                    v0, v1 = simd.load(panel, k * width), simd.load(panel, k * width + lanes)
-                    x = a_flat[uint64(w0 + k)]
-                    s00, s01 = simd.fma(v0, x, s00), simd.fma(v1, x, s01)
-                    x = a_flat[uint64(w1 + k)]
-                    s10, s11 = simd.fma(v0, x, s10), simd.fma(v1, x, s11)
-                    x = a_flat[uint64(w2 + k)]
-                    s20, s21 = simd.fma(v0, x, s20), simd.fma(v1, x, s21)
-                    x = a_flat[uint64(w3 + k)]
-                    s30, s31 = simd.fma(v0, x, s30), simd.fma(v1, x, s31)
+                s00, s01, s10, s11, s20, s21, s30, s31 = tile_sums(
+                    panels, panel, width, a_flat, w0, w0 + depth, w0 + 2 * depth,
+                    w0 + 3 * depth, depth, (s00, s00, s10, s10, s20, s20, s30, s30))
                 o = (image * rows + m) * positions + first
                 target, at, step = (out_flat, o, positions) if count == width else (tail, 0, width)
                 simd.store(target, at, s00)
@@ -380,8 +393,8 @@ def grouped_product(a, b, bias, out, first_unit, stop_unit):
                 s01 = s00
                 for k in range(depth):
                     x = a_flat[uint64(w0 + k)]
-                    s00 = simd.fma(simd.load(panel, k * width), x, s00)
-                    s01 = simd.fma(simd.load(panel, k * width + lanes), x, s01)
+                    s00 = simd.fma(simd.load(panels, panel + k * width), x, s00)
+                    s01 = simd.fma(simd.load(panels, panel + k * width + lanes), x, s01)
                 simd.store(tail, 0, s00)
                 simd.store(tail, lanes, s01)
                 o = (image * rows + m) * positions + first
@@ -472,19 +485,9 @@ def narrow_tiles(a_t, col_t, bias, out):
                     r1 = r0 + min(1, count - 1) * depth
                     r2 = r0 + min(2, count - 1) * depth
                     r3 = r0 + min(3, count - 1) * depth
-                    s00, s01, s10, s11 = c0, c1, c0, c1
-                    s20, s21, s30, s31 = c0, c1, c0, c1
-                    for k in range(depth):
-                        v0 = simd.load(a_flat, w + k * rows)
-                        v1 = simd.load(a_flat, w + k * rows + lanes)
-                        x = col_flat[uint64(r0 + k)]
-                        s00, s01 = simd.fma(v0, x, s00), simd.fma(v1, x, s01)
-                        x = col_flat[uint64(r1 + k)]
-                        s10, s11 = simd.fma(v0, x, s10), simd.fma(v1, x, s11)
-                        x = col_flat[uint64(r2 + k)]
-                        s20, s21 = simd.fma(v0, x, s20), simd.fma(v1, x, s21)
-                        x = col_flat[uint64(r3 + k)]
-                        s30, s31 = simd.fma(v0, x, s30), simd.fma(v1, x, s31)
+                    s00, s01, s10, s11, s20, s21, s30, s31 = tile_sums(
+                        a_flat, w, rows, col_flat, r0, r1, r2, r3, depth,
+                        (c0, c1, c0, c1, c0, c1, c0, c1))
                     simd.store(sums, 0, s00)
                     simd.store(sums, lanes, s01)
                     simd.store(sums, width, s10)
