@@ -269,9 +269,9 @@ def conv(node):
         return np.ascontiguousarray(w.reshape(group, w.shape[0] // group, -1))
 
     prepared = prepare(weight) if weight is not None else None
-    # (G, K, M/G): the narrow path's channel tiles read W with the channels contiguous.
-    transposed = np.ascontiguousarray(prepared.transpose(0, 2, 1)) if weight is not None \
-        else None
+    # (G, K, M/G): the narrow path's channel tiles read W with the channels contiguous. Made
+    # when a first input shape takes that path, so that a wide-only Conv keeps one copy of W.
+    transposed = None
 
     def geometry(shape, kernel):
         sizes = shape[2:]
@@ -306,6 +306,7 @@ def conv(node):
 
     def plan_shape(x, b):
         """The fast path's entry for x's shape and dtype (constant W): every check made once."""
+        nonlocal transposed
         image = _image(x, node, rank)
         _weights(prepared, image.dtype, node, "W")
         batch, channels = image.shape[:2]
@@ -315,6 +316,8 @@ def conv(node):
                              f"{group} needs {groups * depth // int(np.prod(kernel))}")
         outputs, positions, arguments, pointwise = cache.get((x.shape, kernel))
         narrow = positions < NARROW_POSITIONS
+        if narrow and transposed is None:
+            transposed = np.ascontiguousarray(prepared.transpose(0, 2, 1))
         columns = (batch, groups, positions, depth) if narrow else \
             (batch, groups * depth, positions)
         rows = bias_rows_for(b, groups, per_group, image.dtype) if constant_bias else None
