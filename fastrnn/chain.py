@@ -255,6 +255,16 @@ class ChainStream:
         self._x_shape = (self.batch, chain.in_features)
         self._y_shape = (self.batch, chain.out_features)
         self._lock = threading.Lock()
+        # Where chunks and outputs laid out as the chain's layouts hold their (step, row) pairs
+        # time-major with channels last (TBC; BTC at batch 1), process() hands a ready chunk to
+        # the kernel as it is and returns the kernel's output as it is: (time axis, batch axis)
+        # of the input layout, or None. The conversions cost about 4 us a call (a third of a
+        # 64-sample chunk of a NAM LSTM-16).
+        self._direct = None
+        if (isinstance(self._table, ProgramTable) and not chain.keeps_last_step
+                and all(layout == "TBC" or (layout == "BTC" and self.batch == 1)
+                        for layout in (chain.input_layout, chain.output_layout))):
+            self._direct = (chain.input_layout.index("T"), chain.input_layout.index("B"))
 
     def __repr__(self) -> str:
         return f"fastrnn.ChainStream(batch={self.batch}, {len(self.chain.layers)} layers)"
@@ -290,6 +300,18 @@ class ChainStream:
     def process(self, chunk: npt.ArrayLike) -> np.ndarray:
         """A chunk of steps, laid out as chain(x) takes it -> the outputs, laid out as it gives them."""
         chain = self.chain
+        direct = self._direct
+        if (direct is not None and type(chunk) is np.ndarray and chunk.dtype == chain.dtype
+                and chunk.ndim == 3 and chunk.shape[2] == chain.in_features
+                and chunk.shape[direct[1]] == self.batch and chunk.shape[direct[0]]
+                and _ready(chunk.flags)):
+            steps = chunk.shape[direct[0]]
+            ys = np.empty((steps, self.batch, chain.out_features) if chain.output_layout == "TBC"
+                          else (1, steps, chain.out_features), chain.dtype)
+            with self._lock:
+                self._table.run(self._slots, chunk.reshape(steps * self.batch, -1),
+                                ys.reshape(steps * self.batch, -1))
+            return ys
         xs = _writable(chain.to_time_major(chunk, "chunk"))
         if xs.shape[1] != self.batch:
             raise ValueError(f"chunk has {xs.shape[1]} rows (axis {chain.input_layout.index('B')} "
