@@ -71,17 +71,22 @@ class TorchCarried:
             return module.head(y)
 
 
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
+    """Both engines on one thread for this file's cases, as they were before it after."""
     import torch
     import fastrnn
+    before = fastrnn.get_num_threads(), torch.get_num_threads()
     fastrnn.set_num_threads(1)
     torch.set_num_threads(1)
+    yield
+    fastrnn.set_num_threads(before[0])
+    torch.set_num_threads(before[1])
 
 
 def chunk_entrants(chunk, engines):
     import torch
     import fastrnn
-    one_thread()
     module = build_module()
     x = np.random.default_rng(5).standard_normal((1, 1, chunk * CHECK_CHUNKS)).astype(np.float32)
     expected = reference(module, x)
@@ -120,7 +125,6 @@ def test_chain_process_chunk(benchmark, engine, chunk):
 def sequence_entrants(engines):
     import torch
     import fastrnn
-    one_thread()
     module = build_module()
     x = np.random.default_rng(6).standard_normal(
         (SEQUENCE_BATCH, 1, SEQUENCE_STEPS)).astype(np.float32)

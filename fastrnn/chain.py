@@ -255,16 +255,22 @@ class ChainStream:
         self._x_shape = (self.batch, chain.in_features)
         self._y_shape = (self.batch, chain.out_features)
         self._lock = threading.Lock()
-        # Where chunks and outputs laid out as the chain's layouts hold their (step, row) pairs
-        # time-major with channels last (TBC; BTC at batch 1), process() hands a ready chunk to
-        # the kernel as it is and returns the kernel's output as it is: (time axis, batch axis)
-        # of the input layout, or None. The conversions cost about 4 us a call (a third of a
-        # 64-sample chunk of a NAM LSTM-16).
+        # Where a chunk laid out as the chain's input layout holds its (step, row) pairs
+        # time-major with channels last in memory, as the kernel reads them (its axes other than
+        # those of size 1 in TBC's order: TBC; BTC at batch 1; any layout at batch 1 with one
+        # channel), and the output layout does the same, process() hands a ready chunk to the
+        # kernel as it is and returns the kernel's output as it is. The conversions cost about
+        # 3 us a call (a fifth of a 64-sample chunk of a NAM LSTM-16).
         self._direct = None
+        sizes = {"B": self.batch, "C": chain.in_features}
+        in_order = [axis for axis in chain.input_layout if sizes.get(axis) != 1]
+        sizes["C"] = chain.out_features
+        out_order = [axis for axis in chain.output_layout if sizes.get(axis) != 1]
         if (isinstance(self._table, ProgramTable) and not chain.keeps_last_step
-                and all(layout == "TBC" or (layout == "BTC" and self.batch == 1)
-                        for layout in (chain.input_layout, chain.output_layout))):
-            self._direct = (chain.input_layout.index("T"), chain.input_layout.index("B"))
+                and in_order == sorted(in_order, key="TBC".index)
+                and out_order == sorted(out_order, key="TBC".index)):
+            # the input layout's T, B and C axes
+            self._direct = tuple(chain.input_layout.index(axis) for axis in "TBC")
 
     def __repr__(self) -> str:
         return f"fastrnn.ChainStream(batch={self.batch}, {len(self.chain.layers)} layers)"
@@ -302,12 +308,12 @@ class ChainStream:
         chain = self.chain
         direct = self._direct
         if (direct is not None and type(chunk) is np.ndarray and chunk.dtype == chain.dtype
-                and chunk.ndim == 3 and chunk.shape[2] == chain.in_features
+                and chunk.ndim == 3 and chunk.shape[direct[2]] == chain.in_features
                 and chunk.shape[direct[1]] == self.batch and chunk.shape[direct[0]]
                 and _ready(chunk.flags)):
             steps = chunk.shape[direct[0]]
-            ys = np.empty((steps, self.batch, chain.out_features) if chain.output_layout == "TBC"
-                          else (1, steps, chain.out_features), chain.dtype)
+            sizes = {"T": steps, "B": self.batch, "C": chain.out_features}
+            ys = np.empty([sizes[axis] for axis in chain.output_layout], chain.dtype)
             with self._lock:
                 self._table.run(self._slots, chunk.reshape(steps * self.batch, -1),
                                 ys.reshape(steps * self.batch, -1))

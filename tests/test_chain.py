@@ -442,31 +442,33 @@ def test_a_chain_with_low_bit_weights_streams_layer_by_layer(rng):
         chain.pool()
 
 
-@pytest.mark.parametrize("layout, batch", [("TBC", 2), ("BTC", 1), ("BTC", 2), ("BCT", 1)])
-def test_process_takes_ready_chunks_as_they_are_and_others_converted(layout, batch, rng):
+@pytest.mark.parametrize("layout, batch, channels, direct", [
+    ("TBC", 2, 3, True), ("BTC", 1, 3, True), ("BTC", 2, 3, False), ("BCT", 1, 3, False),
+    ("BCT", 1, 1, True)])
+def test_process_takes_ready_chunks_as_they_are_and_others_converted(layout, batch, channels,
+                                                                     direct, rng):
     # A ready chunk (the chain's dtype, C-contiguous, writable) whose (step, row) pairs lie
-    # time-major (TBC; BTC at batch 1) goes to the kernel as it is; every other chunk is
-    # converted first. Both give the whole sequence's answer, each call a fresh array.
+    # time-major in memory (its axes of more than one element in TBC's order) goes to the kernel
+    # as it is; every other chunk is converted first. Both give the whole sequence's answer,
+    # each call a fresh array.
     torch.manual_seed(19)
-    lstm = Recurrent(fastrnn.from_torch(nn.LSTM(3, 5)))
-    chain = fastrnn.Chain([lstm, Linear(rng.standard_normal((2, 5)))], input_layout=layout,
-                          output_layout=layout)
-    shape = {"T": 9, "B": batch, "C": 3}
+    lstm = Recurrent(fastrnn.from_torch(nn.LSTM(channels, 5)))
+    chain = fastrnn.Chain([lstm, Linear(rng.standard_normal((channels, 5)))],
+                          input_layout=layout, output_layout=layout)
+    shape = {"T": 9, "B": batch, "C": channels}
     x = rng.standard_normal([shape[axis] for axis in layout]).astype(np.float32)
     whole = chain(x)
     time_axis = layout.index("T")
     cut = lambda array, start, stop: np.take(array, np.arange(start, stop), axis=time_axis)
     ready = chain.stream(batch)
+    assert (ready._direct is not None) == direct
     first, second = ready.process(cut(x, 0, 4)), ready.process(cut(x, 4, 9))
     np.testing.assert_allclose(np.concatenate([first, second], axis=time_axis), whole, rtol=0,
                                atol=1e-6)
-    direct = layout == "TBC" or (layout == "BTC" and batch == 1)
-    assert (ready._direct is not None) == direct
     converted = chain.stream(batch)
     read_only = cut(x, 0, 4)
     read_only.flags.writeable = False
-    pieces = [converted.process(read_only),
-              converted.process(np.asfortranarray(cut(x, 4, 9)))]
+    pieces = [converted.process(read_only), converted.process(np.asfortranarray(cut(x, 4, 9)))]
     np.testing.assert_allclose(np.concatenate(pieces, axis=time_axis), whole, rtol=0,
                                atol=1e-6)
     assert not np.shares_memory(first, x) and not np.shares_memory(first, second)
