@@ -8,7 +8,9 @@ across the whole reduction: the ONNX convolutions' products (fastrnn.converters.
 spatial_kernels: grouped_product, narrow_tiles). One fused multiply-add per term, in the order
 of the reduction. (Tried and dropped: the recurrent cells' one-row product, add_products in
 fastrnn.engine.flat. Alone in a loop a tile was 20-50% faster at 16 x 64 to 32 x 128, but inside
-a streaming LSTM step, where each step waits on the last, paired runs showed no difference.)
+a streaming LSTM step, where each step waits on the last, paired runs showed no difference; tried
+again on an AVX2 Zen 3 as a tile rounding as add_products does, bit for bit, it was no faster
+inside a NAM LSTM-16/24 stream and 1.4x slower at H=64.)
 
     lanes(array)                 the lane count for array's dtype (a compile-time constant)
     splat(s)                     a vector of lanes copies of the scalar s
