@@ -73,7 +73,7 @@ class TorchCarried:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Both engines on one thread for this file's cases, as they were before it after."""
+    """Both engines on one thread for this file's cases; their thread counts are restored after."""
     import torch
     import fastrnn
     before = fastrnn.get_num_threads(), torch.get_num_threads()
