@@ -269,8 +269,11 @@ class ChainStream:
         if (isinstance(self._table, ProgramTable) and not chain.keeps_last_step
                 and in_order == sorted(in_order, key="TBC".index)
                 and out_order == sorted(out_order, key="TBC".index)):
-            # the input layout's T, B and C axes
+            # the input layout's T, B and C axes; the output's shape with T's size left at 0
             self._direct = tuple(chain.input_layout.index(axis) for axis in "TBC")
+            self._direct_shape = [{"B": self.batch, "C": chain.out_features}.get(axis, 0)
+                                  for axis in chain.output_layout]
+            self._direct_time = chain.output_layout.index("T")
 
     def __repr__(self) -> str:
         return f"fastrnn.ChainStream(batch={self.batch}, {len(self.chain.layers)} layers)"
@@ -312,8 +315,9 @@ class ChainStream:
                 and chunk.shape[direct[1]] == self.batch and chunk.shape[direct[0]]
                 and _ready(chunk.flags)):
             steps = chunk.shape[direct[0]]
-            sizes = {"T": steps, "B": self.batch, "C": chain.out_features}
-            ys = np.empty([sizes[axis] for axis in chain.output_layout], chain.dtype)
+            shape = self._direct_shape.copy()
+            shape[self._direct_time] = steps
+            ys = np.empty(shape, chain.dtype)
             with self._lock:
                 self._table.run(self._slots, chunk.reshape(steps * self.batch, -1),
                                 ys.reshape(steps * self.batch, -1))
